@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Install what the real test stack (scripts/stack.sh) needs on Debian 12.
+#
+# Idempotent and cheap when everything is already there (no apt, no pip):
+#   - apt: etcd-server, etcd-client, python3-venv -- only the missing ones
+#     (as root, or through sudo when not root);
+#   - a virtualenv at ${CDC_VENV:-<repo>/.venv} with the pinned Python packages
+#     below; pip runs only when the marker file <venv>/.cdc-requirements does not
+#     list exactly the same requirements.
+#
+# Environment:
+#   CDC_VENV     virtualenv directory            (default <repo>/.venv)
+#   CDC_PYTHON   interpreter that creates it     (default python3)
+#
+# Debian's etcd-server package may start an etcd service on 127.0.0.1:2379.
+# The stack never uses it (it runs its own etcd with its own data dir); when
+# this script installs etcd-server on a machine with systemd, it disables that
+# service so that port 2379 stays free.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${CDC_VENV:-$REPO/.venv}
+PYTHON=${CDC_PYTHON:-python3}
+
+# Keep in sync with docs / CI caches: the marker compares this exact list.
+REQUIREMENTS=(
+  "milvus==2.3.5"
+  "pymilvus==2.3.7"
+  "setuptools<70"
+  "protobuf<5"
+  "numpy<2"
+  "pandas<2.2"
+  "marshmallow<3.24"
+  "nats-py==2.16.0"
+)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+install_system_packages() {
+  local missing=()
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    [ "$PYTHON" = python3 ] || die "CDC_PYTHON=$PYTHON not found"
+    missing+=(python3 python3-venv)
+  elif ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+  fi
+  if [ "${#missing[@]}" -eq 0 ]; then
+    log "system packages present (etcd, etcdctl, $PYTHON with venv)"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get here"
+  log "installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  local pkg
+  for pkg in "${missing[@]}"; do
+    if [ "$pkg" = etcd-server ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+      log "disabling the etcd.service that etcd-server installed (the stack runs its own etcd)"
+      as_root systemctl disable --now etcd.service >/dev/null 2>&1 || true
+    fi
+  done
+  command -v etcd >/dev/null 2>&1 || die "etcd still not found after apt-get install"
+}
+
+venv_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1
+}
+
+install_venv() {
+  local marker="$VENV/.cdc-requirements" want
+  want=$(printf '%s\n' "${REQUIREMENTS[@]}")
+  if venv_ok && [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
+    log "venv $VENV up to date"
+    return
+  fi
+  if [ -e "$VENV" ] && ! venv_ok; then
+    [ -f "$VENV/pyvenv.cfg" ] || die "$VENV exists and is not a virtualenv; set CDC_VENV elsewhere"
+    log "recreating broken venv $VENV"
+    rm -rf "$VENV"
+  fi
+  if ! venv_ok; then
+    log "creating venv $VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  rm -f "$marker"
+  log "pip install ${REQUIREMENTS[*]}"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${REQUIREMENTS[@]}"
+  "$VENV/bin/python" -c '
+import milvus, pymilvus, nats
+from pymilvus.grpc_gen import common_pb2, milvus_pb2, msg_pb2, schema_pb2
+assert milvus.__version__ == "2.3.5", milvus.__version__
+' || die "the venv does not import milvus/pymilvus/nats after pip install"
+  printf '%s\n' "$want" >"$marker"
+  log "venv ready"
+}
+
+main() {
+  install_system_packages
+  install_venv
+  log "etcd: $(etcd --version 2>/dev/null | head -n 1)"
+  log "python: $VENV/bin/python ($("$VENV/bin/python" --version 2>&1))"
+}
+
+main "$@"

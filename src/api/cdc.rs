@@ -1,0 +1,263 @@
+//! The `/cdc` request body: parsing into a typed [`CdcRequest`] with errors
+//! that name the offending field, and the response shapes of the official API.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::task::{service::CreateTask, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord};
+
+/// A parsed `/cdc` request.
+#[derive(Debug, Clone)]
+pub enum CdcRequest {
+    /// Create a task.
+    Create(CreateTask),
+    /// List every task.
+    List,
+    /// One task.
+    Get(TaskId),
+    /// Pause a task.
+    Pause(TaskId),
+    /// Resume a task.
+    Resume(TaskId),
+    /// Delete a task.
+    Delete(TaskId),
+}
+
+impl CdcRequest {
+    /// The `request_type` this request came as.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CdcRequest::Create(_) => "create",
+            CdcRequest::List => "list",
+            CdcRequest::Get(_) => "get",
+            CdcRequest::Pause(_) => "pause",
+            CdcRequest::Resume(_) => "resume",
+            CdcRequest::Delete(_) => "delete",
+        }
+    }
+}
+
+/// An error answer: `{"code": N, "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP-like status code.
+    pub code: u16,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 answer.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            code: 400,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"code": self.code, "message": self.message})
+    }
+}
+
+const REQUEST_TYPES: &str = "create, list, get, pause, resume, delete";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateData {
+    milvus_connect_param: MilvusConnectParam,
+    collection_infos: Vec<CollectionInfo>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskData {
+    task_id: String,
+}
+
+/// Deserializes `value` as `T`, naming the failing field in the error.
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("request_data: {inner}"))
+        } else {
+            ApiError::bad_request(format!("request_data.{path}: {inner}"))
+        }
+    })
+}
+
+/// Parses a request body. Every failure is a 400 with a message that says
+/// what to fix.
+pub fn parse(body: &[u8]) -> Result<CdcRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "empty body: expected {\"request_type\": ..., \"request_data\": {...}}",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::bad_request(
+            "body must be a JSON object with request_type and request_data",
+        ));
+    };
+    if let Some(extra) = obj
+        .keys()
+        .find(|k| *k != "request_type" && *k != "request_data")
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{extra}`: expected request_type and request_data"
+        )));
+    }
+    let request_type = match obj.remove("request_type") {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(format!(
+                "request_type is required, one of: {REQUEST_TYPES}"
+            )))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "request_type must be a string, one of: {REQUEST_TYPES}"
+            )))
+        }
+    };
+    let data = obj.remove("request_data").unwrap_or(Value::Null);
+    let need_object = |data: Value| -> Result<Value, ApiError> {
+        match data {
+            Value::Object(_) => Ok(data),
+            Value::Null => Err(ApiError::bad_request(format!(
+                "request_data is required for {request_type}"
+            ))),
+            _ => Err(ApiError::bad_request("request_data must be a JSON object")),
+        }
+    };
+    let task_id = |data: Value| -> Result<TaskId, ApiError> {
+        let d: TaskData = typed(need_object(data)?)?;
+        TaskId::try_from(d.task_id).map_err(|e| ApiError::bad_request(format!("task_id: {e}")))
+    };
+    match request_type.as_str() {
+        "create" => {
+            let d: CreateData = typed(need_object(data)?)?;
+            Ok(CdcRequest::Create(CreateTask {
+                milvus_connect_param: d.milvus_connect_param,
+                collection_infos: d.collection_infos,
+            }))
+        }
+        "list" => match data {
+            Value::Null => Ok(CdcRequest::List),
+            Value::Object(o) if o.is_empty() => Ok(CdcRequest::List),
+            _ => Err(ApiError::bad_request("list takes no request_data")),
+        },
+        "get" => Ok(CdcRequest::Get(task_id(data)?)),
+        "pause" => Ok(CdcRequest::Pause(task_id(data)?)),
+        "resume" => Ok(CdcRequest::Resume(task_id(data)?)),
+        "delete" => Ok(CdcRequest::Delete(task_id(data)?)),
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            Err(ApiError::bad_request(format!(
+                "unknown request_type {shown:?}, expected one of: {REQUEST_TYPES}"
+            )))
+        }
+    }
+}
+
+/// `{"code": 200, "data": data}`.
+pub fn ok(data: Value) -> Value {
+    json!({"code": 200, "data": data})
+}
+
+/// `create`'s answer.
+pub fn created(id: &TaskId) -> Value {
+    ok(json!({"task_id": id}))
+}
+
+/// `list`'s answer.
+pub fn listed(tasks: &[TaskRecord]) -> Value {
+    ok(json!({"tasks": tasks.iter().map(TaskRecord::public_view).collect::<Vec<_>>()}))
+}
+
+/// `get`'s answer (note the capital `Task`, part of the contract).
+pub fn got(task: &TaskRecord) -> Value {
+    ok(json!({"Task": task.public_view()}))
+}
+
+/// The empty answer of pause, resume and delete.
+pub fn done() -> Value {
+    ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> String {
+        match parse(body.as_bytes()) {
+            Ok(r) => panic!("accepted {body}: {r:?}"),
+            Err(e) => {
+                assert_eq!(e.code, 400);
+                e.message
+            }
+        }
+    }
+
+    #[test]
+    fn documented_shapes_parse() {
+        let create = r#"{"request_type":"create","request_data":{"milvus_connect_param":
+            {"uri":"http://localhost:19530","token":"root:Milvus","connect_timeout":10},
+            "collection_infos":[{"name":"*"}]}}"#;
+        assert!(matches!(
+            parse(create.as_bytes()),
+            Ok(CdcRequest::Create(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"request_type":"list"}"#),
+            Ok(CdcRequest::List)
+        ));
+        let id = "0123456789abcdef0123456789abcdef";
+        for (t, check) in [
+            ("get", CdcRequest::Get as fn(TaskId) -> CdcRequest),
+            ("pause", CdcRequest::Pause),
+            ("resume", CdcRequest::Resume),
+            ("delete", CdcRequest::Delete),
+        ] {
+            let body = format!(r#"{{"request_type":"{t}","request_data":{{"task_id":"{id}"}}}}"#);
+            let r = parse(body.as_bytes()).unwrap();
+            assert_eq!(r.kind(), check(TaskId::generate()).kind());
+        }
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert!(err("").contains("empty"));
+        assert!(err("{").contains("not valid JSON"));
+        assert!(err("[]").contains("JSON object"));
+        assert!(err(r#"{"request_type":"nope"}"#).contains("unknown request_type"));
+        assert!(err(r#"{"request_type":5}"#).contains("must be a string"));
+        assert!(err(r#"{"request_data":{}}"#).contains("request_type is required"));
+        assert!(err(r#"{"request_type":"get"}"#).contains("request_data is required"));
+        assert!(err(r#"{"request_type":"get","request_data":{}}"#).contains("task_id"));
+        assert!(
+            err(r#"{"request_type":"get","request_data":{"task_id":"x"}}"#)
+                .contains("32 hexadecimal")
+        );
+        assert!(err(r#"{"request_type":"list","extra":1}"#).contains("extra"));
+        let m = err(
+            r#"{"request_type":"create","request_data":{"milvus_connect_param":{"uri":"http://h","port":"x"},"collection_infos":[{"name":"*"}]}}"#,
+        );
+        assert!(m.contains("milvus_connect_param.port"), "{m}");
+        let m = err(
+            r#"{"request_type":"create","request_data":{"milvus_connect_param":{"uri":"http://h","tokn":"x"},"collection_infos":[{"name":"*"}]}}"#,
+        );
+        assert!(m.contains("tokn"), "{m}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let body = "[".repeat(100_000);
+        assert!(err(&body).contains("not valid JSON"));
+    }
+}

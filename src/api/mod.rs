@@ -1,0 +1,268 @@
+//! HTTP API of one replica: `POST /cdc` (the official task API), plus
+//! `GET /metrics`, `/healthz`, `/readyz` and `/status`.
+//!
+//! The handlers talk to the task state machine ([`TaskService`]) only when
+//! this replica leads; what the replica is doing comes from a
+//! [`tokio::sync::watch`] of [`Role`] that the election updates.
+
+pub mod cdc;
+
+use std::time::Duration;
+
+use axum::{
+    body::{to_bytes, Body},
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{info_span, warn, Instrument};
+
+use self::cdc::{ApiError, CdcRequest};
+use crate::{
+    metrics::Metrics,
+    task::{service::TaskService, Action},
+};
+
+/// What this replica currently is.
+#[derive(Clone)]
+pub enum Role {
+    /// It leads: `/cdc` is served here through this service.
+    Leader {
+        /// Fenced task service.
+        service: Box<TaskService>,
+    },
+    /// Another replica leads at this URL.
+    Follower {
+        /// Advertised URL of the leader.
+        leader_url: String,
+    },
+    /// No leader is known yet.
+    Unknown,
+}
+
+impl Role {
+    fn name(&self) -> &'static str {
+        match self {
+            Role::Leader { .. } => "leader",
+            Role::Follower { .. } => "follower",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// Checks whether the coordination store answers (for `/readyz`).
+pub trait StoreProbe: Send + Sync {
+    /// Resolves to `Ok` when the store answered in time.
+    fn probe(&self) -> futures::future::BoxFuture<'static, Result<(), String>>;
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Current role, set by the election.
+    pub role: watch::Receiver<Role>,
+    /// Process metrics.
+    pub metrics: Metrics,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Answer errors with HTTP 200 like the official server.
+    pub compat_http_200: bool,
+    /// This replica's advertised URL.
+    pub advertise_url: String,
+    /// Store reachability check.
+    pub store_probe: std::sync::Arc<dyn StoreProbe>,
+}
+
+/// The router of every endpoint.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/cdc", post(cdc_handler))
+        .route("/metrics", get(metrics_handler))
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz_handler))
+        .route("/status", get(status_handler))
+        .fallback(|| async {
+            json_response(
+                StatusCode::NOT_FOUND,
+                json!({"code": 404, "message": "not found: the task API is POST /cdc"}),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"code": 405, "message": "method not allowed: the task API is POST /cdc"}),
+            )
+        })
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl ApiState {
+    fn error_response(&self, e: &ApiError) -> Response {
+        let status = if self.compat_http_200 {
+            StatusCode::OK
+        } else {
+            StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        };
+        let mut resp = json_response(status, e.body());
+        if e.code == 503 {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+async fn cdc_handler(State(state): State<ApiState>, req: Request) -> Response {
+    let body = match read_body(req.into_body(), state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            state.metrics.record_request("invalid", e.code);
+            return state.error_response(&e);
+        }
+    };
+    let parsed = match cdc::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.record_request("invalid", e.code);
+            return state.error_response(&e);
+        }
+    };
+    let kind = parsed.kind();
+    let role = state.role.borrow().clone();
+    let result = match role {
+        Role::Leader { service } => {
+            let span = info_span!("cdc", request_type = kind);
+            execute(&service, parsed).instrument(span).await
+        }
+        Role::Follower { leader_url } => Err(ApiError {
+            code: 503,
+            message: format!("this replica is a follower; the leader is {leader_url}"),
+        }),
+        Role::Unknown => Err(ApiError {
+            code: 503,
+            message: "no leader is known yet, retry shortly".into(),
+        }),
+    };
+    match result {
+        Ok(v) => {
+            state.metrics.record_request(kind, 200);
+            json_response(StatusCode::OK, v)
+        }
+        Err(e) => {
+            state.metrics.record_request(kind, e.code);
+            if e.code >= 500 {
+                warn!(request_type = kind, code = e.code, message = %e.message, "request failed");
+            }
+            state.error_response(&e)
+        }
+    }
+}
+
+/// Reads at most `limit` bytes; a larger body is a 413.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(30), to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large || e.to_string().contains("length limit") {
+                Err(ApiError {
+                    code: 413,
+                    message: format!("request body is larger than {limit} bytes"),
+                })
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "cannot read request body: {e}"
+                )))
+            }
+        }
+        Err(_) => Err(ApiError {
+            code: 408,
+            message: "request body not received within 30s".into(),
+        }),
+    }
+}
+
+async fn execute(service: &TaskService, req: CdcRequest) -> Result<Value, ApiError> {
+    let to_api = |e: crate::task::service::ServiceError| ApiError {
+        code: e.status(),
+        message: e.to_string(),
+    };
+    match req {
+        CdcRequest::Create(c) => service.create(c).await.map(|id| cdc::created(&id)),
+        CdcRequest::List => service.list().await.map(|t| cdc::listed(&t)),
+        CdcRequest::Get(id) => service.get(&id).await.map(|t| cdc::got(&t)),
+        CdcRequest::Pause(id) => service
+            .change_state(&id, Action::Pause)
+            .await
+            .map(|()| cdc::done()),
+        CdcRequest::Resume(id) => service
+            .change_state(&id, Action::Resume)
+            .await
+            .map(|()| cdc::done()),
+        CdcRequest::Delete(id) => service.delete(&id).await.map(|()| cdc::done()),
+    }
+    .map_err(to_api)
+}
+
+async fn metrics_handler(State(state): State<ApiState>) -> Response {
+    let mut resp = state.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+async fn readyz_handler(State(state): State<ApiState>) -> Response {
+    let store = state.store_probe.probe().await;
+    let role = state.role.borrow().clone();
+    let leader_known = !matches!(role, Role::Unknown);
+    let ready = store.is_ok() && leader_known;
+    let body = json!({
+        "ready": ready,
+        "store": store.err().unwrap_or_else(|| "ok".into()),
+        "leader_known": leader_known,
+        "role": role.name(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body)
+}
+
+async fn status_handler(State(state): State<ApiState>) -> Response {
+    let role = state.role.borrow().clone();
+    let leader = match &role {
+        Role::Leader { .. } => Some(state.advertise_url.clone()),
+        Role::Follower { leader_url } => Some(leader_url.clone()),
+        Role::Unknown => None,
+    };
+    json_response(
+        StatusCode::OK,
+        json!({
+            "role": role.name(),
+            "leader": leader,
+            "advertise": state.advertise_url,
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    )
+}

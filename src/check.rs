@@ -1,0 +1,93 @@
+//! `milvus-cdc check`: connects to every dependency of the configuration (the
+//! agent's etcd, the source's natsmq and Milvus, optionally a target Milvus)
+//! and reports what answered, so a wrong address shows up before `serve`.
+
+use std::fmt::Write as _;
+
+use crate::{
+    config::Config, source::natsmq::NatsMq, store, target::MilvusTarget, task::MilvusConnectParam,
+};
+
+/// One dependency's result.
+#[derive(Debug)]
+pub struct CheckLine {
+    /// What was checked.
+    pub what: String,
+    /// `Ok(details)` or `Err(reason)`.
+    pub result: Result<String, String>,
+}
+
+/// Checks every dependency; `target` is an optional target Milvus URI.
+pub async fn run(cfg: &Config, target: Option<&str>) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    let etcd = match store::connect(&cfg.etcd).await {
+        Ok(mut c) => match c.status().await {
+            Ok(s) => Ok(format!(
+                "etcd {} reachable, version {}",
+                cfg.etcd.endpoints.join(","),
+                s.version()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    lines.push(CheckLine {
+        what: "etcd".into(),
+        result: etcd,
+    });
+    let prefix = format!("{}-", cfg.source.channel_prefix);
+    let nats = match NatsMq::connect(&cfg.source.nats_url, cfg.source.connect_timeout).await {
+        Ok(mq) => mq
+            .stream_names(&prefix)
+            .await
+            .map_err(|e| e.to_string())
+            .map(|names| {
+                let mut s = format!("{} streams with prefix {prefix}:", names.len());
+                for n in names {
+                    let _ = write!(s, " {n}");
+                }
+                s
+            }),
+        Err(e) => Err(e.to_string()),
+    };
+    lines.push(CheckLine {
+        what: "source natsmq".into(),
+        result: nats,
+    });
+    lines.push(CheckLine {
+        what: "source milvus".into(),
+        result: milvus(
+            &cfg.source.milvus_uri,
+            cfg.source.milvus_token.clone(),
+            cfg.source.connect_timeout.as_secs().max(1),
+        )
+        .await,
+    });
+    if let Some(uri) = target {
+        lines.push(CheckLine {
+            what: "target milvus".into(),
+            result: milvus(uri, None, cfg.source.connect_timeout.as_secs().max(1)).await,
+        });
+    }
+    lines
+}
+
+async fn milvus(uri: &str, token: Option<String>, timeout_secs: u64) -> Result<String, String> {
+    let param = MilvusConnectParam {
+        uri: Some(uri.to_string()),
+        token,
+        connect_timeout: Some(timeout_secs),
+        ..Default::default()
+    };
+    let addr = param.validate().map_err(|e| e.to_string())?;
+    let target = MilvusTarget::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let version = target.version().await.map_err(|e| e.to_string())?;
+    let collections = target.probe().await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{uri} version {version}, {} collections: {}",
+        collections.len(),
+        collections.join(",")
+    ))
+}

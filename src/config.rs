@@ -1,0 +1,542 @@
+//! Agent configuration: one TOML file, then `MILVUS_CDC_<SECTION>__<KEY>`
+//! environment overrides, then CLI flags (applied by the caller through
+//! [`ConfigOverrides`]).
+//!
+//! Every key has a default, so an empty file is a valid configuration that
+//! matches the official milvus-cdc server where the two overlap (port 8444,
+//! channel prefix `by-dev`). Errors name the offending key:
+//!
+//! ```
+//! use milvus_cdc::config::Config;
+//! let cfg = Config::from_toml_str("[server]\nlisten = \"0.0.0.0:8444\"\n").unwrap();
+//! assert_eq!(cfg.server.listen.port(), 8444);
+//! let err = Config::from_toml_str("[server]\nlisten = 5\n").unwrap_err();
+//! assert!(err.to_string().contains("server.listen"));
+//! ```
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override file values:
+/// `MILVUS_CDC_SERVER__LISTEN=0.0.0.0:9000` sets `server.listen`.
+pub const ENV_PREFIX: &str = "MILVUS_CDC_";
+
+/// Why a configuration could not be loaded. Each variant names its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file's path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file is not valid TOML: {0}")]
+    Syntax(String),
+    /// A key has a value of the wrong type or an unknown key was given.
+    #[error("invalid config key `{key}`: {message}")]
+    Key {
+        /// Dotted path of the key (`server.listen`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An environment override could not be applied.
+    #[error("invalid environment override {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server (the `/cdc` API, metrics, health).
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The agent's own etcd: tasks, checkpoints and leader election.
+    pub etcd: EtcdConfig,
+    /// The source Milvus and its message queue.
+    pub source: SourceConfig,
+    /// Leader election.
+    pub ha: HaConfig,
+    /// Task limits.
+    pub tasks: TasksConfig,
+    /// Replication pipeline tuning.
+    pub replicate: ReplicateConfig,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// URL other replicas use to reach this one (forwarded `/cdc` calls).
+    /// Empty means `http://<listen>` with `0.0.0.0` replaced by `127.0.0.1`.
+    pub advertise: String,
+    /// Largest accepted request body in bytes; larger bodies get HTTP 413.
+    pub max_body_bytes: usize,
+    /// Answer `/cdc` errors with HTTP 200 and the real code only in the JSON
+    /// `code` field, exactly like the official Go server.
+    pub compat_http_200: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
+            advertise: String::new(),
+            max_body_bytes: 1024 * 1024,
+            compat_http_200: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The URL other replicas reach this one at.
+    pub fn advertise_url(&self) -> String {
+        if !self.advertise.is_empty() {
+            return self.advertise.trim_end_matches('/').to_string();
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip([127, 0, 0, 1].into());
+        }
+        format!("http://{addr}")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `milvus_cdc=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[etcd]`: the agent's coordination store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Endpoints, `host:port` or `http://host:port`.
+    pub endpoints: Vec<String>,
+    /// Key prefix under which tasks, checkpoints and the leader key live.
+    pub root: String,
+    /// Optional etcd user.
+    pub username: Option<String>,
+    /// Optional etcd password.
+    pub password: Option<String>,
+    /// Time allowed to establish a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            root: "milvus-cdc/default".into(),
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Kind of message queue the source Milvus uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MqType {
+    /// NATS JetStream, Milvus's `natsmq`.
+    #[default]
+    Natsmq,
+}
+
+/// `[source]`: the Milvus instance that is replicated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// gRPC address of the source Milvus proxy (metadata look-ups).
+    pub milvus_uri: String,
+    /// Token (`user:password` or API key) for the source Milvus, if auth is on.
+    pub milvus_token: Option<String>,
+    /// Message queue type.
+    pub mq_type: MqType,
+    /// NATS server URL of the source's natsmq.
+    pub nats_url: String,
+    /// Milvus channel name prefix (`msgChannel.chanNamePrefix.cluster`).
+    pub channel_prefix: String,
+    /// Number of DML channels (`rootCoord.dmlChannelNum`).
+    pub dml_channel_num: u32,
+    /// Time allowed to connect to the source.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            milvus_uri: "http://127.0.0.1:19530".into(),
+            milvus_token: None,
+            mq_type: MqType::Natsmq,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            channel_prefix: "by-dev".into(),
+            dml_channel_num: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SourceConfig {
+    /// Name of the replicate channel, `<prefix>-replicate-msg`.
+    pub fn replicate_channel(&self) -> String {
+        format!("{}-replicate-msg", self.channel_prefix)
+    }
+
+    /// Names of the physical DML channels, `<prefix>-rootcoord-dml_<n>`.
+    pub fn dml_channels(&self) -> Vec<String> {
+        (0..self.dml_channel_num)
+            .map(|n| format!("{}-rootcoord-dml_{n}", self.channel_prefix))
+            .collect()
+    }
+}
+
+/// `[ha]`: leader election.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// Lease time-to-live.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[tasks]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Most tasks that may exist at once (the official server's default is 100).
+    pub max_tasks: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self { max_tasks: 100 }
+    }
+}
+
+/// `[replicate]`: pipeline tuning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicateConfig {
+    /// Most rows in one batched insert.
+    pub batch_rows: usize,
+    /// Most bytes in one batched insert.
+    pub batch_bytes: usize,
+    /// Longest time a batch waits for more rows.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
+    /// How often checkpoints are written.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 10_000,
+            batch_bytes: 16 * 1024 * 1024,
+            batch_wait: Duration::from_millis(50),
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Values given on the command line; they win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--advertise`.
+    pub advertise: Option<String>,
+    /// `--etcd` (comma separated).
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Parses a TOML document (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        Self::from_table(table)
+    }
+
+    /// Loads `path` (or the defaults when `None`), applies the environment
+    /// `env` (pass `std::env::vars()`), then the CLI `overrides`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut cfg = Self::from_table(table)?;
+        if let Some(l) = overrides.listen {
+            cfg.server.listen = l;
+        }
+        if let Some(a) = &overrides.advertise {
+            cfg.server.advertise.clone_from(a);
+        }
+        if let Some(e) = &overrides.etcd_endpoints {
+            cfg.etcd.endpoints.clone_from(e);
+        }
+        if let Some(f) = overrides.log_format {
+            cfg.log.format = f;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let cfg: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| ConfigError::Key {
+                key: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            },
+        )?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.etcd.endpoints.is_empty() || self.etcd.endpoints.iter().any(|e| e.is_empty()) {
+            return bad(
+                "etcd.endpoints",
+                "at least one non-empty endpoint is required",
+            );
+        }
+        if self.etcd.root.is_empty() || self.etcd.root.ends_with('/') {
+            return bad("etcd.root", "must be non-empty and must not end with '/'");
+        }
+        if self.etcd.connect_timeout.is_zero() || self.etcd.request_timeout.is_zero() {
+            return bad("etcd.connect_timeout", "timeouts must be greater than zero");
+        }
+        if self.ha.lease_ttl < Duration::from_secs(2) {
+            return bad("ha.lease_ttl", "must be at least 2s");
+        }
+        if self.tasks.max_tasks == 0 {
+            return bad("tasks.max_tasks", "must be at least 1");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.source.channel_prefix.is_empty() {
+            return bad("source.channel_prefix", "must not be empty");
+        }
+        if self.source.dml_channel_num == 0 {
+            return bad("source.dml_channel_num", "must be at least 1");
+        }
+        if self.replicate.batch_rows == 0 || self.replicate.batch_bytes == 0 {
+            return bad(
+                "replicate.batch_rows",
+                "batch limits must be greater than zero",
+            );
+        }
+        let adv = &self.server.advertise;
+        if !(adv.is_empty() || adv.starts_with("http://") || adv.starts_with("https://")) {
+            return bad("server.advertise", "must be an http:// or https:// URL");
+        }
+        Ok(())
+    }
+}
+
+/// Applies `MILVUS_CDC_<SECTION>__<KEY>=value` variables to `table`. The value
+/// is read as a TOML value when it parses as one (`5`, `true`, `["a"]`) and as
+/// a string otherwise.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let [section, key] = parts.as_slice() else {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected MILVUS_CDC_<SECTION>__<KEY>".into(),
+            });
+        };
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = section_table.as_table_mut() else {
+            return Err(ConfigError::Env {
+                var,
+                message: format!("`{section}` is not a section"),
+            });
+        };
+        section_table.insert(key.clone(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = Config::from_toml_str("").unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.server.advertise_url(), "http://127.0.0.1:8444");
+        assert_eq!(cfg.source.replicate_channel(), "by-dev-replicate-msg");
+        assert_eq!(cfg.source.dml_channels()[15], "by-dev-rootcoord-dml_15");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[etcd]\nendpoint = [\"x\"]\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("etcd"), "{msg}");
+        assert!(msg.contains("endpoint"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::from_toml_str("[ha]\nlease_ttl = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("ha.lease_ttl"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = Config::from_toml_str("[tasks]\nmax_tasks = 0\n").unwrap_err();
+        assert!(err.to_string().contains("tasks.max_tasks"), "{err}");
+        let err = Config::from_toml_str("[server]\nadvertise = \"host:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.advertise"), "{err}");
+    }
+
+    #[test]
+    fn env_and_cli_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"0.0.0.0:1000\"\n[tasks]\nmax_tasks = 3\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("MILVUS_CDC_TASKS__MAX_TASKS".to_string(), "7".to_string()),
+            ("MILVUS_CDC_ETCD__ROOT".to_string(), "a/b".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let cli = ConfigOverrides {
+            listen: Some("127.0.0.1:2000".parse().unwrap()),
+            ..Default::default()
+        };
+        let cfg = Config::load(Some(&path), env, &cli).unwrap();
+        assert_eq!(cfg.tasks.max_tasks, 7);
+        assert_eq!(cfg.etcd.root, "a/b");
+        assert_eq!(cfg.server.listen.port(), 2000);
+    }
+
+    #[test]
+    fn bad_env_is_named() {
+        let env = vec![(
+            "MILVUS_CDC_TASKS__MAX_TASKS".to_string(),
+            "many".to_string(),
+        )];
+        let err = Config::load(None, env, &ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("tasks.max_tasks"), "{err}");
+        let env = vec![("MILVUS_CDC_NOPE".to_string(), "1".to_string())];
+        let err = Config::load(None, env, &ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("MILVUS_CDC_NOPE"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_is_valid_and_complete() {
+        let text = include_str!("../config/example.toml");
+        let cfg = Config::from_toml_str(text).unwrap();
+        assert_eq!(cfg, Config::default(), "example must document the defaults");
+        // Every section of the config appears in the example.
+        for section in [
+            "[server]",
+            "[log]",
+            "[etcd]",
+            "[source]",
+            "[ha]",
+            "[tasks]",
+            "[replicate]",
+        ] {
+            assert!(text.contains(section), "{section} missing from example");
+        }
+    }
+}

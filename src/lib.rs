@@ -1,0 +1,23 @@
+//! milvus-cdc: a highly available change-data-capture agent for Milvus.
+//!
+//! Replicas elect a leader through an etcd lease; the leader runs the
+//! replication workers (source reader → engine → target writer) and serves
+//! the `/cdc` task API of the official milvus-cdc; followers forward to it.
+//!
+//! Where things live: [`config`] (settings), [`api`] (HTTP), [`task`] (task
+//! records and state machine), [`store`] (etcd task store and checkpoints),
+//! [`source`] (reading the source's message streams), [`target`] (writing to
+//! the target Milvus), [`metrics`], [`server`] (wiring).
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod check;
+pub mod config;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+pub mod source;
+pub mod store;
+pub mod target;
+pub mod task;
+pub mod telemetry;

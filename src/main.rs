@@ -1,0 +1,150 @@
+//! The `milvus-cdc` command: `serve` runs an agent replica, `check` tests the
+//! configured connections. Exit codes: 0 success, 1 runtime failure, 2 bad
+//! configuration or usage.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use milvus_cdc::config::{Config, ConfigOverrides, LogFormat};
+
+/// Highly available change-data-capture agent for Milvus.
+///
+/// Replicas elect a leader through an etcd lease; the leader replicates the
+/// source Milvus into each task's target Milvus and serves the task API
+/// (`POST /cdc` on port 8444, as the official milvus-cdc).
+#[derive(Parser)]
+#[command(name = "milvus-cdc", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an agent replica: the HTTP API, and the replication workers while
+    /// this replica leads. Stops cleanly on SIGTERM or SIGINT.
+    Serve(ConfigArgs),
+    /// Load and validate the configuration, then print it with defaults
+    /// filled in (secrets hidden). Exit code 2 if it is invalid.
+    Config(ConfigArgs),
+    /// Connect to the agent's etcd, the source's natsmq and Milvus (and a
+    /// target Milvus with --target) and report what answered.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Also check this target Milvus URI, e.g. http://127.0.0.1:19540.
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+/// Where the configuration comes from.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file (see config/example.toml). Without it, the
+    /// defaults plus MILVUS_CDC_<SECTION>__<KEY> environment variables apply.
+    #[arg(long, short, env = "MILVUS_CDC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overrides server.listen.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Advertised URL, overrides server.advertise.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// etcd endpoints (comma separated), overrides etcd.endpoints.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Log format, overrides log.format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, ExitCode> {
+        let overrides = ConfigOverrides {
+            listen: self.listen,
+            advertise: self.advertise.clone(),
+            etcd_endpoints: self.etcd.clone(),
+            log_format: self.log_format,
+        };
+        let env = std::env::vars().filter(|(k, _)| k != "MILVUS_CDC_CONFIG");
+        Config::load(self.config.as_deref(), env, &overrides).map_err(|e| {
+            eprintln!("milvus-cdc: {e}");
+            ExitCode::from(2)
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("milvus-cdc: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = match args.load() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            milvus_cdc::telemetry::init(&cfg.log);
+            match runtime.block_on(milvus_cdc::server::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "milvus-cdc stopped");
+                    eprintln!("milvus-cdc: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config(args) => match args.load() {
+            Ok(mut cfg) => {
+                if cfg.etcd.password.is_some() {
+                    cfg.etcd.password = Some("<hidden>".into());
+                }
+                if cfg.source.milvus_token.is_some() {
+                    cfg.source.milvus_token = Some("<hidden>".into());
+                }
+                match toml::to_string_pretty(&cfg) {
+                    Ok(s) => {
+                        print!("{s}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("milvus-cdc: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(code) => code,
+        },
+        Command::Check { config, target } => {
+            let cfg = match config.load() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let lines = runtime.block_on(milvus_cdc::check::run(&cfg, target.as_deref()));
+            let mut ok = true;
+            for l in &lines {
+                match &l.result {
+                    Ok(d) => println!("ok    {:<14} {d}", l.what),
+                    Err(e) => {
+                        ok = false;
+                        println!("FAIL  {:<14} {e}", l.what);
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! CDC tasks: identifiers, the stored record, and the state machine that the
+//! HTTP API and the replication engine drive.
+//!
+//! ```
+//! use milvus_cdc::task::{Action, TaskState, Transition};
+//! assert_eq!(TaskState::Running.apply(Action::Pause), Transition::To(TaskState::Paused));
+//! assert_eq!(TaskState::Paused.apply(Action::Pause), Transition::Unchanged);
+//! ```
+
+pub mod params;
+pub mod service;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use params::{CollectionInfo, MilvusConnectParam};
+
+/// A task identifier: 32 lowercase hexadecimal characters, like the official
+/// server's (a UUID without dashes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskId(String);
+
+/// A string that is not a valid [`TaskId`].
+#[derive(Debug, thiserror::Error)]
+#[error("task_id must be 32 hexadecimal characters")]
+pub struct InvalidTaskId;
+
+impl TaskId {
+    /// A fresh random identifier.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = InvalidTaskId;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s.to_ascii_lowercase()))
+        } else {
+            Err(InvalidTaskId)
+        }
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lifecycle state of a task, named as in the official API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Created but not yet started (only seen transiently).
+    Initial,
+    /// Workers replicate while this replica leads.
+    Running,
+    /// Workers are stopped; the checkpoint is kept.
+    Paused,
+}
+
+impl TaskState {
+    /// Every state, for metrics.
+    pub const ALL: [TaskState; 3] = [TaskState::Initial, TaskState::Running, TaskState::Paused];
+
+    /// The state's name as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Initial => "Initial",
+            TaskState::Running => "Running",
+            TaskState::Paused => "Paused",
+        }
+    }
+
+    /// What `action` does to a task in this state. Pausing a paused task and
+    /// resuming a running one are accepted and change nothing, so a client
+    /// may safely retry after a timeout.
+    pub fn apply(self, action: Action) -> Transition {
+        match (self, action) {
+            (TaskState::Paused, Action::Pause) | (TaskState::Running, Action::Resume) => {
+                Transition::Unchanged
+            }
+            (_, Action::Pause) => Transition::To(TaskState::Paused),
+            (_, Action::Resume) => Transition::To(TaskState::Running),
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state change requested through the API (delete is handled apart: it
+/// removes the task whatever its state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop the workers after a checkpoint.
+    Pause,
+    /// Start the workers from the last checkpoint.
+    Resume,
+}
+
+/// Result of [`TaskState::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The task moves to this state.
+    To(TaskState),
+    /// The task already is where the action would take it.
+    Unchanged,
+}
+
+/// A task as stored in etcd. Secrets inside `milvus_connect_param` are
+/// stored, but [`TaskRecord::public_view`] is what the API shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Identifier.
+    pub task_id: TaskId,
+    /// How to reach the target Milvus.
+    pub milvus_connect_param: MilvusConnectParam,
+    /// What to replicate (`[{"name": "*"}]`).
+    pub collection_infos: Vec<CollectionInfo>,
+    /// Lifecycle state.
+    pub state: TaskState,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+impl TaskRecord {
+    /// The task as the API returns it: the official field names, no secrets.
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "task_id": self.task_id,
+            "milvus_connect_param": self.milvus_connect_param.redacted(),
+            "collection_infos": self.collection_infos,
+            "state": self.state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_shape() {
+        let id = TaskId::generate();
+        assert_eq!(id.as_str().len(), 32);
+        assert!(TaskId::try_from(id.to_string()).is_ok());
+        assert!(TaskId::try_from("abc".to_string()).is_err());
+        assert!(TaskId::try_from("g".repeat(32)).is_err());
+        let upper = TaskId::try_from("ABCDEF0123456789ABCDEF0123456789".to_string()).unwrap();
+        assert_eq!(upper.as_str(), "abcdef0123456789abcdef0123456789");
+    }
+
+    #[test]
+    fn transitions() {
+        use Action::*;
+        use TaskState::*;
+        assert_eq!(Running.apply(Pause), Transition::To(Paused));
+        assert_eq!(Paused.apply(Resume), Transition::To(Running));
+        assert_eq!(Paused.apply(Pause), Transition::Unchanged);
+        assert_eq!(Running.apply(Resume), Transition::Unchanged);
+        assert_eq!(Initial.apply(Resume), Transition::To(Running));
+        assert_eq!(Initial.apply(Pause), Transition::To(Paused));
+    }
+
+    #[test]
+    fn public_view_hides_secrets() {
+        let rec = TaskRecord {
+            task_id: TaskId::generate(),
+            milvus_connect_param: MilvusConnectParam {
+                uri: Some("http://localhost:19530".into()),
+                token: Some("root:Milvus".into()),
+                password: Some("pw".into()),
+                username: Some("root".into()),
+                connect_timeout: Some(10),
+                ..Default::default()
+            },
+            collection_infos: vec![CollectionInfo { name: "*".into() }],
+            state: TaskState::Running,
+            created_at_ms: 1,
+        };
+        let text = rec.public_view().to_string();
+        assert!(!text.contains("Milvus\""), "{text}");
+        assert!(!text.contains("\"pw\""), "{text}");
+        assert!(!text.contains("token"), "{text}");
+        assert!(!text.contains("password"), "{text}");
+        assert!(text.contains("\"state\":\"Running\""), "{text}");
+        assert!(text.contains("\"connect_timeout\":10"), "{text}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The task service: what `create`, `list`, `get`, `pause`, `resume` and
+//! `delete` do, independent of HTTP. It validates input, checks the target,
+//! writes the [`TaskStore`] and tells the workers what changed.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tracing::info;
+
+use super::{
+    params::ParamError, Action, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState,
+    Transition,
+};
+use crate::{
+    metrics::Metrics,
+    store::{now_ms, StoreError, TaskStore},
+    target::{MilvusTarget, TargetError},
+};
+
+/// Why a task operation failed; [`ServiceError::status`] is its HTTP code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Invalid input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The target Milvus given at create time cannot be used.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The store failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ParamError> for ServiceError {
+    fn from(e: ParamError) -> Self {
+        ServiceError::BadRequest(e.0)
+    }
+}
+
+impl ServiceError {
+    /// The HTTP status code that reports this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ServiceError::BadRequest(_) | ServiceError::Target(_) => 400,
+            ServiceError::Store(StoreError::NotFound(_)) => 404,
+            ServiceError::Store(StoreError::Conflict(_)) => 409,
+            ServiceError::Store(StoreError::LimitReached(_)) => 409,
+            ServiceError::Store(StoreError::Unavailable(_) | StoreError::Fenced) => 503,
+            ServiceError::Store(StoreError::Corrupt { .. }) => 500,
+        }
+    }
+}
+
+/// Receives task changes to start or stop replication workers. The engine
+/// implements it; without one (tests of the API alone) nothing runs.
+pub trait TaskWorkers: Send + Sync {
+    /// The task is `Running` now (created or resumed): start its workers.
+    fn start(&self, task: &TaskRecord);
+    /// The task is paused or deleted: stop its workers after a final
+    /// checkpoint. Resolves once they have stopped.
+    fn stop(&self, id: &TaskId) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// Workers that do nothing.
+pub struct NoWorkers;
+
+impl TaskWorkers for NoWorkers {
+    fn start(&self, _task: &TaskRecord) {}
+    fn stop(&self, _id: &TaskId) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The `create` request's data, already parsed.
+#[derive(Debug, Clone)]
+pub struct CreateTask {
+    /// Target connection.
+    pub milvus_connect_param: MilvusConnectParam,
+    /// What to replicate.
+    pub collection_infos: Vec<CollectionInfo>,
+}
+
+/// Task operations. Writes are serialized inside one process; across
+/// processes, only the leader calls them (fencing guards the rest).
+#[derive(Clone)]
+pub struct TaskService {
+    store: TaskStore,
+    max_tasks: usize,
+    metrics: Metrics,
+    workers: Arc<dyn TaskWorkers>,
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl TaskService {
+    /// A service over `store`.
+    pub fn new(
+        store: TaskStore,
+        max_tasks: usize,
+        metrics: Metrics,
+        workers: Arc<dyn TaskWorkers>,
+    ) -> Self {
+        Self {
+            store,
+            max_tasks,
+            metrics,
+            workers,
+            write_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The same service writing through another store (e.g. a fenced one).
+    pub fn with_store(&self, store: TaskStore) -> Self {
+        Self {
+            store,
+            ..self.clone()
+        }
+    }
+
+    /// Validates `req`, checks that the target answers and accepts the
+    /// credentials, then stores the task as `Running` and starts it.
+    pub async fn create(&self, req: CreateTask) -> Result<TaskId, ServiceError> {
+        check_collection_infos(&req.collection_infos)?;
+        let addr = req.milvus_connect_param.validate()?;
+        let target = MilvusTarget::connect(&addr).await?;
+        target.probe().await?;
+        let _guard = self.write_lock.lock().await;
+        let record = TaskRecord {
+            task_id: TaskId::generate(),
+            milvus_connect_param: req.milvus_connect_param,
+            collection_infos: req.collection_infos,
+            state: TaskState::Running,
+            created_at_ms: now_ms(),
+        };
+        self.store.create_task(&record, self.max_tasks).await?;
+        info!(task_id = %record.task_id, target = %addr.url, "task created");
+        self.workers.start(&record);
+        self.refresh_metrics().await;
+        Ok(record.task_id)
+    }
+
+    /// Every task.
+    pub async fn list(&self) -> Result<Vec<TaskRecord>, ServiceError> {
+        let tasks: Vec<TaskRecord> = self
+            .store
+            .load_tasks()
+            .await?
+            .into_iter()
+            .map(|t| t.value)
+            .collect();
+        self.metrics.set_task_states(tasks.iter().map(|t| t.state));
+        Ok(tasks)
+    }
+
+    /// One task.
+    pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, ServiceError> {
+        Ok(self.store.get_task(id).await?.value)
+    }
+
+    /// Pauses or resumes a task. Repeating an action is accepted and changes
+    /// nothing.
+    pub async fn change_state(&self, id: &TaskId, action: Action) -> Result<(), ServiceError> {
+        let _guard = self.write_lock.lock().await;
+        let current = self.store.get_task(id).await?;
+        let new_state = match current.value.state.apply(action) {
+            Transition::Unchanged => return Ok(()),
+            Transition::To(s) => s,
+        };
+        if action == Action::Pause {
+            // Workers stop after their final checkpoint, before the state
+            // says Paused, so a paused task never moves on.
+            self.workers.stop(id).await;
+        }
+        let mut record = current.value;
+        record.state = new_state;
+        self.store.update_task(&record, current.revision).await?;
+        info!(task_id = %id, state = %new_state, "task state changed");
+        if new_state == TaskState::Running {
+            self.workers.start(&record);
+        }
+        self.refresh_metrics().await;
+        Ok(())
+    }
+
+    /// Stops a task's workers and removes it with its checkpoints.
+    pub async fn delete(&self, id: &TaskId) -> Result<(), ServiceError> {
+        let _guard = self.write_lock.lock().await;
+        self.store.get_task(id).await?;
+        self.workers.stop(id).await;
+        self.store.delete_task(id).await?;
+        info!(task_id = %id, "task deleted");
+        self.refresh_metrics().await;
+        Ok(())
+    }
+
+    async fn refresh_metrics(&self) {
+        if let Ok(tasks) = self.store.load_tasks().await {
+            self.metrics
+                .set_task_states(tasks.iter().map(|t| t.value.state));
+        }
+    }
+}
+
+/// Only whole-cluster replication (`[{"name": "*"}]`) is supported, as in
+/// the official server.
+fn check_collection_infos(infos: &[CollectionInfo]) -> Result<(), ServiceError> {
+    match infos {
+        [one] if one.name == "*" => Ok(()),
+        [] => Err(ServiceError::BadRequest(
+            "collection_infos must not be empty; use [{\"name\": \"*\"}]".into(),
+        )),
+        _ => Err(ServiceError::BadRequest(
+            "collection_infos: only [{\"name\": \"*\"}] (every collection) is supported".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_infos_rules() {
+        let star = CollectionInfo { name: "*".into() };
+        let named = CollectionInfo { name: "c".into() };
+        assert!(check_collection_infos(std::slice::from_ref(&star)).is_ok());
+        assert!(check_collection_infos(&[]).is_err());
+        assert!(check_collection_infos(&[named]).is_err());
+        assert!(check_collection_infos(&[star.clone(), star]).is_err());
+    }
+
+    #[test]
+    fn status_codes() {
+        let id = TaskId::generate();
+        assert_eq!(ServiceError::BadRequest("x".into()).status(), 400);
+        assert_eq!(
+            ServiceError::Store(StoreError::NotFound(id.clone())).status(),
+            404
+        );
+        assert_eq!(
+            ServiceError::Store(StoreError::LimitReached(1)).status(),
+            409
+        );
+        assert_eq!(
+            ServiceError::Store(StoreError::Unavailable("x".into())).status(),
+            503
+        );
+        assert_eq!(ServiceError::Store(StoreError::Fenced).status(), 503);
+    }
+}
