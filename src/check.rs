@@ -5,7 +5,11 @@
 use std::fmt::Write as _;
 
 use crate::{
-    config::Config, source::natsmq::NatsMq, store, target::MilvusTarget, task::MilvusConnectParam,
+    config::Config,
+    source::{mq::MessageQueue as _, natsmq::NatsMq},
+    store,
+    target::MilvusTarget,
+    task::MilvusConnectParam,
 };
 
 /// One dependency's result.
@@ -17,8 +21,13 @@ pub struct CheckLine {
     pub result: Result<String, String>,
 }
 
-/// Checks every dependency; `target` is an optional target Milvus URI.
-pub async fn run(cfg: &Config, target: Option<&str>) -> Vec<CheckLine> {
+/// Checks every dependency; `target` is an optional target Milvus URI with
+/// its optional token.
+pub async fn run(
+    cfg: &Config,
+    target: Option<&str>,
+    target_token: Option<String>,
+) -> Vec<CheckLine> {
     let mut lines = Vec::new();
     let etcd = match store::connect(&cfg.etcd).await {
         Ok(mut c) => match c.status().await {
@@ -38,7 +47,7 @@ pub async fn run(cfg: &Config, target: Option<&str>) -> Vec<CheckLine> {
     let prefix = format!("{}-", cfg.source.channel_prefix);
     let nats = match NatsMq::connect(&cfg.source.nats_url, cfg.source.connect_timeout).await {
         Ok(mq) => mq
-            .stream_names(&prefix)
+            .channels(&prefix)
             .await
             .map_err(|e| e.to_string())
             .map(|names| {
@@ -66,7 +75,12 @@ pub async fn run(cfg: &Config, target: Option<&str>) -> Vec<CheckLine> {
     if let Some(uri) = target {
         lines.push(CheckLine {
             what: "target milvus".into(),
-            result: milvus(uri, None, cfg.source.connect_timeout.as_secs().max(1)).await,
+            result: milvus(
+                uri,
+                target_token,
+                cfg.source.connect_timeout.as_secs().max(1),
+            )
+            .await,
         });
     }
     lines

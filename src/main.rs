@@ -35,6 +35,43 @@ enum Command {
         /// Also check this target Milvus URI, e.g. http://127.0.0.1:19540.
         #[arg(long)]
         target: Option<String>,
+        /// Token (`user:password`) for the target given with --target.
+        #[arg(long, env = "MILVUS_CDC_TARGET_TOKEN", hide_env_values = true)]
+        target_token: Option<String>,
+    },
+    /// Inspect the source's message streams.
+    #[command(subcommand)]
+    Source(SourceCommand),
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// List the source's channels (JetStream streams) with their retained
+    /// sequence range.
+    Channels(ConfigArgs),
+    /// Print the decoded events of channels as JSON lines, read exactly as a
+    /// replication worker reads them.
+    Dump {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Channel names (default: every DML channel and the replicate channel).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Start after this sequence (a checkpoint); default: the earliest retained.
+        #[arg(long, conflicts_with = "latest")]
+        after: Option<u64>,
+        /// Start with the next message published.
+        #[arg(long)]
+        latest: bool,
+        /// Stop each channel after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Stop each channel after this many seconds without a message.
+        #[arg(long, default_value_t = 2.0)]
+        idle_secs: f64,
+        /// Leave time ticks out.
+        #[arg(long)]
+        skip_time_ticks: bool,
     },
 }
 
@@ -124,12 +161,20 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Check { config, target } => {
+        Command::Check {
+            config,
+            target,
+            target_token,
+        } => {
             let cfg = match config.load() {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let lines = runtime.block_on(milvus_cdc::check::run(&cfg, target.as_deref()));
+            let lines = runtime.block_on(milvus_cdc::check::run(
+                &cfg,
+                target.as_deref(),
+                target_token,
+            ));
             let mut ok = true;
             for l in &lines {
                 match &l.result {
@@ -144,6 +189,88 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Source(cmd) => runtime.block_on(source_command(cmd)),
+    }
+}
+
+async fn source_command(cmd: SourceCommand) -> ExitCode {
+    use milvus_cdc::source::{
+        inspect::{dump, DumpOptions},
+        mq::{MessageQueue as _, StartAt},
+        natsmq::NatsMq,
+    };
+    let config = match &cmd {
+        SourceCommand::Channels(c) | SourceCommand::Dump { config: c, .. } => c,
+    };
+    let cfg = match config.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mq = match NatsMq::connect(&cfg.source.nats_url, cfg.source.connect_timeout).await {
+        Ok(m) => std::sync::Arc::new(m),
+        Err(e) => {
+            eprintln!("milvus-cdc: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cmd {
+        SourceCommand::Channels(_) => {
+            let prefix = format!("{}-", cfg.source.channel_prefix);
+            let names = match mq.channels(&prefix).await {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("milvus-cdc: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for name in names {
+                match mq.info(&name).await {
+                    Ok(i) => println!(
+                        "{name}\tfirst={}\tlast={}",
+                        i.first_sequence, i.last_sequence
+                    ),
+                    Err(e) => println!("{name}\terror={e}"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        SourceCommand::Dump {
+            channels,
+            after,
+            latest,
+            limit,
+            idle_secs,
+            skip_time_ticks,
+            ..
+        } => {
+            let channels = if channels.is_empty() {
+                let mut all = cfg.source.dml_channels();
+                all.push(cfg.source.replicate_channel());
+                all
+            } else {
+                channels
+            };
+            let start = match (after, latest) {
+                (Some(s), _) => StartAt::After(s),
+                (None, true) => StartAt::Latest,
+                (None, false) => StartAt::Earliest,
+            };
+            let opts = DumpOptions {
+                channels,
+                start,
+                limit,
+                idle: std::time::Duration::from_secs_f64(idle_secs.clamp(0.1, 3600.0)),
+                skip_time_ticks,
+            };
+            let mut out = std::io::stdout();
+            match dump(mq, &opts, &mut out).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("milvus-cdc: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
     }

@@ -33,6 +33,37 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of per-channel metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// Task id (empty outside a task, e.g. in tools).
+    pub task_id: String,
+    /// Channel name.
+    pub channel: String,
+}
+
+impl ChannelLabels {
+    /// These labels plus a message kind.
+    pub fn with_kind(&self, kind: &str) -> KindLabels {
+        KindLabels {
+            task_id: self.task_id.clone(),
+            channel: self.channel.clone(),
+            kind: kind.to_string(),
+        }
+    }
+}
+
+/// Labels of per-channel, per-message-kind metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Task id.
+    pub task_id: String,
+    /// Channel name.
+    pub channel: String,
+    /// Event kind (`insert`, `time_tick`, ...).
+    pub kind: String,
+}
+
 /// Labels of the build-info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -48,6 +79,16 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// Number of tasks by state, as last seen in the store.
     pub tasks: Family<StateLabels, Gauge>,
+    /// Messages read from the source, by kind.
+    pub source_messages: Family<KindLabels, Counter>,
+    /// Payload bytes read from the source.
+    pub source_bytes: Family<ChannelLabels, Counter>,
+    /// Source messages that could not be decoded.
+    pub source_decode_errors: Family<ChannelLabels, Counter>,
+    /// Times a channel was reopened after a failure.
+    pub source_reconnects: Family<ChannelLabels, Counter>,
+    /// Sequence gaps seen (messages removed from the source before read).
+    pub source_gaps: Family<ChannelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -68,6 +109,36 @@ impl Metrics {
         );
         let tasks = Family::<StateLabels, Gauge>::default();
         registry.register("tasks", "Number of tasks by state", tasks.clone());
+        let source_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "source_messages",
+            "Messages read from the source message queue, by task, channel and kind",
+            source_messages.clone(),
+        );
+        let source_bytes = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "source_bytes",
+            "Payload bytes read from the source message queue",
+            source_bytes.clone(),
+        );
+        let source_decode_errors = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "source_decode_errors",
+            "Source messages that could not be decoded (logged with their position)",
+            source_decode_errors.clone(),
+        );
+        let source_reconnects = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "source_reconnects",
+            "Times a source channel was reopened after a failure",
+            source_reconnects.clone(),
+        );
+        let source_gaps = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "source_gaps",
+            "Sequence gaps: source messages removed by retention before they were read",
+            source_gaps.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Version of the running agent", build.clone());
         build
@@ -79,6 +150,11 @@ impl Metrics {
             registry: std::sync::Arc::new(registry),
             api_requests,
             tasks,
+            source_messages,
+            source_bytes,
+            source_decode_errors,
+            source_reconnects,
+            source_gaps,
         }
     }
 

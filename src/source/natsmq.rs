@@ -1,90 +1,156 @@
-//! The source's natsmq: a NATS JetStream server in which every Milvus
-//! channel is one stream named after the channel (subject = stream name).
+//! [`MessageQueue`] for Milvus's natsmq: a NATS JetStream server in which
+//! every Milvus channel is one stream named after the channel (subject =
+//! stream name). Positions are JetStream stream sequences.
+//!
+//! Each open channel is an ephemeral *ordered* pull consumer: the server
+//! delivers in sequence order, nothing is acknowledged (the source's stream is
+//! never modified), and async-nats recreates the consumer after a missed
+//! heartbeat at the last delivered sequence.
 
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
+use futures::{future::BoxFuture, StreamExt as _, TryStreamExt as _};
 
-/// Why the NATS server of the source cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum NatsError {
-    /// No connection within the timeout.
-    #[error("cannot connect to natsmq at {url}: {message}")]
-    Connect {
-        /// The server tried.
-        url: String,
-        /// What failed.
-        message: String,
-    },
-    /// A JetStream request failed.
-    #[error("JetStream request to {url} failed: {message}")]
-    Request {
-        /// The server.
-        url: String,
-        /// What failed.
-        message: String,
-    },
-}
+use async_nats::jetstream::{
+    self,
+    consumer::{pull::OrderedConfig, DeliverPolicy},
+};
 
-/// A connection to the source's JetStream.
+use super::mq::{ChannelInfo, MessageQueue, MessageStream, MqError, RawMessage, StartAt};
+
+/// A connection to the source's JetStream. Cheap to clone.
 #[derive(Clone)]
 pub struct NatsMq {
-    js: async_nats::jetstream::Context,
+    js: jetstream::Context,
     url: String,
     timeout: Duration,
 }
 
 impl NatsMq {
-    /// Connects to `url` within `timeout`.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, NatsError> {
-        let err = |message: String| NatsError::Connect {
-            url: url.to_string(),
-            message,
-        };
+    /// Connects to `url`; fails if the server does not answer within `timeout`.
+    /// Afterwards the client reconnects by itself, with backoff.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, MqError> {
+        let err = |message: String| MqError::retriable(format!("natsmq {url}: {message}"));
         let opts = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
-            .retry_on_initial_connect();
+            .retry_on_initial_connect()
+            .max_reconnects(None);
         let client = match tokio::time::timeout(timeout, opts.connect(url)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(err(e.to_string())),
             Err(_) => return Err(err(format!("no connection within {timeout:?}"))),
         };
         // `retry_on_initial_connect` returns before the connection is up;
-        // flush proves the server answers.
+        // a flush proves the server answers.
         match tokio::time::timeout(timeout, client.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(e.to_string())),
             Err(_) => return Err(err(format!("no answer within {timeout:?}"))),
         }
         Ok(Self {
-            js: async_nats::jetstream::new(client),
+            js: jetstream::new(client),
             url: url.to_string(),
             timeout,
         })
     }
 
-    /// Names of the streams that start with `prefix`, sorted.
-    pub async fn stream_names(&self, prefix: &str) -> Result<Vec<String>, NatsError> {
-        let err = |message: String| NatsError::Request {
-            url: self.url.clone(),
-            message,
-        };
-        let names: Vec<String> = match tokio::time::timeout(
-            self.timeout,
-            self.js.stream_names().try_collect::<Vec<String>>(),
-        )
-        .await
-        {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(err(e.to_string())),
-            Err(_) => return Err(err(format!("no answer within {:?}", self.timeout))),
-        };
-        let mut names: Vec<String> = names
-            .into_iter()
-            .filter(|n| n.starts_with(prefix))
-            .collect();
-        names.sort();
-        Ok(names)
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> MqError {
+        MqError::retriable(format!("natsmq {} {what}: {e}", self.url))
+    }
+
+    async fn bounded<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, MqError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.err(what, e)),
+            Err(_) => Err(self.err(what, format!("no answer within {:?}", self.timeout))),
+        }
+    }
+}
+
+impl MessageQueue for NatsMq {
+    fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
+        let channel = channel.to_string();
+        Box::pin(async move {
+            let stream = self
+                .bounded(
+                    &format!("get stream {channel}"),
+                    self.js.get_stream(&channel),
+                )
+                .await?;
+            let deliver_policy = match start {
+                StartAt::Earliest => DeliverPolicy::All,
+                StartAt::Latest => DeliverPolicy::New,
+                StartAt::After(seq) => DeliverPolicy::ByStartSequence {
+                    start_sequence: seq + 1,
+                },
+            };
+            let consumer = self
+                .bounded(
+                    &format!("create consumer on {channel}"),
+                    stream.create_consumer(OrderedConfig {
+                        deliver_policy,
+                        ..Default::default()
+                    }),
+                )
+                .await?;
+            let messages = self
+                .bounded(&format!("read {channel}"), consumer.messages())
+                .await?;
+            let url = self.url.clone();
+            let out = messages.map(move |m| {
+                let m =
+                    m.map_err(|e| MqError::retriable(format!("natsmq {url} {channel}: {e}")))?;
+                let info = m.info().map_err(|e| {
+                    MqError::retriable(format!("natsmq {url}: bad reply subject: {e}"))
+                })?;
+                Ok(RawMessage {
+                    sequence: info.stream_sequence,
+                    payload: m.message.payload.clone(),
+                })
+            });
+            Ok(out.boxed())
+        })
+    }
+
+    fn info(&self, channel: &str) -> BoxFuture<'_, Result<ChannelInfo, MqError>> {
+        let channel = channel.to_string();
+        Box::pin(async move {
+            let mut stream = self
+                .bounded(
+                    &format!("get stream {channel}"),
+                    self.js.get_stream(&channel),
+                )
+                .await?;
+            let info = self
+                .bounded(&format!("stream info {channel}"), stream.info())
+                .await?;
+            Ok(ChannelInfo {
+                first_sequence: info.state.first_sequence,
+                last_sequence: info.state.last_sequence,
+            })
+        })
+    }
+
+    fn channels(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, MqError>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let names: Vec<String> = self
+                .bounded(
+                    "list streams",
+                    self.js.stream_names().try_collect::<Vec<_>>(),
+                )
+                .await?;
+            let mut names: Vec<String> = names
+                .into_iter()
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
+            names.sort();
+            Ok(names)
+        })
     }
 }

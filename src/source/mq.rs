@@ -1,0 +1,73 @@
+//! The message-queue abstraction the reader consumes. natsmq is the first
+//! implementation ([`super::natsmq`]); Kafka and Pulsar fit behind the same
+//! trait: an ordered stream of `(sequence, payload)` per channel that can be
+//! opened at any position.
+
+use bytes::Bytes;
+use futures::{future::BoxFuture, stream::BoxStream};
+
+/// Where a reader starts on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest message still retained (replays history).
+    Earliest,
+    /// Only messages published from now on.
+    Latest,
+    /// The first message after this sequence (resume from a checkpoint).
+    After(u64),
+}
+
+/// One message as the queue holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Sequence number in the channel's stream (strictly increasing).
+    pub sequence: u64,
+    /// The serialized Milvus message.
+    pub payload: Bytes,
+}
+
+/// A queue failure. `retriable` says whether reopening may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct MqError {
+    /// What failed.
+    pub message: String,
+    /// Whether retrying (reopening the channel) may succeed.
+    pub retriable: bool,
+}
+
+impl MqError {
+    /// A failure worth retrying.
+    pub fn retriable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retriable: true,
+        }
+    }
+}
+
+/// Retention facts about a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelInfo {
+    /// Sequence of the oldest retained message (0 when empty).
+    pub first_sequence: u64,
+    /// Sequence of the newest message (0 when empty).
+    pub last_sequence: u64,
+}
+
+/// An ordered stream of a channel's messages.
+pub type MessageStream = BoxStream<'static, Result<RawMessage, MqError>>;
+
+/// A source message queue.
+pub trait MessageQueue: Send + Sync + 'static {
+    /// Opens `channel` at `start`. The stream yields messages in sequence
+    /// order and ends or errs when the connection breaks; the caller reopens
+    /// after its last sequence.
+    fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>>;
+
+    /// Retention of `channel`.
+    fn info(&self, channel: &str) -> BoxFuture<'_, Result<ChannelInfo, MqError>>;
+
+    /// Names of existing channels starting with `prefix`, sorted.
+    fn channels(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, MqError>>;
+}

@@ -1,0 +1,200 @@
+"""Shared harness of the end-to-end suite.
+
+The real stack (etcd, source and target Milvus 2.3.5) is started by
+``scripts/stack.sh start`` before pytest runs (``scripts/test.sh`` does it);
+its addresses come from the run folder's ``stack.env``. This harness starts
+and stops the agent processes itself, each test with its own etcd root so
+tests never see each other's tasks.
+"""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stack_env():
+    run_dir = Path(os.environ.get("CDC_RUN_DIR", REPO / ".run" / "stack"))
+    env_file = run_dir / "stack.env"
+    if not env_file.exists():
+        raise RuntimeError(
+            f"{env_file} not found: start the stack first (scripts/stack.sh start)"
+        )
+    values = {}
+    for line in env_file.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            values[k] = v
+    return values
+
+
+STACK = _stack_env()
+BIN = Path(os.environ.get("CDC_BIN", REPO / "target" / "debug" / "milvus-cdc"))
+TARGET_TOKEN = "root:Milvus" if STACK.get("CDC_TARGET_AUTH") == "1" else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=60):
+    """Returns (status, parsed JSON or raw text, headers)."""
+    data = body
+    if isinstance(body, (dict, list)):
+        data = json.dumps(body).encode()
+    elif isinstance(body, str):
+        data = body.encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw, status, hdrs = resp.read(), resp.status, resp.headers
+    except urllib.error.HTTPError as e:
+        raw, status, hdrs = e.read(), e.code, e.headers
+    try:
+        return status, json.loads(raw), hdrs
+    except ValueError:
+        return status, raw.decode(errors="replace"), hdrs
+
+
+def etcd_get_prefix(prefix):
+    """Every key/value under prefix in the agent's etcd, read with etcdctl."""
+    out = subprocess.run(
+        ["etcdctl", "--endpoints", STACK["CDC_ETCD_ENDPOINT"], "get", "--prefix", prefix,
+         "-w", "json"],
+        check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30,
+    ).stdout
+    kvs = json.loads(out).get("kvs", [])
+    return {
+        base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+        for kv in kvs
+    }
+
+
+class Agent:
+    """One milvus-cdc replica process."""
+
+    def __init__(self, root, port=None, extra_env=None, log_dir=None):
+        self.root = root
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = extra_env or {}
+        self.log_path = Path(log_dir or REPO / ".run" / "agents") / f"agent-{self.port}.log"
+        self.proc = None
+
+    def env(self):
+        env = {
+            **os.environ,
+            "MILVUS_CDC_SERVER__LISTEN": f"127.0.0.1:{self.port}",
+            "MILVUS_CDC_ETCD__ENDPOINTS": json.dumps([STACK["CDC_ETCD_ENDPOINT"]]),
+            "MILVUS_CDC_ETCD__ROOT": self.root,
+            "MILVUS_CDC_SOURCE__MILVUS_URI": STACK["CDC_SOURCE_URI"],
+            "MILVUS_CDC_SOURCE__NATS_URL": STACK["CDC_NATS_URL"],
+            "MILVUS_CDC_LOG__LEVEL": "milvus_cdc=debug,info",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start(self, wait=True):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                status, _, _ = http("GET", self.url + "/readyz", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"agent not ready within {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, n=40):
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "<no log>"
+
+    def cdc(self, body, **kw):
+        status, data, _ = http("POST", self.url + "/cdc", body, **kw)
+        return status, data
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill9(self):
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def etcd_root():
+    return f"milvus-cdc-test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def agents(etcd_root):
+    """Factory of agent replicas sharing one etcd root; all stopped at the end."""
+    started = []
+
+    def make(**kw):
+        kw.setdefault("root", etcd_root)
+        a = Agent(**kw)
+        started.append(a)
+        return a
+
+    yield make
+    for a in started:
+        a.stop()
+
+
+@pytest.fixture
+def agent(agents):
+    return agents().start()
+
+
+def target_param(**overrides):
+    p = {"uri": STACK["CDC_TARGET_URI"], "connect_timeout": 10}
+    if TARGET_TOKEN:
+        p["token"] = TARGET_TOKEN
+    p.update(overrides)
+    return p
+
+
+def create_body(**param_overrides):
+    return {
+        "request_type": "create",
+        "request_data": {
+            "milvus_connect_param": target_param(**param_overrides),
+            "collection_infos": [{"name": "*"}],
+        },
+    }
