@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod metrics;
 pub mod proto;
+pub mod replicate;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -11,9 +11,16 @@
 //! assert!(m.encode().contains("milvus_cdc_api_requests_total"));
 //! ```
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -64,6 +71,22 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of per-task metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// Task id.
+    pub task_id: String,
+}
+
+/// Labels of error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Task id.
+    pub task_id: String,
+    /// Error kind (`target_unreachable`, `target_rejected`, `target_auth`, `checkpoint`).
+    pub kind: String,
+}
+
 /// Labels of the build-info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -89,6 +112,24 @@ pub struct Metrics {
     pub source_reconnects: Family<ChannelLabels, Counter>,
     /// Sequence gaps seen (messages removed from the source before read).
     pub source_gaps: Family<ChannelLabels, Counter>,
+    /// Source messages applied to the target, by kind.
+    pub applied_messages: Family<KindLabels, Counter>,
+    /// Rows applied to the target (inserts as upserts, deletes).
+    pub applied_rows: Family<KindLabels, Counter>,
+    /// Payload bytes applied.
+    pub applied_bytes: Family<ChannelLabels, Counter>,
+    /// Messages skipped (not replicated, undecodable, or for dropped collections).
+    pub skipped_messages: Family<KindLabels, Counter>,
+    /// Time to apply one write to the target.
+    pub apply_latency: Family<TaskLabels, Histogram>,
+    /// Failed writes and checkpoint saves, by kind (each is retried).
+    pub apply_errors: Family<ErrorLabels, Counter>,
+    /// Now minus the source time of the last applied message, per channel.
+    pub replication_lag: Family<ChannelLabels, Gauge<f64, AtomicU64>>,
+    /// Seconds since the task's checkpoints were last saved.
+    pub checkpoint_age: Family<TaskLabels, Gauge<f64, AtomicU64>>,
+    /// Checkpoint saves.
+    pub checkpoints_saved: Family<TaskLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -139,6 +180,62 @@ impl Metrics {
             "Sequence gaps: source messages removed by retention before they were read",
             source_gaps.clone(),
         );
+        let applied_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "applied_messages",
+            "Source messages applied to the target, by task, channel and kind",
+            applied_messages.clone(),
+        );
+        let applied_rows = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "applied_rows",
+            "Rows applied to the target (insert = upsert, delete), by task, channel and kind",
+            applied_rows.clone(),
+        );
+        let applied_bytes = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "applied_bytes",
+            "Insert payload bytes applied to the target",
+            applied_bytes.clone(),
+        );
+        let skipped_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "skipped_messages",
+            "Source messages not applied: types not replicated, undecodable, or for dropped collections",
+            skipped_messages.clone(),
+        );
+        let apply_latency = Family::<TaskLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "apply_latency_seconds",
+            "Time to apply one write (batch or DDL) to the target",
+            apply_latency.clone(),
+        );
+        let apply_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "apply_errors",
+            "Failed target writes and checkpoint saves by kind; each is retried with backoff",
+            apply_errors.clone(),
+        );
+        let replication_lag = Family::<ChannelLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Now minus the source time of the last applied message (0 when idle and caught up); rises while a channel is stuck",
+            replication_lag.clone(),
+        );
+        let checkpoint_age = Family::<TaskLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "checkpoint_age_seconds",
+            "Seconds since the task's checkpoints were last saved or found current",
+            checkpoint_age.clone(),
+        );
+        let checkpoints_saved = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "checkpoints_saved",
+            "Checkpoint saves to etcd",
+            checkpoints_saved.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Version of the running agent", build.clone());
         build
@@ -155,6 +252,15 @@ impl Metrics {
             source_decode_errors,
             source_reconnects,
             source_gaps,
+            applied_messages,
+            applied_rows,
+            applied_bytes,
+            skipped_messages,
+            apply_latency,
+            apply_errors,
+            replication_lag,
+            checkpoint_age,
+            checkpoints_saved,
         }
     }
 

@@ -11,8 +11,13 @@ use crate::{
     api::{self, ApiState, Role, StoreProbe},
     config::Config,
     metrics::Metrics,
+    replicate::Engine,
+    source::natsmq::NatsMq,
     store::{self, TaskStore},
-    task::service::{NoWorkers, TaskService},
+    task::{
+        service::{TaskService, TaskWorkers as _},
+        TaskState,
+    },
 };
 
 /// Answers `/readyz` by asking etcd for its status.
@@ -42,12 +47,28 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start without the agent's etcd")?;
     let store = TaskStore::new(&client, &cfg.etcd.root, cfg.etcd.request_timeout);
+    let mq = NatsMq::connect_lazy(&cfg.source.nats_url, cfg.source.connect_timeout)
+        .await
+        .context("invalid source.nats_url")?;
+    let engine = Engine::new(
+        cfg.source.clone(),
+        cfg.replicate.clone(),
+        Arc::new(mq),
+        store.clone(),
+        metrics.clone(),
+    );
     let service = TaskService::new(
-        store,
+        store.clone(),
         cfg.tasks.max_tasks,
         metrics.clone(),
-        Arc::new(NoWorkers),
+        Arc::new(engine.clone()),
     );
+    // Without an election this replica leads: start every Running task.
+    for t in store.load_tasks().await.context("cannot load tasks")? {
+        if t.value.state == TaskState::Running {
+            engine.start(&t.value);
+        }
+    }
     // Without an election every replica leads; the HA module replaces this.
     let (_role_tx, role_rx) = watch::channel(Role::Leader {
         service: Box::new(service),
@@ -71,6 +92,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server failed")?;
+    engine.stop_all().await;
     info!("shut down cleanly");
     Ok(())
 }

@@ -50,7 +50,10 @@ impl CreateCollection {
     /// The user fields of the schema, without Milvus's system fields
     /// (`RowID` and `Timestamp`, field ids 0 and 1).
     pub fn user_fields(&self) -> impl Iterator<Item = &schema::FieldSchema> {
-        self.schema.fields.iter().filter(|f| f.field_id >= 100)
+        self.schema
+            .fields
+            .iter()
+            .filter(|f| !crate::target::writer::is_system_field(f))
     }
 }
 

@@ -27,6 +27,24 @@ pub struct NatsMq {
 }
 
 impl NatsMq {
+    /// A client that connects (and reconnects, with backoff) in the
+    /// background; calls fail with a timeout until the server answers.
+    pub async fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, MqError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(url)
+            .await
+            .map_err(|e| MqError::retriable(format!("natsmq {url}: {e}")))?;
+        Ok(Self {
+            js: jetstream::new(client),
+            url: url.to_string(),
+            timeout,
+        })
+    }
+
     /// Connects to `url`; fails if the server does not answer within `timeout`.
     /// Afterwards the client reconnects by itself, with backoff.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, MqError> {

@@ -232,3 +232,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+pub mod writer;

@@ -1,0 +1,365 @@
+//! The replication engine: for each `Running` task, one ordered pipeline per
+//! source channel (every DML channel and the replicate channel), in parallel,
+//! from the task's checkpoints; checkpoints saved after the target
+//! acknowledged, every `replicate.checkpoint_interval` and when the task stops.
+//!
+//! The engine implements [`TaskWorkers`], so the task service starts and
+//! stops it; the HTTP layer never touches it directly.
+//!
+//! - [`pipeline`]: the per-channel apply loop;
+//! - [`batch`]: insert batching;
+//! - [`catalog`]: source collection id → target collection;
+//! - [`progress`]: applied positions, the DDL watermark and lag.
+
+pub mod batch;
+pub mod catalog;
+pub mod pipeline;
+pub mod progress;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument as _};
+
+use self::{catalog::Catalog, pipeline::Pipeline, progress::TaskProgress};
+use crate::{
+    config::{ReplicateConfig, SourceConfig},
+    metrics::{ChannelLabels, ErrorLabels, Metrics, TaskLabels},
+    source::{
+        mq::{MessageQueue, StartAt},
+        reader::ChannelReader,
+    },
+    store::{now_ms, Checkpoints, StoreError, TaskStore},
+    target::{writer::retry_delays, MilvusTarget},
+    task::{service::TaskWorkers, MilvusConnectParam, TaskId, TaskRecord},
+};
+
+/// Events buffered between a channel's reader and its pipeline.
+const CHANNEL_BUFFER: usize = 256;
+
+/// Runs the workers of every started task.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: SourceConfig,
+    replicate: ReplicateConfig,
+    mq: Arc<dyn MessageQueue>,
+    store: Mutex<TaskStore>,
+    metrics: Metrics,
+    tasks: Mutex<HashMap<TaskId, Running>>,
+    /// Fired when a task finds it may no longer write (fenced).
+    deposed: CancellationToken,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Engine {
+    /// An engine reading `mq` and saving checkpoints in `store`.
+    pub fn new(
+        source: SourceConfig,
+        replicate: ReplicateConfig,
+        mq: Arc<dyn MessageQueue>,
+        store: TaskStore,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                replicate,
+                mq,
+                store: Mutex::new(store),
+                metrics,
+                tasks: Mutex::new(HashMap::new()),
+                deposed: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Uses `store` (e.g. fenced with a new leadership) for later writes.
+    pub fn set_store(&self, store: TaskStore) {
+        *lock(&self.inner.store) = store;
+    }
+
+    /// A token that fires when a checkpoint write was refused by fencing.
+    pub fn deposed(&self) -> CancellationToken {
+        self.inner.deposed.clone()
+    }
+
+    /// Ids of the tasks running here.
+    pub fn running(&self) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = lock(&self.inner.tasks).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Stops every task (final checkpoints first).
+    pub async fn stop_all(&self) {
+        let all: Vec<(TaskId, Running)> = lock(&self.inner.tasks).drain().collect();
+        for (_, r) in &all {
+            r.cancel.cancel();
+        }
+        for (id, r) in all {
+            if r.handle.await.is_err() {
+                error!(task_id = %id, "task worker panicked");
+            }
+        }
+    }
+}
+
+impl TaskWorkers for Engine {
+    fn start(&self, task: &TaskRecord) {
+        let mut tasks = lock(&self.inner.tasks);
+        if tasks
+            .get(&task.task_id)
+            .is_some_and(|r| !r.handle.is_finished())
+        {
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let span = tracing::info_span!("task", task_id = %task.task_id);
+        let handle = tokio::spawn(
+            run_task(self.inner.clone(), task.clone(), cancel.clone()).instrument(span),
+        );
+        tasks.insert(task.task_id.clone(), Running { cancel, handle });
+    }
+
+    fn stop(&self, id: &TaskId) -> BoxFuture<'static, ()> {
+        let running = lock(&self.inner.tasks).remove(id);
+        let id = id.clone();
+        Box::pin(async move {
+            if let Some(r) = running {
+                r.cancel.cancel();
+                if r.handle.await.is_err() {
+                    error!(task_id = %id, "task worker panicked");
+                }
+            }
+        })
+    }
+}
+
+/// Retries `op` with backoff until it succeeds or `cancel` fires.
+async fn until_ok<T, E: std::fmt::Display, Fut>(
+    cancel: &CancellationToken,
+    what: &str,
+    op: impl Fn() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delays = retry_delays();
+    loop {
+        let r = tokio::select! {
+            () = cancel.cancelled() => return None,
+            r = op() => r,
+        };
+        match r {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let d = delays.next().unwrap_or(Duration::from_secs(10));
+                warn!(what, error = %e, retry_in = ?d, "failed, retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return None,
+                    () = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn connect(param: &MilvusConnectParam) -> Result<MilvusTarget, String> {
+    let addr = param.validate().map_err(|e| e.to_string())?;
+    MilvusTarget::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken) {
+    let id = task.task_id.clone();
+    info!("starting task workers");
+    let Some(target) = until_ok(&cancel, "connect to target", || {
+        connect(&task.milvus_connect_param)
+    })
+    .await
+    else {
+        return;
+    };
+    let source_param = MilvusConnectParam {
+        uri: Some(inner.source.milvus_uri.clone()),
+        token: inner.source.milvus_token.clone(),
+        connect_timeout: Some(inner.source.connect_timeout.as_secs().max(1)),
+        ..Default::default()
+    };
+    let Some(source) = until_ok(&cancel, "connect to source Milvus", || {
+        connect(&source_param)
+    })
+    .await
+    else {
+        return;
+    };
+    let store = lock(&inner.store).clone();
+    let Some(checkpoints) =
+        until_ok(&cancel, "load checkpoints", || store.load_checkpoints(&id)).await
+    else {
+        return;
+    };
+    let writer = crate::target::writer::TargetWriter::new(target);
+    let catalog = Catalog::new(source, writer.clone());
+    let progress = TaskProgress::default();
+    let workers = cancel.child_token();
+    let mut handles = Vec::new();
+    let mut channels: Vec<(String, bool)> = inner
+        .source
+        .dml_channels()
+        .into_iter()
+        .map(|c| (c, true))
+        .collect();
+    channels.push((inner.source.replicate_channel(), false));
+    for (channel, dml) in channels {
+        let cp = checkpoints.get(&channel);
+        progress.register(&channel, dml, cp);
+        let start = cp.map_or(StartAt::Earliest, |c| StartAt::After(c.sequence));
+        let (tx, rx) = mpsc::channel(CHANNEL_BUFFER);
+        let reader = ChannelReader::new(inner.mq.clone(), &channel, start)
+            .with_metrics(inner.metrics.clone(), id.as_str());
+        handles.push(tokio::spawn(reader.run(tx, workers.clone())).abort_handle());
+        let pipeline = Pipeline {
+            channel: channel.as_str().into(),
+            dml,
+            writer: writer.clone(),
+            catalog: catalog.clone(),
+            progress: progress.clone(),
+            metrics: inner.metrics.clone(),
+            labels: ChannelLabels {
+                task_id: id.to_string(),
+                channel: channel.clone(),
+            },
+            cfg: inner.replicate.clone(),
+        };
+        let pipe_handle = tokio::spawn(pipeline.run(rx, workers.clone()));
+        handles.push(pipe_handle.abort_handle());
+    }
+    let task_labels = TaskLabels {
+        task_id: id.to_string(),
+    };
+    let mut last_save = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(
+        inner
+            .replicate
+            .checkpoint_interval
+            .min(Duration::from_secs(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for (channel, lag) in progress.lags() {
+            inner
+                .metrics
+                .replication_lag
+                .get_or_create(&ChannelLabels {
+                    task_id: id.to_string(),
+                    channel,
+                })
+                .set(lag);
+        }
+        if last_save.elapsed() >= inner.replicate.checkpoint_interval {
+            match save(&inner, &id, &progress).await {
+                Ok(()) => last_save = tokio::time::Instant::now(),
+                Err(StoreError::Fenced) => {
+                    error!("checkpoint refused by fencing: this replica no longer leads; stopping");
+                    inner.deposed.cancel();
+                    workers.cancel();
+                    return;
+                }
+                Err(StoreError::NotFound(_)) => {
+                    warn!("task removed from the store; stopping its workers");
+                    workers.cancel();
+                    return;
+                }
+                Err(e) => {
+                    inner
+                        .metrics
+                        .apply_errors
+                        .get_or_create(&ErrorLabels {
+                            task_id: id.to_string(),
+                            kind: "checkpoint".into(),
+                        })
+                        .inc();
+                    warn!(error = %e, "cannot save checkpoints, will retry");
+                }
+            }
+        }
+        inner
+            .metrics
+            .checkpoint_age
+            .get_or_create(&task_labels)
+            .set(last_save.elapsed().as_secs_f64());
+    }
+    // Stop: pipelines finish their current write (or give up its retry),
+    // then the final checkpoint records exactly what the target has.
+    workers.cancel();
+    wait_stopped(&handles).await;
+    match save(&inner, &id, &progress).await {
+        Ok(()) => info!("task workers stopped after a final checkpoint"),
+        Err(e) => {
+            warn!(error = %e, "final checkpoint not saved; the next leader replays from the previous one")
+        }
+    }
+}
+
+/// Waits for readers and pipelines to return (they do promptly on cancel);
+/// aborting them after 30 s is a backstop.
+async fn wait_stopped(handles: &[tokio::task::AbortHandle]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while handles.iter().any(|h| !h.is_finished()) {
+        if tokio::time::Instant::now() >= deadline {
+            warn!("workers did not stop within 30s; aborting them");
+            for h in handles {
+                h.abort();
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn save(inner: &Inner, id: &TaskId, progress: &TaskProgress) -> Result<(), StoreError> {
+    let unsaved: Checkpoints = progress.unsaved();
+    if unsaved.is_empty() {
+        return Ok(());
+    }
+    let store = lock(&inner.store).clone();
+    store.save_checkpoints(id, &unsaved).await?;
+    progress.mark_saved(&unsaved);
+    inner
+        .metrics
+        .checkpoints_saved
+        .get_or_create(&TaskLabels {
+            task_id: id.to_string(),
+        })
+        .inc();
+    tracing::debug!(
+        channels = unsaved.len(),
+        at_ms = now_ms(),
+        "checkpoints saved"
+    );
+    Ok(())
+}

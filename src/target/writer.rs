@@ -1,0 +1,935 @@
+//! The target writer: applies replicated changes to the target Milvus so that
+//! applying any change twice leaves the target as applying it once.
+//!
+//! How each change is made idempotent:
+//! - rows are written with `Upsert`, keyed by the source's primary key (target
+//!   collections are created with `auto_id = false`, so keys are preserved);
+//!   deletes are by primary key;
+//! - DDL checks the target's state first: a collection, partition, index,
+//!   database or alias that exists already is not created again, one that is
+//!   gone is not dropped again;
+//! - every target collection carries the source collection's id in the
+//!   property [`SOURCE_ID_PROPERTY`], so a replayed drop of an older
+//!   collection never drops a newer one that reuses its name.
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use super::{MilvusTarget, TargetError};
+use crate::proto::{
+    common::{self, KeyValuePair},
+    milvus as pb,
+    schema::{self, CollectionSchema, DataType, FieldData},
+};
+
+/// Target collection property holding the source collection id.
+pub const SOURCE_ID_PROPERTY: &str = "milvus-cdc.source-collection-id";
+
+/// Largest number of primary keys in one delete expression.
+const DELETE_CHUNK: usize = 5_000;
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The change is now on the target.
+    Done,
+    /// Nothing to do: the target already had the change (replay).
+    AlreadyThere,
+    /// The change no longer applies (its collection is gone); it was skipped.
+    Skipped(String),
+}
+
+/// What the writer knows of a target collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetCollection {
+    /// Source collection id recorded on the target (None if not created by us).
+    pub source_id: Option<i64>,
+    /// Primary key field name.
+    pub pk_field: String,
+    /// Primary key type.
+    pub pk_type: DataType,
+    /// Whether a partition key routes rows (partition names must not be given).
+    pub has_partition_key: bool,
+    /// The target's schema.
+    pub schema: CollectionSchema,
+}
+
+/// A collection to create on the target, as the source has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionSpec {
+    /// Database name ("" = default).
+    pub db: String,
+    /// Collection name.
+    pub name: String,
+    /// Source collection id.
+    pub source_id: i64,
+    /// The source schema (system fields are removed here).
+    pub schema: CollectionSchema,
+    /// Number of shards.
+    pub shards_num: i32,
+    /// Collection properties (TTL, ...).
+    pub properties: Vec<KeyValuePair>,
+    /// Default consistency level.
+    pub consistency_level: i32,
+    /// Partitions of a partition-key collection.
+    pub num_partitions: i64,
+}
+
+/// The schema to create on the target: user fields only, primary key without
+/// auto-id (source keys are written), dynamic field left to Milvus.
+#[allow(deprecated)] // `CollectionSchema::auto_id` is deprecated but must be false.
+pub fn target_schema(source: &CollectionSchema) -> CollectionSchema {
+    let fields = source
+        .fields
+        .iter()
+        .filter(|f| !is_system_field(f) && !f.is_dynamic)
+        .map(|f| schema::FieldSchema {
+            field_id: 0,
+            auto_id: false,
+            state: 0,
+            ..f.clone()
+        })
+        .collect();
+    CollectionSchema {
+        name: source.name.clone(),
+        description: source.description.clone(),
+        auto_id: false,
+        fields,
+        enable_dynamic_field: source.enable_dynamic_field,
+    }
+}
+
+/// Milvus's own `RowID` and `Timestamp` fields (ids below 100).
+pub fn is_system_field(f: &schema::FieldSchema) -> bool {
+    f.field_id < 100 && (f.name == "RowID" || f.name == "Timestamp")
+}
+
+fn kv(key: &str, value: &str) -> KeyValuePair {
+    KeyValuePair {
+        key: key.to_string(),
+        value: value.to_string(),
+    }
+}
+
+/// Applies changes to one target Milvus.
+#[derive(Clone)]
+pub struct TargetWriter {
+    target: MilvusTarget,
+}
+
+/// A Milvus status that is not success, kept for classification.
+fn status_failed(st: Option<&common::Status>) -> Option<(i32, String)> {
+    let st = st?;
+    #[allow(deprecated)]
+    let legacy = st.error_code;
+    if legacy == 0 && st.code == 0 {
+        None
+    } else {
+        Some((
+            if st.code != 0 { st.code } else { legacy },
+            st.reason.clone(),
+        ))
+    }
+}
+
+impl TargetWriter {
+    /// A writer over `target`.
+    pub fn new(target: MilvusTarget) -> Self {
+        Self { target }
+    }
+
+    /// The connection.
+    pub fn target(&self) -> &MilvusTarget {
+        &self.target
+    }
+
+    fn grpc(&self, s: Status) -> TargetError {
+        self.target.status_error(s)
+    }
+
+    fn check(&self, what: &'static str, st: Option<&common::Status>) -> Result<(), TargetError> {
+        self.target.check(what, st)
+    }
+
+    /// The target's view of a collection, or None if it does not exist.
+    pub async fn describe(
+        &self,
+        db: &str,
+        name: &str,
+    ) -> Result<Option<TargetCollection>, TargetError> {
+        let has = self
+            .target
+            .client()
+            .has_collection(pb::HasCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if let Some((_, reason)) = status_failed(has.status.as_ref()) {
+            if reason.contains("database") && reason.contains("not") {
+                return Ok(None);
+            }
+            self.check("HasCollection", has.status.as_ref())?;
+        }
+        if !has.value {
+            return Ok(None);
+        }
+        let resp = self
+            .target
+            .client()
+            .describe_collection(pb::DescribeCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("DescribeCollection", resp.status.as_ref())?;
+        let schema = resp.schema.unwrap_or_default();
+        let pk = schema.fields.iter().find(|f| f.is_primary_key);
+        Ok(Some(TargetCollection {
+            source_id: resp
+                .properties
+                .iter()
+                .find(|p| p.key == SOURCE_ID_PROPERTY)
+                .and_then(|p| p.value.parse().ok()),
+            pk_field: pk.map(|f| f.name.clone()).unwrap_or_default(),
+            pk_type: pk
+                .and_then(|f| DataType::try_from(f.data_type).ok())
+                .unwrap_or(DataType::Int64),
+            has_partition_key: schema.fields.iter().any(|f| f.is_partition_key),
+            schema,
+        }))
+    }
+
+    /// Creates the database if it does not exist ("" and "default" always exist).
+    pub async fn ensure_database(&self, db: &str) -> Result<Applied, TargetError> {
+        if db.is_empty() || db == "default" {
+            return Ok(Applied::AlreadyThere);
+        }
+        if self.list_databases().await?.iter().any(|d| d == db) {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .create_database(pb::CreateDatabaseRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some()
+            && self.list_databases().await?.iter().any(|d| d == db)
+        {
+            return Ok(Applied::AlreadyThere);
+        }
+        self.check("CreateDatabase", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    async fn list_databases(&self) -> Result<Vec<String>, TargetError> {
+        let resp = self
+            .target
+            .client()
+            .list_databases(pb::ListDatabasesRequest::default())
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("ListDatabases", resp.status.as_ref())?;
+        Ok(resp.db_names)
+    }
+
+    /// Drops a database if it exists.
+    pub async fn drop_database(&self, db: &str) -> Result<Applied, TargetError> {
+        if db.is_empty() || db == "default" {
+            return Ok(Applied::Skipped(
+                "the default database is never dropped".into(),
+            ));
+        }
+        if !self.list_databases().await?.iter().any(|d| d == db) {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .drop_database(pb::DropDatabaseRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("DropDatabase", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Creates the collection unless the target has it already (with the same
+    /// source id). A same-named collection from an older source collection is
+    /// dropped first: the source dropped it before reusing the name.
+    pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<Applied, TargetError> {
+        self.ensure_database(&spec.db).await?;
+        if let Some(existing) = self.describe(&spec.db, &spec.name).await? {
+            if existing.source_id == Some(spec.source_id) || existing.source_id.is_none() {
+                return Ok(Applied::AlreadyThere);
+            }
+            self.drop_collection_raw(&spec.db, &spec.name).await?;
+        }
+        let schema = target_schema(&spec.schema);
+        let mut properties: Vec<KeyValuePair> = spec
+            .properties
+            .iter()
+            .filter(|p| p.key != SOURCE_ID_PROPERTY)
+            .cloned()
+            .collect();
+        properties.push(kv(SOURCE_ID_PROPERTY, &spec.source_id.to_string()));
+        let has_partition_key = schema.fields.iter().any(|f| f.is_partition_key);
+        let st = self
+            .target
+            .client()
+            .create_collection(pb::CreateCollectionRequest {
+                db_name: spec.db.clone(),
+                collection_name: spec.name.clone(),
+                schema: prost::Message::encode_to_vec(&schema),
+                shards_num: spec.shards_num.max(1),
+                consistency_level: spec.consistency_level,
+                properties,
+                num_partitions: if has_partition_key {
+                    spec.num_partitions
+                } else {
+                    0
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some() {
+            // Another pipeline of the same task may have created it meanwhile.
+            if let Some(now) = self.describe(&spec.db, &spec.name).await? {
+                if now.source_id == Some(spec.source_id) {
+                    return Ok(Applied::AlreadyThere);
+                }
+            }
+        }
+        self.check("CreateCollection", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    async fn drop_collection_raw(&self, db: &str, name: &str) -> Result<(), TargetError> {
+        let st = self
+            .target
+            .client()
+            .drop_collection(pb::DropCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some() && self.describe(db, name).await?.is_none() {
+            return Ok(());
+        }
+        self.check("DropCollection", Some(&st))
+    }
+
+    /// Drops the collection if the target's one is the source collection
+    /// `source_id` (a newer collection with the same name is left alone).
+    pub async fn drop_collection(
+        &self,
+        db: &str,
+        name: &str,
+        source_id: i64,
+    ) -> Result<Applied, TargetError> {
+        match self.describe(db, name).await? {
+            None => Ok(Applied::AlreadyThere),
+            Some(c) if c.source_id.is_some_and(|id| id != source_id) => Ok(Applied::Skipped(
+                format!("target collection {name} belongs to a newer source collection"),
+            )),
+            Some(_) => {
+                self.drop_collection_raw(db, name).await?;
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    async fn partitions(
+        &self,
+        db: &str,
+        collection: &str,
+    ) -> Result<Option<Vec<String>>, TargetError> {
+        let resp = self
+            .target
+            .client()
+            .show_partitions(pb::ShowPartitionsRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(resp.status.as_ref()).is_some()
+            && self.describe(db, collection).await?.is_none()
+        {
+            return Ok(None);
+        }
+        self.check("ShowPartitions", resp.status.as_ref())?;
+        Ok(Some(resp.partition_names))
+    }
+
+    /// Creates a partition unless it exists.
+    pub async fn create_partition(
+        &self,
+        db: &str,
+        collection: &str,
+        partition: &str,
+    ) -> Result<Applied, TargetError> {
+        match self.partitions(db, collection).await? {
+            None => return Ok(Applied::Skipped(format!("collection {collection} is gone"))),
+            Some(p) if p.iter().any(|n| n == partition) => return Ok(Applied::AlreadyThere),
+            Some(_) => {}
+        }
+        let st = self
+            .target
+            .client()
+            .create_partition(pb::CreatePartitionRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                partition_name: partition.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("CreatePartition", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Drops a partition if it exists (releasing it first, as Milvus requires).
+    pub async fn drop_partition(
+        &self,
+        db: &str,
+        collection: &str,
+        partition: &str,
+    ) -> Result<Applied, TargetError> {
+        match self.partitions(db, collection).await? {
+            Some(p) if p.iter().any(|n| n == partition) => {}
+            _ => return Ok(Applied::AlreadyThere),
+        }
+        let _ = self
+            .target
+            .client()
+            .release_partitions(pb::ReleasePartitionsRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                partition_names: vec![partition.to_string()],
+                ..Default::default()
+            })
+            .await;
+        let st = self
+            .target
+            .client()
+            .drop_partition(pb::DropPartitionRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                partition_name: partition.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("DropPartition", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Upserts rows (the columns of one or more source inserts).
+    pub async fn upsert(
+        &self,
+        db: &str,
+        collection: &TargetCollectionRef<'_>,
+        partition: &str,
+        fields_data: Vec<FieldData>,
+        num_rows: u32,
+    ) -> Result<Applied, TargetError> {
+        let partition_name = if collection.meta.has_partition_key || partition == "_default" {
+            String::new()
+        } else {
+            partition.to_string()
+        };
+        let resp = self
+            .target
+            .client()
+            .upsert(pb::UpsertRequest {
+                db_name: db.to_string(),
+                collection_name: collection.name.to_string(),
+                partition_name,
+                fields_data,
+                num_rows,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("Upsert", resp.status.as_ref())?;
+        Ok(Applied::Done)
+    }
+
+    /// Deletes rows by primary key.
+    pub async fn delete(
+        &self,
+        db: &str,
+        collection: &TargetCollectionRef<'_>,
+        partition: &str,
+        keys: &PrimaryKeys,
+    ) -> Result<Applied, TargetError> {
+        let partition_name = if collection.meta.has_partition_key || partition == "_default" {
+            String::new()
+        } else {
+            partition.to_string()
+        };
+        for expr in keys.exprs(&collection.meta.pk_field, DELETE_CHUNK) {
+            let resp = self
+                .target
+                .client()
+                .delete(pb::DeleteRequest {
+                    db_name: db.to_string(),
+                    collection_name: collection.name.to_string(),
+                    partition_name: partition_name.clone(),
+                    expr,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| self.grpc(s))?
+                .into_inner();
+            self.check("Delete", resp.status.as_ref())?;
+        }
+        Ok(Applied::Done)
+    }
+
+    /// Creates an index unless one with the same name exists on the field.
+    pub async fn create_index(&self, req: pb::CreateIndexRequest) -> Result<Applied, TargetError> {
+        if self
+            .describe(&req.db_name, &req.collection_name)
+            .await?
+            .is_none()
+        {
+            return Ok(Applied::Skipped(format!(
+                "collection {} is gone",
+                req.collection_name
+            )));
+        }
+        if self
+            .index_names(&req.db_name, &req.collection_name)
+            .await?
+            .iter()
+            .any(|(name, field)| {
+                *field == req.field_name && (req.index_name.is_empty() || *name == req.index_name)
+            })
+        {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .create_index(pb::CreateIndexRequest { base: None, ..req })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("CreateIndex", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    async fn index_names(
+        &self,
+        db: &str,
+        collection: &str,
+    ) -> Result<Vec<(String, String)>, TargetError> {
+        let resp = self
+            .target
+            .client()
+            .describe_index(pb::DescribeIndexRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        // "index not found" is the answer for a collection without indexes.
+        if status_failed(resp.status.as_ref()).is_some() {
+            return Ok(Vec::new());
+        }
+        Ok(resp
+            .index_descriptions
+            .into_iter()
+            .map(|d| (d.index_name, d.field_name))
+            .collect())
+    }
+
+    /// Drops an index if it exists (releasing the collection is the user's
+    /// job on the source, and arrives as its own event).
+    pub async fn drop_index(&self, req: pb::DropIndexRequest) -> Result<Applied, TargetError> {
+        let exists = self
+            .index_names(&req.db_name, &req.collection_name)
+            .await?
+            .iter()
+            .any(|(name, field)| {
+                (req.index_name.is_empty() || *name == req.index_name)
+                    && (req.field_name.is_empty() || *field == req.field_name)
+            });
+        if !exists {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .drop_index(pb::DropIndexRequest { base: None, ..req })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("DropIndex", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Loads a collection (Milvus treats a repeated load as a no-op).
+    pub async fn load_collection(
+        &self,
+        req: pb::LoadCollectionRequest,
+    ) -> Result<Applied, TargetError> {
+        if self
+            .describe(&req.db_name, &req.collection_name)
+            .await?
+            .is_none()
+        {
+            return Ok(Applied::Skipped(format!(
+                "collection {} is gone",
+                req.collection_name
+            )));
+        }
+        let st = self
+            .target
+            .client()
+            .load_collection(pb::LoadCollectionRequest {
+                base: None,
+                resource_groups: Vec::new(),
+                ..req
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("LoadCollection", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Releases a collection.
+    pub async fn release_collection(
+        &self,
+        req: pb::ReleaseCollectionRequest,
+    ) -> Result<Applied, TargetError> {
+        if self
+            .describe(&req.db_name, &req.collection_name)
+            .await?
+            .is_none()
+        {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .release_collection(pb::ReleaseCollectionRequest { base: None, ..req })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("ReleaseCollection", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Loads partitions.
+    pub async fn load_partitions(
+        &self,
+        req: pb::LoadPartitionsRequest,
+    ) -> Result<Applied, TargetError> {
+        if self
+            .describe(&req.db_name, &req.collection_name)
+            .await?
+            .is_none()
+        {
+            return Ok(Applied::Skipped(format!(
+                "collection {} is gone",
+                req.collection_name
+            )));
+        }
+        let st = self
+            .target
+            .client()
+            .load_partitions(pb::LoadPartitionsRequest {
+                base: None,
+                resource_groups: Vec::new(),
+                ..req
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("LoadPartitions", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Releases partitions.
+    pub async fn release_partitions(
+        &self,
+        req: pb::ReleasePartitionsRequest,
+    ) -> Result<Applied, TargetError> {
+        if self
+            .describe(&req.db_name, &req.collection_name)
+            .await?
+            .is_none()
+        {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .release_partitions(pb::ReleasePartitionsRequest { base: None, ..req })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("ReleasePartitions", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Flushes the collections that still exist.
+    pub async fn flush(&self, req: pb::FlushRequest) -> Result<Applied, TargetError> {
+        let mut names = Vec::new();
+        for c in &req.collection_names {
+            if self.describe(&req.db_name, c).await?.is_some() {
+                names.push(c.clone());
+            }
+        }
+        if names.is_empty() {
+            return Ok(Applied::Skipped("no flushed collection exists".into()));
+        }
+        let resp = self
+            .target
+            .client()
+            .flush(pb::FlushRequest {
+                base: None,
+                db_name: req.db_name,
+                collection_names: names,
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("Flush", resp.status.as_ref())?;
+        Ok(Applied::Done)
+    }
+
+    /// Creates an alias, or moves it if it exists.
+    pub async fn create_alias(&self, req: pb::CreateAliasRequest) -> Result<Applied, TargetError> {
+        let st = self
+            .target
+            .client()
+            .create_alias(pb::CreateAliasRequest {
+                base: None,
+                ..req.clone()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_none() {
+            return Ok(Applied::Done);
+        }
+        self.alter_alias(pb::AlterAliasRequest {
+            base: None,
+            db_name: req.db_name,
+            collection_name: req.collection_name,
+            alias: req.alias,
+        })
+        .await
+    }
+
+    /// Drops an alias (a missing alias is fine).
+    pub async fn drop_alias(&self, req: pb::DropAliasRequest) -> Result<Applied, TargetError> {
+        let st = self
+            .target
+            .client()
+            .drop_alias(pb::DropAliasRequest { base: None, ..req })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some() {
+            return Ok(Applied::AlreadyThere);
+        }
+        Ok(Applied::Done)
+    }
+
+    /// Points an alias at another collection.
+    pub async fn alter_alias(&self, req: pb::AlterAliasRequest) -> Result<Applied, TargetError> {
+        let st = self
+            .target
+            .client()
+            .alter_alias(pb::AlterAliasRequest { base: None, ..req })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("AlterAlias", Some(&st))?;
+        Ok(Applied::Done)
+    }
+}
+
+/// A target collection by name with what the writer knows of it.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetCollectionRef<'a> {
+    /// Collection name.
+    pub name: &'a str,
+    /// Its metadata.
+    pub meta: &'a TargetCollection,
+}
+
+/// Primary keys of a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrimaryKeys {
+    /// Int64 keys.
+    Int(Vec<i64>),
+    /// VarChar keys.
+    Str(Vec<String>),
+}
+
+impl PrimaryKeys {
+    /// Keys of a source delete message.
+    pub fn from_ids(ids: Option<&schema::IDs>, legacy: &[i64]) -> Self {
+        match ids.and_then(|i| i.id_field.as_ref()) {
+            Some(schema::i_ds::IdField::IntId(l)) => PrimaryKeys::Int(l.data.clone()),
+            Some(schema::i_ds::IdField::StrId(s)) => PrimaryKeys::Str(s.data.clone()),
+            None => PrimaryKeys::Int(legacy.to_vec()),
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        match self {
+            PrimaryKeys::Int(v) => v.len(),
+            PrimaryKeys::Str(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `pk in [...]` expressions of at most `chunk` keys each.
+    pub fn exprs(&self, pk_field: &str, chunk: usize) -> Vec<String> {
+        match self {
+            PrimaryKeys::Int(v) => v
+                .chunks(chunk.max(1))
+                .map(|c| {
+                    let list: Vec<String> = c.iter().map(i64::to_string).collect();
+                    format!("{pk_field} in [{}]", list.join(","))
+                })
+                .collect(),
+            PrimaryKeys::Str(v) => v
+                .chunks(chunk.max(1))
+                .map(|c| {
+                    let list: Vec<String> = c.iter().map(|s| quote(s)).collect();
+                    format!("{pk_field} in [{}]", list.join(","))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A Milvus expression string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Backoff between retries of a failed write: 200 ms doubling to 10 s.
+pub fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::schema::FieldSchema;
+
+    #[test]
+    fn delete_exprs() {
+        let k = PrimaryKeys::Int(vec![1, 2, 3]);
+        assert_eq!(k.exprs("id", 2), vec!["id in [1,2]", "id in [3]"]);
+        let k = PrimaryKeys::Str(vec!["a\"b".into(), "c\\".into()]);
+        assert_eq!(k.exprs("pk", 10), vec![r#"pk in ["a\"b","c\\"]"#]);
+    }
+
+    #[test]
+    fn target_schema_drops_system_and_auto_id() {
+        let src = CollectionSchema {
+            name: "c".into(),
+            enable_dynamic_field: true,
+            fields: vec![
+                FieldSchema {
+                    field_id: 0,
+                    name: "RowID".into(),
+                    ..Default::default()
+                },
+                FieldSchema {
+                    field_id: 1,
+                    name: "Timestamp".into(),
+                    ..Default::default()
+                },
+                FieldSchema {
+                    field_id: 100,
+                    name: "id".into(),
+                    is_primary_key: true,
+                    auto_id: true,
+                    data_type: DataType::Int64 as i32,
+                    ..Default::default()
+                },
+                FieldSchema {
+                    field_id: 101,
+                    name: "$meta".into(),
+                    is_dynamic: true,
+                    ..Default::default()
+                },
+                FieldSchema {
+                    field_id: 102,
+                    name: "v".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let t = target_schema(&src);
+        let names: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["id", "v"]);
+        assert!(!t.fields[0].auto_id);
+        assert!(t.enable_dynamic_field);
+    }
+}
