@@ -13,6 +13,7 @@
 pub mod api;
 pub mod check;
 pub mod config;
+pub mod ha;
 pub mod metrics;
 pub mod proto;
 pub mod replicate;

@@ -130,6 +130,25 @@ pub struct Metrics {
     pub checkpoint_age: Family<TaskLabels, Gauge<f64, AtomicU64>>,
     /// Checkpoint saves.
     pub checkpoints_saved: Family<TaskLabels, Counter>,
+    /// 1 while this replica leads.
+    pub is_leader: Gauge,
+    /// Times this replica became leader.
+    pub leader_changes: Counter,
+    /// Campaign transactions sent.
+    pub election_attempts: Counter,
+    /// Seconds since the lease was last renewed (while one is held).
+    pub lease_renewal_age: Gauge<f64, AtomicU64>,
+    /// Writes refused because this replica is no longer the leader.
+    pub fencing_refusals: Counter,
+    /// `/cdc` requests forwarded to the leader, by outcome.
+    pub forwarded_requests: Family<OutcomeLabels, Counter>,
+}
+
+/// Labels of forwarded requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, `retried`, `failed`.
+    pub outcome: String,
 }
 
 impl Default for Metrics {
@@ -236,6 +255,42 @@ impl Metrics {
             "Checkpoint saves to etcd",
             checkpoints_saved.clone(),
         );
+        let is_leader = Gauge::default();
+        registry.register(
+            "is_leader",
+            "1 while this replica is the leader",
+            is_leader.clone(),
+        );
+        let leader_changes = Counter::default();
+        registry.register(
+            "leader_changes",
+            "Times this replica became the leader",
+            leader_changes.clone(),
+        );
+        let election_attempts = Counter::default();
+        registry.register(
+            "election_attempts",
+            "Campaign transactions sent to etcd",
+            election_attempts.clone(),
+        );
+        let lease_renewal_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lease_renewal_age_seconds",
+            "Seconds since this replica's lease was last renewed",
+            lease_renewal_age.clone(),
+        );
+        let fencing_refusals = Counter::default();
+        registry.register(
+            "fencing_refusals",
+            "Writes refused because this replica no longer holds leadership",
+            fencing_refusals.clone(),
+        );
+        let forwarded_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "forwarded_requests",
+            "/cdc requests a follower forwarded to the leader, by outcome",
+            forwarded_requests.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Version of the running agent", build.clone());
         build
@@ -261,6 +316,12 @@ impl Metrics {
             replication_lag,
             checkpoint_age,
             checkpoints_saved,
+            is_leader,
+            leader_changes,
+            election_attempts,
+            lease_renewal_age,
+            fencing_refusals,
+            forwarded_requests,
         }
     }
 

@@ -1,29 +1,33 @@
-//! `milvus-cdc serve`: wires configuration, the etcd store, metrics and the
-//! HTTP API together and runs until SIGTERM or SIGINT.
+//! `milvus-cdc serve`: wires configuration, the etcd store, the election, the
+//! replication engine, metrics and the HTTP API together, and runs until
+//! SIGTERM or SIGINT.
+//!
+//! Shutdown order: stop accepting HTTP requests, then the election stops the
+//! workers (final fenced checkpoints) and revokes the lease so that a
+//! follower takes over at once.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    api::{self, ApiState, Role, StoreProbe},
+    api::{self, forward::Forwarder, ApiState, Role, StoreProbe},
     config::Config,
+    ha::Election,
     metrics::Metrics,
     replicate::Engine,
     source::natsmq::NatsMq,
     store::{self, TaskStore},
-    task::{
-        service::{TaskService, TaskWorkers as _},
-        TaskState,
-    },
+    task::service::TaskService,
 };
 
 /// Answers `/readyz` by asking etcd for its status.
 struct EtcdProbe {
     client: etcd_client::Client,
-    timeout: std::time::Duration,
+    timeout: Duration,
 }
 
 impl StoreProbe for EtcdProbe {
@@ -63,36 +67,51 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
         Arc::new(engine.clone()),
     );
-    // Without an election this replica leads: start every Running task.
-    for t in store.load_tasks().await.context("cannot load tasks")? {
-        if t.value.state == TaskState::Running {
-            engine.start(&t.value);
-        }
-    }
-    // Without an election every replica leads; the HA module replaces this.
-    let (_role_tx, role_rx) = watch::channel(Role::Leader {
-        service: Box::new(service),
-    });
+    let advertise_url = cfg.server.advertise_url();
+    let (role_tx, role_rx) = watch::channel(Role::Unknown);
+    let running = engine.clone();
     let state = ApiState {
         role: role_rx,
         metrics: metrics.clone(),
         max_body_bytes: cfg.server.max_body_bytes,
         compat_http_200: cfg.server.compat_http_200,
-        advertise_url: cfg.server.advertise_url(),
+        advertise_url: advertise_url.clone(),
         store_probe: Arc::new(EtcdProbe {
             client: client.clone(),
             timeout: cfg.etcd.request_timeout,
+        }),
+        forwarder: Forwarder::new(&advertise_url),
+        leader_wait: cfg.ha.lease_ttl * 2,
+        running_tasks: Arc::new(move || {
+            running.running().iter().map(ToString::to_string).collect()
         }),
     };
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
-    info!(listen = %cfg.server.listen, advertise = %state.advertise_url, "milvus-cdc serving");
-    axum::serve(listener, api::router(state))
+    let election = Election {
+        client: client.clone(),
+        store,
+        service,
+        engine,
+        role: role_tx,
+        metrics,
+        advertise_url: advertise_url.clone(),
+        ttl: cfg.ha.lease_ttl,
+        request_timeout: cfg.etcd.request_timeout,
+    };
+    let stop_election = CancellationToken::new();
+    let election_task = tokio::spawn(election.run(stop_election.clone()));
+    info!(listen = %cfg.server.listen, advertise = %advertise_url, "milvus-cdc serving");
+    let http = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("HTTP server failed")?;
-    engine.stop_all().await;
+        .context("HTTP server failed");
+    stop_election.cancel();
+    if election_task.await.is_err() {
+        tracing::error!("election task panicked");
+    }
+    http?;
     info!("shut down cleanly");
     Ok(())
 }

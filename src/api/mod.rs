@@ -6,6 +6,7 @@
 //! [`tokio::sync::watch`] of [`Role`] that the election updates.
 
 pub mod cdc;
+pub mod forward;
 
 use std::time::Duration;
 
@@ -34,6 +35,12 @@ pub enum Role {
     Leader {
         /// Fenced task service.
         service: Box<TaskService>,
+        /// Create revision of the leader key (the fencing token).
+        term: i64,
+        /// etcd lease id (0 without election).
+        lease: i64,
+        /// When this replica became leader, ms since the Unix epoch.
+        since_ms: u64,
     },
     /// Another replica leads at this URL.
     Follower {
@@ -75,6 +82,12 @@ pub struct ApiState {
     pub advertise_url: String,
     /// Store reachability check.
     pub store_probe: std::sync::Arc<dyn StoreProbe>,
+    /// Client that forwards `/cdc` to the leader.
+    pub forwarder: forward::Forwarder,
+    /// How long a request waits for a new leader after the old one failed.
+    pub leader_wait: Duration,
+    /// Ids of the tasks whose workers run on this replica.
+    pub running_tasks: std::sync::Arc<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
 /// The router of every endpoint.
@@ -129,6 +142,7 @@ impl ApiState {
 }
 
 async fn cdc_handler(State(state): State<ApiState>, req: Request) -> Response {
+    let forwarded = req.headers().contains_key(forward::FORWARDED_HEADER);
     let body = match read_body(req.into_body(), state.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
@@ -144,20 +158,65 @@ async fn cdc_handler(State(state): State<ApiState>, req: Request) -> Response {
         }
     };
     let kind = parsed.kind();
-    let role = state.role.borrow().clone();
-    let result = match role {
-        Role::Leader { service } => {
-            let span = info_span!("cdc", request_type = kind);
-            execute(&service, parsed).instrument(span).await
+    let mut role = state.role.borrow().clone();
+    let mut retried = false;
+    let result = loop {
+        match role {
+            Role::Leader { service, .. } => {
+                let span = info_span!("cdc", request_type = kind);
+                break execute(&service, parsed).instrument(span).await;
+            }
+            Role::Follower { .. } | Role::Unknown if forwarded => {
+                break Err(ApiError {
+                    code: 503,
+                    message: "this replica is not the leader (leadership is moving), retry".into(),
+                });
+            }
+            Role::Follower { leader_url } => {
+                match state.forwarder.forward(&leader_url, body.clone()).await {
+                    Ok(answer) => {
+                        let outcome = if retried { "retried" } else { "ok" };
+                        state
+                            .metrics
+                            .forwarded_requests
+                            .get_or_create(&crate::metrics::OutcomeLabels {
+                                outcome: outcome.into(),
+                            })
+                            .inc();
+                        state.metrics.record_request(kind, answer.status);
+                        return forwarded_response(answer);
+                    }
+                    Err(e) if !retried => {
+                        warn!(leader = %leader_url, error = %e, "forwarding failed; waiting for a leader change");
+                        retried = true;
+                        role = wait_for_other_leader(&state, &leader_url).await;
+                    }
+                    Err(e) => {
+                        state
+                            .metrics
+                            .forwarded_requests
+                            .get_or_create(&crate::metrics::OutcomeLabels {
+                                outcome: "failed".into(),
+                            })
+                            .inc();
+                        break Err(ApiError {
+                            code: 503,
+                            message: e,
+                        });
+                    }
+                }
+            }
+            Role::Unknown if !retried => {
+                retried = true;
+                role = wait_for_other_leader(&state, "").await;
+            }
+            Role::Unknown => {
+                break Err(ApiError {
+                    code: 503,
+                    message: "no leader is known yet, retry shortly".into(),
+                });
+            }
         }
-        Role::Follower { leader_url } => Err(ApiError {
-            code: 503,
-            message: format!("this replica is a follower; the leader is {leader_url}"),
-        }),
-        Role::Unknown => Err(ApiError {
-            code: 503,
-            message: "no leader is known yet, retry shortly".into(),
-        }),
     };
     match result {
         Ok(v) => {
@@ -172,6 +231,36 @@ async fn cdc_handler(State(state): State<ApiState>, req: Request) -> Response {
             state.error_response(&e)
         }
     }
+}
+
+/// Waits (at most `leader_wait`) until the role is no longer "following
+/// `old`" and not unknown, and returns it.
+async fn wait_for_other_leader(state: &ApiState, old: &str) -> Role {
+    let mut rx = state.role.clone();
+    let changed = tokio::time::timeout(
+        state.leader_wait,
+        rx.wait_for(|r| match r {
+            Role::Leader { .. } => true,
+            Role::Follower { leader_url } => leader_url != old,
+            Role::Unknown => false,
+        }),
+    )
+    .await;
+    match changed {
+        Ok(Ok(r)) => r.clone(),
+        _ => state.role.borrow().clone(),
+    }
+}
+
+fn forwarded_response(answer: forward::Forwarded) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, answer.body).into_response();
+    let ct = answer
+        .content_type
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    resp
 }
 
 /// Reads at most `limit` bytes; a larger body is a 413.
@@ -251,10 +340,20 @@ async fn readyz_handler(State(state): State<ApiState>) -> Response {
 
 async fn status_handler(State(state): State<ApiState>) -> Response {
     let role = state.role.borrow().clone();
-    let leader = match &role {
-        Role::Leader { .. } => Some(state.advertise_url.clone()),
-        Role::Follower { leader_url } => Some(leader_url.clone()),
-        Role::Unknown => None,
+    let (leader, term, lease, since) = match &role {
+        Role::Leader {
+            term,
+            lease,
+            since_ms,
+            ..
+        } => (
+            Some(state.advertise_url.clone()),
+            Some(*term),
+            Some(*lease),
+            Some(*since_ms),
+        ),
+        Role::Follower { leader_url } => (Some(leader_url.clone()), None, None, None),
+        Role::Unknown => (None, None, None, None),
     };
     json_response(
         StatusCode::OK,
@@ -262,6 +361,10 @@ async fn status_handler(State(state): State<ApiState>) -> Response {
             "role": role.name(),
             "leader": leader,
             "advertise": state.advertise_url,
+            "term": term,
+            "lease_id": lease,
+            "leader_since_ms": since,
+            "running_tasks": (state.running_tasks)(),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )

@@ -30,6 +30,7 @@ use tracing::{error, info, warn, Instrument as _};
 use self::{catalog::Catalog, pipeline::Pipeline, progress::TaskProgress};
 use crate::{
     config::{ReplicateConfig, SourceConfig},
+    ha::LeaseGuard,
     metrics::{ChannelLabels, ErrorLabels, Metrics, TaskLabels},
     source::{
         mq::{MessageQueue, StartAt},
@@ -53,11 +54,34 @@ struct Inner {
     source: SourceConfig,
     replicate: ReplicateConfig,
     mq: Arc<dyn MessageQueue>,
-    store: Mutex<TaskStore>,
+    leadership: Mutex<Leadership>,
     metrics: Metrics,
     tasks: Mutex<HashMap<TaskId, Running>>,
-    /// Fired when a task finds it may no longer write (fenced).
-    deposed: CancellationToken,
+}
+
+/// The leadership tasks run under: the fenced store for checkpoints, the
+/// guard checked before every target write, and the token fired when either
+/// refuses (the replica is no longer leader).
+#[derive(Clone)]
+pub struct Leadership {
+    /// Store whose writes are fenced on this term.
+    pub store: TaskStore,
+    /// Local lease check.
+    pub guard: LeaseGuard,
+    /// Fired on a fencing refusal.
+    pub deposed: CancellationToken,
+}
+
+impl Leadership {
+    /// Records a refused write and tells the election.
+    pub fn refuse(&self, metrics: &Metrics, what: &str) {
+        metrics.fencing_refusals.inc();
+        error!(
+            what,
+            "write refused: this replica is no longer the leader (fencing)"
+        );
+        self.deposed.cancel();
+    }
 }
 
 struct Running {
@@ -83,22 +107,33 @@ impl Engine {
                 source,
                 replicate,
                 mq,
-                store: Mutex::new(store),
+                leadership: Mutex::new(Leadership {
+                    store,
+                    guard: LeaseGuard::always_valid(),
+                    deposed: CancellationToken::new(),
+                }),
                 metrics,
                 tasks: Mutex::new(HashMap::new()),
-                deposed: CancellationToken::new(),
             }),
         }
     }
 
-    /// Uses `store` (e.g. fenced with a new leadership) for later writes.
-    pub fn set_store(&self, store: TaskStore) {
-        *lock(&self.inner.store) = store;
+    /// Runs tasks started from now on under this leadership.
+    pub fn set_leadership(&self, store: TaskStore, guard: LeaseGuard, deposed: CancellationToken) {
+        *lock(&self.inner.leadership) = Leadership {
+            store,
+            guard,
+            deposed,
+        };
     }
 
-    /// A token that fires when a checkpoint write was refused by fencing.
-    pub fn deposed(&self) -> CancellationToken {
-        self.inner.deposed.clone()
+    /// After stepping down: a guard that refuses every write, so nothing
+    /// started by mistake can write.
+    pub fn clear_leadership(&self) {
+        let mut l = lock(&self.inner.leadership);
+        let guard = LeaseGuard::always_valid();
+        guard.expire_now();
+        l.guard = guard;
     }
 
     /// Ids of the tasks running here.
@@ -132,7 +167,7 @@ impl TaskWorkers for Engine {
             return;
         }
         let cancel = CancellationToken::new();
-        let span = tracing::info_span!("task", task_id = %task.task_id);
+        let span = tracing::info_span!(parent: None, "task", task_id = %task.task_id);
         let handle = tokio::spawn(
             run_task(self.inner.clone(), task.clone(), cancel.clone()).instrument(span),
         );
@@ -212,7 +247,8 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
     else {
         return;
     };
-    let store = lock(&inner.store).clone();
+    let leadership = lock(&inner.leadership).clone();
+    let store = leadership.store.clone();
     let Some(checkpoints) =
         until_ok(&cancel, "load checkpoints", || store.load_checkpoints(&id)).await
     else {
@@ -250,6 +286,7 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
                 channel: channel.clone(),
             },
             cfg: inner.replicate.clone(),
+            leadership: leadership.clone(),
         };
         let pipe_handle = tokio::spawn(pipeline.run(rx, workers.clone()));
         handles.push(pipe_handle.abort_handle());
@@ -281,12 +318,12 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
                 .set(lag);
         }
         if last_save.elapsed() >= inner.replicate.checkpoint_interval {
-            match save(&inner, &id, &progress).await {
+            match save(&inner, &leadership, &id, &progress).await {
                 Ok(()) => last_save = tokio::time::Instant::now(),
                 Err(StoreError::Fenced) => {
-                    error!("checkpoint refused by fencing: this replica no longer leads; stopping");
-                    inner.deposed.cancel();
+                    leadership.refuse(&inner.metrics, "checkpoint");
                     workers.cancel();
+                    wait_stopped(&handles).await;
                     return;
                 }
                 Err(StoreError::NotFound(_)) => {
@@ -317,8 +354,9 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
     // then the final checkpoint records exactly what the target has.
     workers.cancel();
     wait_stopped(&handles).await;
-    match save(&inner, &id, &progress).await {
+    match save(&inner, &leadership, &id, &progress).await {
         Ok(()) => info!("task workers stopped after a final checkpoint"),
+        Err(StoreError::Fenced) => leadership.refuse(&inner.metrics, "final checkpoint"),
         Err(e) => {
             warn!(error = %e, "final checkpoint not saved; the next leader replays from the previous one")
         }
@@ -341,13 +379,22 @@ async fn wait_stopped(handles: &[tokio::task::AbortHandle]) {
     }
 }
 
-async fn save(inner: &Inner, id: &TaskId, progress: &TaskProgress) -> Result<(), StoreError> {
+async fn save(
+    inner: &Inner,
+    leadership: &Leadership,
+    id: &TaskId,
+    progress: &TaskProgress,
+) -> Result<(), StoreError> {
+    // Checked first, even with nothing to save: a replica that lost its
+    // lease learns it here at the latest and stops.
+    if !leadership.guard.is_valid() {
+        return Err(StoreError::Fenced);
+    }
     let unsaved: Checkpoints = progress.unsaved();
     if unsaved.is_empty() {
         return Ok(());
     }
-    let store = lock(&inner.store).clone();
-    store.save_checkpoints(id, &unsaved).await?;
+    leadership.store.save_checkpoints(id, &unsaved).await?;
     progress.mark_saved(&unsaved);
     inner
         .metrics

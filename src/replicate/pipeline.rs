@@ -41,6 +41,8 @@ pub struct Pipeline {
     pub labels: ChannelLabels,
     /// Batching limits.
     pub cfg: ReplicateConfig,
+    /// Checked before every target write.
+    pub leadership: super::Leadership,
 }
 
 /// A batch waiting to be written, with the position it completes.
@@ -396,6 +398,10 @@ impl Pipeline {
         let mut delays = retry_delays();
         let mut attempt = 0u32;
         loop {
+            if !self.leadership.guard.is_valid() {
+                self.leadership.refuse(&self.metrics, what);
+                return None;
+            }
             let r = tokio::select! {
                 () = cancel.cancelled() => return None,
                 r = op() => r,
