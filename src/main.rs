@@ -72,6 +72,10 @@ enum SourceCommand {
         /// Leave time ticks out.
         #[arg(long)]
         skip_time_ticks: bool,
+        /// Keep reading new messages (default: stop at each channel's last
+        /// message at start).
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -208,6 +212,7 @@ async fn source_command(cmd: SourceCommand) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    milvus_cdc::telemetry::init(&cfg.log);
     let mq = match NatsMq::connect(&cfg.source.nats_url, cfg.source.connect_timeout).await {
         Ok(m) => std::sync::Arc::new(m),
         Err(e) => {
@@ -243,6 +248,7 @@ async fn source_command(cmd: SourceCommand) -> ExitCode {
             limit,
             idle_secs,
             skip_time_ticks,
+            follow,
             ..
         } => {
             let channels = if channels.is_empty() {
@@ -263,6 +269,7 @@ async fn source_command(cmd: SourceCommand) -> ExitCode {
                 limit,
                 idle: std::time::Duration::from_secs_f64(idle_secs.clamp(0.1, 3600.0)),
                 skip_time_ticks,
+                follow,
             };
             let mut out = std::io::stdout();
             match dump(mq, &opts, &mut out).await {

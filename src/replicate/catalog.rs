@@ -1,13 +1,23 @@
 //! The per-task collection catalog: what each source collection id is on the
-//! target. Learned from CreateCollection events and, for collections created
-//! before the replayed part of the stream, from the source's public API
-//! (`DescribeCollection` by id), so inserts into any live collection find or
-//! create their target collection, and rows of dropped collections are
-//! skipped instead of landing in a newer collection with the same name.
+//! target.
+//!
+//! Milvus 2.3.5's DML messages name neither the database (always empty) nor,
+//! for CreateCollection, the collection; and partition creation is not in the
+//! stream at all. So the catalog resolves a source collection id through the
+//! source's public API (ListDatabases + ShowCollections give id → database and
+//! name, DescribeCollection and ShowPartitions the rest), creates what the
+//! target lacks, and remembers it. Rows of collections that the source no
+//! longer has are skipped: the stream also holds their drop, so the final
+//! state is the same, and they can never land in a newer collection that
+//! reuses the name (target collections carry the source id as a property).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use tokio::sync::Mutex;
+use tracing::info;
 
 use crate::{
     proto::milvus as pb,
@@ -18,19 +28,25 @@ use crate::{
     },
 };
 
+/// A source collection that exists on the target.
+#[derive(Debug)]
+pub struct LiveCollection {
+    /// Database ("" or "default" = default).
+    pub db: String,
+    /// Collection name.
+    pub name: String,
+    /// Target metadata.
+    pub meta: TargetCollection,
+    /// Partitions known to exist on the target.
+    partitions: Mutex<HashSet<String>>,
+}
+
 /// A source collection as the target sees it.
 #[derive(Debug, Clone)]
 pub enum Entry {
     /// Exists on the target.
-    Live {
-        /// Database.
-        db: String,
-        /// Collection name.
-        name: String,
-        /// Target metadata.
-        meta: Arc<TargetCollection>,
-    },
-    /// Dropped on the source: its rows are skipped.
+    Live(Arc<LiveCollection>),
+    /// Gone from the source: its rows are skipped.
     Dropped,
 }
 
@@ -38,42 +54,84 @@ pub enum Entry {
 #[derive(Clone)]
 pub struct Catalog {
     entries: Arc<Mutex<HashMap<i64, Entry>>>,
+    /// Source collection id → (database, name), refreshed on a miss.
+    locations: Arc<Mutex<HashMap<i64, (String, String)>>>,
     source: MilvusTarget,
     writer: TargetWriter,
 }
 
 impl Catalog {
-    /// A catalog that asks `source` about unknown collections and creates
-    /// them through `writer`.
+    /// A catalog that asks `source` about collections and creates them
+    /// through `writer`.
     pub fn new(source: MilvusTarget, writer: TargetWriter) -> Self {
         Self {
             entries: Arc::new(Mutex::new(HashMap::new())),
+            locations: Arc::new(Mutex::new(HashMap::new())),
             source,
             writer,
         }
     }
 
-    /// Records what `id` is now (after a DDL change).
-    pub async fn set(&self, id: i64, entry: Entry) {
-        self.entries.lock().await.insert(id, entry);
+    /// Records that `id` was dropped.
+    pub async fn set_dropped(&self, id: i64) {
+        self.entries.lock().await.insert(id, Entry::Dropped);
     }
 
     /// What is already known of `id`, without asking anyone.
-    pub async fn resolve_known(&self, id: i64) -> Option<Entry> {
+    pub async fn known(&self, id: i64) -> Option<Entry> {
         self.entries.lock().await.get(&id).cloned()
     }
 
-    /// The source's description of collection `id`, or None if it no longer
-    /// exists there.
+    /// Where the source has collection `id` now: (database, name), or None
+    /// if it no longer exists.
+    async fn source_location(&self, id: i64) -> Result<Option<(String, String)>, TargetError> {
+        if let Some(l) = self.locations.lock().await.get(&id) {
+            return Ok(Some(l.clone()));
+        }
+        let client = || self.source.client();
+        let dbs = client()
+            .list_databases(pb::ListDatabasesRequest::default())
+            .await
+            .map_err(|s| self.source.status_error(s))?
+            .into_inner();
+        self.source.check("ListDatabases", dbs.status.as_ref())?;
+        let mut found = HashMap::new();
+        for db in dbs.db_names {
+            let resp = client()
+                .show_collections(pb::ShowCollectionsRequest {
+                    db_name: db.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| self.source.status_error(s))?
+                .into_inner();
+            if self
+                .source
+                .check("ShowCollections", resp.status.as_ref())
+                .is_err()
+            {
+                continue; // dropped meanwhile
+            }
+            for (cid, name) in resp.collection_ids.into_iter().zip(resp.collection_names) {
+                found.insert(cid, (db.clone(), name));
+            }
+        }
+        let mut locations = self.locations.lock().await;
+        *locations = found;
+        Ok(locations.get(&id).cloned())
+    }
+
     async fn describe_source(
         &self,
-        id: i64,
+        db: &str,
+        name: &str,
     ) -> Result<Option<pb::DescribeCollectionResponse>, TargetError> {
         let resp = self
             .source
             .client()
             .describe_collection(pb::DescribeCollectionRequest {
-                collection_id: id,
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
                 ..Default::default()
             })
             .await
@@ -84,96 +142,128 @@ impl Catalog {
             .check("DescribeCollection", resp.status.as_ref())
         {
             Ok(()) => Ok(Some(resp)),
-            Err(TargetError::Rejected { reason, .. })
-                if reason.contains("not found") || reason.contains("not exist") =>
-            {
-                Ok(None)
-            }
+            Err(TargetError::Rejected { code: 100, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// The spec to create the collection of a CreateCollection event: the
-    /// message's schema and channels, plus properties, consistency level and
-    /// database from the source API when the collection still exists there.
-    pub async fn spec_for(&self, ev: &CreateCollection) -> Result<CollectionSpec, TargetError> {
-        let source = self.describe_source(ev.request.collection_id).await?;
-        let (db, properties, consistency_level, shards) = match &source {
-            Some(d) => (
-                d.db_name.clone(),
-                d.properties.clone(),
-                d.consistency_level,
-                d.shards_num,
-            ),
-            None => (ev.request.db_name.clone(), Vec::new(), 0, 0),
-        };
-        let shards = if shards > 0 {
-            shards
-        } else {
-            i32::try_from(ev.request.virtual_channel_names.len()).unwrap_or(1)
-        };
-        Ok(CollectionSpec {
-            db: if db.is_empty() {
-                ev.request.db_name.clone()
-            } else {
-                db
-            },
-            name: ev.name().to_string(),
-            source_id: ev.request.collection_id,
-            schema: ev.schema.clone(),
-            shards_num: shards,
-            properties,
-            consistency_level,
-            num_partitions: i64::try_from(ev.request.partition_i_ds.len()).unwrap_or(0),
-        })
+    async fn source_partitions(&self, db: &str, name: &str) -> Result<Vec<String>, TargetError> {
+        let resp = self
+            .source
+            .client()
+            .show_partitions(pb::ShowPartitionsRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.source.status_error(s))?
+            .into_inner();
+        if self
+            .source
+            .check("ShowPartitions", resp.status.as_ref())
+            .is_err()
+        {
+            return Ok(Vec::new());
+        }
+        Ok(resp.partition_names)
     }
 
-    /// Creates the collection on the target (idempotently) and records it.
-    pub async fn create(&self, spec: &CollectionSpec) -> Result<Applied, TargetError> {
+    /// Applies a CreateCollection event: creates the collection on the target
+    /// unless the source no longer has it (its drop follows in the stream).
+    pub async fn create_from_event(&self, ev: &CreateCollection) -> Result<Applied, TargetError> {
+        let id = ev.request.collection_id;
+        let Some((db, name)) = self.source_location(id).await? else {
+            self.set_dropped(id).await;
+            return Ok(Applied::Skipped(format!(
+                "collection {} no longer exists on the source",
+                ev.name()
+            )));
+        };
+        let desc = self.describe_source(&db, &name).await?;
+        let spec = CollectionSpec {
+            db: db.clone(),
+            name: name.clone(),
+            source_id: id,
+            schema: ev.schema.clone(),
+            shards_num: desc
+                .as_ref()
+                .map_or(0, |d| d.shards_num)
+                .max(i32::try_from(ev.request.virtual_channel_names.len()).unwrap_or(1)),
+            properties: desc
+                .as_ref()
+                .map(|d| d.properties.clone())
+                .unwrap_or_default(),
+            consistency_level: desc.as_ref().map_or(0, |d| d.consistency_level),
+            num_partitions: desc.as_ref().map_or(0, |d| d.num_partitions),
+        };
+        self.create(&spec).await
+    }
+
+    async fn create(&self, spec: &CollectionSpec) -> Result<Applied, TargetError> {
+        // A same-named target collection of another source collection is
+        // replaced: that one was dropped on the source (the name is free
+        // there), so pipelines still holding its rows must skip them.
+        if let Some(old) = self.writer.describe(&spec.db, &spec.name).await? {
+            if let Some(old_id) = old.source_id.filter(|id| *id != spec.source_id) {
+                self.set_dropped(old_id).await;
+            }
+        }
         let applied = self.writer.create_collection(spec).await?;
         if let Some(meta) = self.writer.describe(&spec.db, &spec.name).await? {
-            self.set(
-                spec.source_id,
-                Entry::Live {
-                    db: spec.db.clone(),
-                    name: spec.name.clone(),
-                    meta: Arc::new(meta),
-                },
-            )
-            .await;
+            let live = LiveCollection {
+                db: spec.db.clone(),
+                name: spec.name.clone(),
+                meta,
+                partitions: Mutex::new(HashSet::new()),
+            };
+            self.entries
+                .lock()
+                .await
+                .insert(spec.source_id, Entry::Live(Arc::new(live)));
+            // Partitions are not in the stream: create the source's now.
+            for p in self.source_partitions(&spec.db, &spec.name).await? {
+                if !p.starts_with("_default") {
+                    self.ensure_partition(spec.source_id, &p).await?;
+                }
+            }
         }
         Ok(applied)
     }
 
-    /// The target collection for rows of source collection `id` named
-    /// `db.name` in the message, creating it from the source's description if
-    /// the target lacks it. `Dropped` if the source no longer has it.
-    pub async fn resolve(&self, id: i64, db: &str, name: &str) -> Result<Entry, TargetError> {
-        if let Some(e) = self.entries.lock().await.get(&id) {
-            return Ok(e.clone());
+    /// The target collection for rows of source collection `id`, creating it
+    /// from the source's description if the target lacks it; `Dropped` if the
+    /// source no longer has it.
+    pub async fn resolve(&self, id: i64) -> Result<Entry, TargetError> {
+        if let Some(e) = self.known(id).await {
+            return Ok(e);
         }
-        if let Some(meta) = self.writer.describe(db, name).await? {
+        let Some((db, name)) = self.source_location(id).await? else {
+            self.set_dropped(id).await;
+            return Ok(Entry::Dropped);
+        };
+        if let Some(meta) = self.writer.describe(&db, &name).await? {
             if meta.source_id == Some(id) || meta.source_id.is_none() {
-                let entry = Entry::Live {
-                    db: db.to_string(),
-                    name: name.to_string(),
-                    meta: Arc::new(meta),
-                };
-                self.set(id, entry.clone()).await;
-                return Ok(entry);
+                let live = Arc::new(LiveCollection {
+                    db,
+                    name,
+                    meta,
+                    partitions: Mutex::new(HashSet::new()),
+                });
+                self.entries
+                    .lock()
+                    .await
+                    .insert(id, Entry::Live(live.clone()));
+                return Ok(Entry::Live(live));
             }
         }
-        let Some(desc) = self.describe_source(id).await? else {
-            self.set(id, Entry::Dropped).await;
+        let Some(desc) = self.describe_source(&db, &name).await? else {
+            self.set_dropped(id).await;
             return Ok(Entry::Dropped);
         };
         let spec = CollectionSpec {
-            db: if desc.db_name.is_empty() {
-                db.to_string()
-            } else {
-                desc.db_name.clone()
-            },
-            name: desc.collection_name.clone(),
+            db: db.clone(),
+            name: name.clone(),
             source_id: id,
             schema: desc.schema.clone().unwrap_or_default(),
             shards_num: desc.shards_num,
@@ -181,14 +271,34 @@ impl Catalog {
             consistency_level: desc.consistency_level,
             num_partitions: desc.num_partitions,
         };
-        tracing::info!(collection = %spec.name, source_id = id, "creating target collection from the source's description");
+        info!(collection = %name, db = %db, source_id = id, "creating target collection from the source's description");
         self.create(&spec).await?;
-        Ok(self
-            .entries
-            .lock()
-            .await
-            .get(&id)
-            .cloned()
-            .unwrap_or(Entry::Dropped))
+        Ok(self.known(id).await.unwrap_or(Entry::Dropped))
+    }
+
+    /// Makes sure the target collection of source collection `id` has
+    /// `partition` (creation of partitions is not in Milvus 2.3.5's stream).
+    pub async fn ensure_partition(&self, id: i64, partition: &str) -> Result<(), TargetError> {
+        let Some(Entry::Live(live)) = self.known(id).await else {
+            return Ok(());
+        };
+        if partition.is_empty() || partition == "_default" || live.meta.has_partition_key {
+            return Ok(());
+        }
+        if live.partitions.lock().await.contains(partition) {
+            return Ok(());
+        }
+        self.writer
+            .create_partition(&live.db, &live.name, partition)
+            .await?;
+        live.partitions.lock().await.insert(partition.to_string());
+        Ok(())
+    }
+
+    /// Forgets that `partition` exists (after it was dropped).
+    pub async fn forget_partition(&self, id: i64, partition: &str) {
+        if let Some(Entry::Live(live)) = self.known(id).await {
+            live.partitions.lock().await.remove(partition);
+        }
     }
 }

@@ -9,12 +9,14 @@
 //! - [`pipeline`]: the per-channel apply loop;
 //! - [`batch`]: insert batching;
 //! - [`catalog`]: source collection id → target collection;
-//! - [`progress`]: applied positions, the DDL watermark and lag.
+//! - [`progress`]: applied positions, the DDL watermark and lag;
+//! - [`upsert`]: keeping an upsert's delete from removing its new rows.
 
 pub mod batch;
 pub mod catalog;
 pub mod pipeline;
 pub mod progress;
+pub mod upsert;
 
 use std::{
     collections::HashMap,
@@ -287,6 +289,7 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
             },
             cfg: inner.replicate.clone(),
             leadership: leadership.clone(),
+            recent: Default::default(),
         };
         let pipe_handle = tokio::spawn(pipeline.run(rx, workers.clone()));
         handles.push(pipe_handle.abort_handle());

@@ -43,6 +43,8 @@ pub struct Pipeline {
     pub cfg: ReplicateConfig,
     /// Checked before every target write.
     pub leadership: super::Leadership,
+    /// Keys inserted since the last delete (upsert detection).
+    pub recent: std::sync::Mutex<super::upsert::RecentInserts>,
 }
 
 /// A batch waiting to be written, with the position it completes.
@@ -88,6 +90,7 @@ impl Pipeline {
                 } = ev;
                 match kind {
                     EventKind::Insert(msg) => {
+                        self.recent().record(position.sequence, &msg);
                         let bytes = prost::Message::encoded_len(msg.as_ref());
                         match &mut pending {
                             Some(p) if p.batch.accepts(&msg) => {
@@ -147,23 +150,23 @@ impl Pipeline {
         let batch = &p.batch;
         let result = self
             .retry(cancel, "insert", || async move {
-                match self
-                    .catalog
-                    .resolve(batch.collection_id, &batch.db, &batch.collection)
-                    .await?
-                {
+                match self.catalog.resolve(batch.collection_id).await? {
                     Entry::Dropped => Ok(Applied::Skipped(format!(
                         "collection {} was dropped on the source",
                         batch.collection
                     ))),
-                    Entry::Live { db, name, meta } => {
+                    Entry::Live(live) => {
+                        self.catalog
+                            .ensure_partition(batch.collection_id, &batch.partition)
+                            .await?;
+                        let target = TargetCollectionRef {
+                            name: &live.name,
+                            meta: &live.meta,
+                        };
                         self.writer
                             .upsert(
-                                &db,
-                                &TargetCollectionRef {
-                                    name: &name,
-                                    meta: &meta,
-                                },
+                                &live.db,
+                                &target,
                                 &batch.partition,
                                 batch.columns.clone(),
                                 u32::try_from(batch.rows).unwrap_or(u32::MAX),
@@ -185,8 +188,7 @@ impl Pipeline {
             p.batch.bytes as u64,
             p.batch.messages,
         );
-        self.progress
-            .applied(&self.channel, p.last.sequence, p.last_ts);
+        self.mark_applied(p.last.sequence, p.last_ts);
         true
     }
 
@@ -235,7 +237,7 @@ impl Pipeline {
         let name = kind.name();
         match &kind {
             EventKind::TimeTick => {
-                self.progress.applied(&self.channel, pos.sequence, ts);
+                self.mark_applied(pos.sequence, ts);
                 return true;
             }
             EventKind::Unsupported { msg_type } => {
@@ -244,7 +246,7 @@ impl Pipeline {
                     .skipped_messages
                     .get_or_create(&self.labels.with_kind(name))
                     .inc();
-                self.progress.applied(&self.channel, pos.sequence, ts);
+                self.mark_applied(pos.sequence, ts);
                 return true;
             }
             EventKind::Undecodable(e) => {
@@ -253,7 +255,7 @@ impl Pipeline {
                     .skipped_messages
                     .get_or_create(&self.labels.with_kind(name))
                     .inc();
-                self.progress.applied(&self.channel, pos.sequence, ts);
+                self.mark_applied(pos.sequence, ts);
                 return true;
             }
             _ => {}
@@ -277,7 +279,10 @@ impl Pipeline {
             _ => 0,
         };
         self.count_applied(name, &applied, rows, 0, 1);
-        self.progress.applied(&self.channel, pos.sequence, ts);
+        if let EventKind::Delete(d) = kind {
+            self.recent().clear(d.collection_id);
+        }
+        self.mark_applied(pos.sequence, ts);
         true
     }
 
@@ -301,69 +306,84 @@ impl Pipeline {
         true
     }
 
+    /// Records progress up to `sequence`. The checkpointable position stays
+    /// before the oldest insert still remembered for upsert detection, so a
+    /// restart never resumes between an upsert's insert and its delete.
+    fn mark_applied(&self, sequence: u64, ts: u64) {
+        let resume = self
+            .recent()
+            .oldest_sequence()
+            .map_or(sequence, |o| sequence.min(o.saturating_sub(1)));
+        self.progress.applied(&self.channel, resume, ts);
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, super::upsert::RecentInserts> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn apply_once(&self, kind: &EventKind) -> Result<Applied, TargetError> {
         let w = &self.writer;
         match kind {
-            EventKind::CreateCollection(c) => {
-                let spec = self.catalog.spec_for(c).await?;
-                self.catalog.create(&spec).await
-            }
+            EventKind::CreateCollection(c) => self.catalog.create_from_event(c).await,
             EventKind::DropCollection(d) => {
-                let db = match self.catalog.resolve_known(d.collection_id).await {
-                    Some(Entry::Live { db, .. }) => db,
-                    _ => d.db_name.clone(),
+                let location = match self.catalog.known(d.collection_id).await {
+                    Some(Entry::Live(live)) => Some((live.db.clone(), live.name.clone())),
+                    _ => w.find_by_source_id(d.collection_id).await?,
                 };
-                let r = w
-                    .drop_collection(&db, &d.collection_name, d.collection_id)
-                    .await?;
-                self.catalog.set(d.collection_id, Entry::Dropped).await;
+                let r = match location {
+                    Some((db, name)) => w.drop_collection(&db, &name, d.collection_id).await?,
+                    None => Applied::AlreadyThere,
+                };
+                self.catalog.set_dropped(d.collection_id).await;
                 Ok(r)
             }
-            EventKind::CreatePartition(p) => {
-                match self
-                    .catalog
-                    .resolve(p.collection_id, &p.db_name, &p.collection_name)
-                    .await?
-                {
-                    Entry::Live { db, name, .. } => {
-                        w.create_partition(&db, &name, &p.partition_name).await
-                    }
-                    Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+            EventKind::CreatePartition(p) => match self.catalog.resolve(p.collection_id).await? {
+                Entry::Live(_) => {
+                    self.catalog
+                        .ensure_partition(p.collection_id, &p.partition_name)
+                        .await?;
+                    Ok(Applied::Done)
                 }
-            }
-            EventKind::DropPartition(p) => {
-                match self
-                    .catalog
-                    .resolve(p.collection_id, &p.db_name, &p.collection_name)
-                    .await?
-                {
-                    Entry::Live { db, name, .. } => {
-                        w.drop_partition(&db, &name, &p.partition_name).await
-                    }
-                    Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+                Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+            },
+            EventKind::DropPartition(p) => match self.catalog.resolve(p.collection_id).await? {
+                Entry::Live(live) => {
+                    let r = w
+                        .drop_partition(&live.db, &live.name, &p.partition_name)
+                        .await?;
+                    self.catalog
+                        .forget_partition(p.collection_id, &p.partition_name)
+                        .await;
+                    Ok(r)
                 }
-            }
+                Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+            },
             EventKind::Delete(d) => {
                 let keys = PrimaryKeys::from_ids(d.primary_keys.as_ref(), &d.int64_primary_keys);
                 if keys.is_empty() {
                     return Ok(Applied::Skipped("delete without keys".into()));
                 }
-                match self
-                    .catalog
-                    .resolve(d.collection_id, &d.db_name, &d.collection_name)
-                    .await?
-                {
-                    Entry::Live { db, name, meta } => {
-                        w.delete(
-                            &db,
-                            &TargetCollectionRef {
-                                name: &name,
-                                meta: &meta,
-                            },
-                            &d.partition_name,
-                            &keys,
-                        )
-                        .await
+                match self.catalog.resolve(d.collection_id).await? {
+                    Entry::Live(live) => {
+                        let keys = self.recent().filter(
+                            d.collection_id,
+                            &live.meta.pk_field,
+                            keys,
+                            &d.timestamps,
+                            d.base.as_ref().map_or(0, |b| b.timestamp),
+                        );
+                        if keys.is_empty() {
+                            return Ok(Applied::Skipped(
+                                "the delete half of an upsert: its rows were re-inserted".into(),
+                            ));
+                        }
+                        let target = TargetCollectionRef {
+                            name: &live.name,
+                            meta: &live.meta,
+                        };
+                        w.delete(&live.db, &target, &d.partition_name, &keys).await
                     }
                     Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
                 }

@@ -99,9 +99,15 @@ pub fn decode(position: Position, payload: &[u8]) -> Result<Event, DecodeError> 
         }
         _ => EventKind::Unsupported { msg_type },
     };
+    // An upsert's insert carries no message timestamp, only row timestamps.
+    let timestamp = match (&kind, base.timestamp) {
+        (EventKind::Insert(i), 0) => i.timestamps.iter().copied().max().unwrap_or(0),
+        (EventKind::Delete(d), 0) => d.timestamps.iter().copied().max().unwrap_or(0),
+        (_, ts) => ts,
+    };
     Ok(Event {
         position,
-        timestamp: base.timestamp,
+        timestamp,
         kind,
     })
 }

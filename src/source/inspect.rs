@@ -114,6 +114,7 @@ pub fn event_json(event: &Event) -> Value {
             "partition": i.partition_name,
             "shard": i.shard_name,
             "num_rows": i.num_rows,
+            "row_timestamps": i.timestamps.iter().take(3).collect::<Vec<_>>(),
             "columns": i.fields_data.iter()
                 .map(|f| (f.field_name.clone(), column_values(f)))
                 .collect::<serde_json::Map<_, _>>(),
@@ -124,6 +125,7 @@ pub fn event_json(event: &Event) -> Value {
             "partition": d.partition_name,
             "shard": d.shard_name,
             "num_rows": d.num_rows,
+            "row_timestamps": d.timestamps.iter().take(3).collect::<Vec<_>>(),
             "primary_keys": ids_values(d.primary_keys.as_ref()),
         }),
         EventKind::CreateDatabase(d) => json!({"db": d.db_name}),
@@ -179,6 +181,9 @@ pub struct DumpOptions {
     pub idle: std::time::Duration,
     /// Leave time ticks out of the output.
     pub skip_time_ticks: bool,
+    /// Keep reading new messages; otherwise stop each channel at the last
+    /// message it held when the dump started.
+    pub follow: bool,
 }
 
 /// Reads the channels with the production reader and writes one JSON line
@@ -194,16 +199,34 @@ pub async fn dump<Q: super::mq::MessageQueue>(
         let cancel = tokio_util::sync::CancellationToken::new();
         let reader = super::reader::ChannelReader::new(mq.clone(), channel, opts.start);
         let handle = tokio::spawn(reader.run(tx, cancel.clone()));
+        let end = if opts.follow {
+            None
+        } else {
+            match mq.info(channel).await {
+                Ok(i) => Some(i.last_sequence),
+                Err(e) => {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"channel": channel, "error": e.to_string()})
+                    )?;
+                    None
+                }
+            }
+        };
         let mut count = 0;
-        while opts.limit.is_none_or(|l| count < l) {
+        while opts.limit.is_none_or(|l| count < l) && end != Some(0) {
             let Ok(Some(ev)) = tokio::time::timeout(opts.idle, rx.recv()).await else {
                 break;
             };
-            if opts.skip_time_ticks && ev.kind == EventKind::TimeTick {
-                continue;
+            let last = end.is_some_and(|e| ev.position.sequence >= e);
+            if !(opts.skip_time_ticks && ev.kind == EventKind::TimeTick) {
+                count += 1;
+                writeln!(out, "{}", event_json(&ev))?;
             }
-            count += 1;
-            writeln!(out, "{}", event_json(&ev))?;
+            if last {
+                break;
+            }
         }
         cancel.cancel();
         let _ = handle.await;

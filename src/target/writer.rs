@@ -189,7 +189,12 @@ impl TargetWriter {
             .await
             .map_err(|s| self.grpc(s))?
             .into_inner();
-        self.check("DescribeCollection", resp.status.as_ref())?;
+        match self.check("DescribeCollection", resp.status.as_ref()) {
+            Ok(()) => {}
+            // Dropped between HasCollection and DescribeCollection.
+            Err(TargetError::Rejected { code: 100, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
         let schema = resp.schema.unwrap_or_default();
         let pk = schema.fields.iter().find(|f| f.is_primary_key);
         Ok(Some(TargetCollection {
@@ -205,6 +210,37 @@ impl TargetWriter {
             has_partition_key: schema.fields.iter().any(|f| f.is_partition_key),
             schema,
         }))
+    }
+
+    /// Finds the target collection created for source collection
+    /// `source_id` (by its property), in any database.
+    pub async fn find_by_source_id(
+        &self,
+        source_id: i64,
+    ) -> Result<Option<(String, String)>, TargetError> {
+        for db in self.list_databases().await? {
+            let resp = self
+                .target
+                .client()
+                .show_collections(pb::ShowCollectionsRequest {
+                    db_name: db.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| self.grpc(s))?
+                .into_inner();
+            if self.check("ShowCollections", resp.status.as_ref()).is_err() {
+                continue;
+            }
+            for name in resp.collection_names {
+                if let Some(c) = self.describe(&db, &name).await? {
+                    if c.source_id == Some(source_id) {
+                        return Ok(Some((db, name)));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Creates the database if it does not exist ("" and "default" always exist).
