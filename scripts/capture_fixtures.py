@@ -454,6 +454,7 @@ def write_readme(out, manifest, counts, after, before):
               f"{', '.join('`' + n + '`' for n in quiet) or 'none'}.", ""]
     lines += ["JetStream headers seen: " + ", ".join(
         f"`{k}` ×{v}" for k, v in sorted(manifest["jetstream_header_keys"].items())) + ".", ""]
+    lines += ["## Notes for decoders (checked on this capture)", ""] + decoder_notes(manifest) + [""]
     lines += [
         "## Order and timestamps on the DML stream (first messages)",
         "",
@@ -477,6 +478,53 @@ def write_readme(out, manifest, counts, after, before):
     lines.append("")
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as fp:
         fp.write("\n".join(lines))
+
+
+def decoder_notes(manifest) -> list:
+    """Facts a decoder must handle, each verified on the captured messages."""
+    fx = {k: v["expected"] for k, v in manifest["fixtures"].items()}
+    notes = []
+    cc = fx["create_collection"]
+    if not cc["collection_name"] and not cc["db_name"]:
+        notes.append("- `CreateCollectionRequest` carries no `collectionName`/`db_name` (empty): take the "
+                     "name from the embedded `schema` bytes (`schema.CollectionSchema.name`), the id from "
+                     "`collectionID`.")
+    system = [f"`{f['name']}` (fieldID {f['fieldID']})" for f in cc["schema"]["fields"] if f["fieldID"] < 100]
+    if system:
+        notes.append(f"- Its schema also lists the system fields {', '.join(system)}; "
+                     "drop them before creating the collection elsewhere.")
+    dml_db = {fx[k]["db_name"] for k in ("create_collection", "insert", "delete")}
+    repl_db = {fx[k]["db_name"] for k in ("create_index", "load_collection", "flush")}
+    notes.append(f"- `db_name` on the DML channel: {sorted(dml_db)}; on the replicate channel: "
+                 f"{sorted(repl_db)} (treat empty as `default`).")
+    de = fx["delete"]
+    notes.append(f"- `DeleteRequest`: keys in `primary_keys` ({de['primary_keys'].get('kind')}), "
+                 f"`int64_primary_keys` has {len(de['int64_primary_keys'])} entries; "
+                 f"`partitionID` = {de['partitionID']}, `partition_name` = {de['partition_name']!r} "
+                 "(all partitions).")
+    ins = fx["insert"]
+    notes.append(f"- `InsertRequest` is `{ins['version']}` (`fields_data`, `row_data` has "
+                 f"{ins['row_data_len']} entries); `rowIDs` are Milvus-internal ids, not primary keys.")
+    same = [k for k in ("create_index", "load_collection", "flush")
+            if fx[k]["base"]["msgID"] == fx[k]["base"]["timestamp"]]
+    if same:
+        notes.append(f"- Replicate-channel messages ({', '.join(same)}) have `base.msgID == base.timestamp`.")
+    trace = manifest["dml_stream_trace"]
+    for prev, cur in zip(trace, trace[1:]):
+        if cur["msg_type"] == common_pb2.TimeTick and prev["msg_type"] != common_pb2.TimeTick \
+                and cur["timestamp"] < prev["timestamp"]:
+            notes.append(f"- Seq {cur['seq']} TimeTick has ts logical {cur['timestamp_logical']} < the "
+                         f"preceding {prev['msg_type_name']} (seq {prev['seq']}, logical "
+                         f"{prev['timestamp_logical']}): do not assume ticks bound the messages before them.")
+            break
+    all_trace = manifest["dml_stream_trace"] + manifest["replicate_stream_trace"]
+    ticks_bare = all(not t["headers"] for t in all_trace if t["msg_type"] == common_pb2.TimeTick)
+    others_traced = all(t["headers"] == ["traceparent"] for t in all_trace
+                        if t["msg_type"] != common_pb2.TimeTick)
+    if ticks_bare and others_traced:
+        notes.append("- JetStream headers: every non-tick message has exactly `traceparent`; "
+                     "time ticks have no headers.")
+    return notes
 
 
 def _stream_sort_key(name):

@@ -134,11 +134,15 @@ def main(argv=None):
         "etcd.endpoints": args.etcd_endpoints,
         "etcd.rootPath": args.etcd_root_path,
         "mq.type": args.mq,
-        "common.gracefulStopTimeout": "30",
         "natsmq.server.port": str(args.nats_port),
         "natsmq.server.storeDir": os.path.join(base, "data", "nats"),
         "natsmq.server.monitor.logFile": os.path.join(base, "logs", "nats.log"),
     }
+    # advertise loopback in the etcd sessions (default: first unicast address,
+    # which breaks a restart when the machine's address changes)
+    for role in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode",
+                 "dataCoord", "dataNode"):
+        extra[f"{role}.ip"] = "127.0.0.1"
     for item in args.set:
         if "=" not in item:
             die(f"--set expects KEY=VALUE, got {item!r}")

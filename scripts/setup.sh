@@ -32,6 +32,7 @@ REQUIREMENTS=(
   "pandas<2.2"
   "marshmallow<3.24"
   "nats-py==2.16.0"
+  "pytest==8.3.4"
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -99,7 +100,7 @@ install_venv() {
   log "pip install ${REQUIREMENTS[*]}"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${REQUIREMENTS[@]}"
   "$VENV/bin/python" -c '
-import milvus, pymilvus, nats
+import milvus, pymilvus, nats, pytest
 from pymilvus.grpc_gen import common_pb2, milvus_pb2, msg_pb2, schema_pb2
 assert milvus.__version__ == "2.3.5", milvus.__version__
 ' || die "the venv does not import milvus/pymilvus/nats after pip install"

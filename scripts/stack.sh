@@ -1,0 +1,515 @@
+#!/usr/bin/env bash
+# The real test stack: etcd + source Milvus 2.3.5 (natsmq) + target Milvus 2.3.5.
+#
+#   scripts/stack.sh start    start what is not running, wait until all is healthy
+#   scripts/stack.sh stop     stop everything this stack started (TERM, then KILL)
+#   scripts/stack.sh status   print each part and its address; exit 0 iff all healthy
+#   scripts/stack.sh env      print the addresses as shell assignments
+#   scripts/stack.sh reset    stop, then delete the run folder (all data and logs)
+#
+# Everything (pids, logs, data, configs, the unpacked Milvus binary) lives in
+# one run folder. Needs scripts/setup.sh first.
+#
+# Environment (defaults in brackets):
+#   CDC_RUN_DIR          run folder                              [<repo>/.run/stack]
+#   CDC_VENV             venv made by setup.sh                   [<repo>/.venv]
+#   CDC_ETCD_PORT        etcd client port                        [2379]
+#   CDC_ETCD_PEER_PORT   etcd peer port                          [CDC_ETCD_PORT+1]
+#   CDC_SOURCE_PORT      source proxy port; the source also uses the next 9 ports
+#                        (proxy internal, coords, nodes; +9 = /healthz)   [19530]
+#   CDC_NATS_PORT        source natsmq (NATS JetStream) port      [4222]
+#   CDC_TARGET_PORT      target proxy port, plus the next 9       [19540]
+#   CDC_SOURCE_ROOT_PATH / CDC_TARGET_ROOT_PATH  etcd.rootPath    [source / target]
+#   CDC_SOURCE_AUTH / CDC_TARGET_AUTH  1 = common.security.authorizationEnabled
+#                        (user root, password Milvus)             [0 / 0]
+#   CDC_SOURCE_EXTRA / CDC_TARGET_EXTRA  extra Milvus config, whitespace-separated
+#                        KEY=VALUE, e.g. "common.ttMsgEnabled=false"  []
+#   CDC_START_TIMEOUT    seconds to wait for each part to be healthy   [90]
+#   CDC_STOP_GRACE       seconds between SIGTERM and SIGKILL          [15]
+#   CDC_MILVUS_STOP_SIGNAL  signal that stops Milvus: TERM (fast; the natsmq
+#                        source exits at once) or QUIT (full Milvus graceful
+#                        stop, often slower than CDC_STOP_GRACE)  [TERM]
+#
+# `start` is idempotent: a part that runs with the same command line is kept; a
+# part whose command line changed (ports, auth, extra config) is restarted.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN_DIR=${CDC_RUN_DIR:-$REPO/.run/stack}
+VENV=${CDC_VENV:-$REPO/.venv}
+PY=$VENV/bin/python
+ETCD_BIN=${CDC_ETCD_BIN:-etcd}
+
+ETCD_PORT=${CDC_ETCD_PORT:-2379}
+ETCD_PEER_PORT=${CDC_ETCD_PEER_PORT:-$((ETCD_PORT + 1))}
+SOURCE_PORT=${CDC_SOURCE_PORT:-19530}
+TARGET_PORT=${CDC_TARGET_PORT:-19540}
+NATS_PORT=${CDC_NATS_PORT:-4222}
+SOURCE_ROOT_PATH=${CDC_SOURCE_ROOT_PATH:-source}
+TARGET_ROOT_PATH=${CDC_TARGET_ROOT_PATH:-target}
+SOURCE_AUTH=${CDC_SOURCE_AUTH:-0}
+TARGET_AUTH=${CDC_TARGET_AUTH:-0}
+SOURCE_EXTRA=${CDC_SOURCE_EXTRA:-}
+TARGET_EXTRA=${CDC_TARGET_EXTRA:-}
+START_TIMEOUT=${CDC_START_TIMEOUT:-90}
+MILVUS_STOP_SIGNAL=${CDC_MILVUS_STOP_SIGNAL:-TERM}
+STOP_GRACE=${CDC_STOP_GRACE:-15}
+
+# Milvus listens on proxy port + 0..9 (see PORT_OFFSETS in milvus_server.py);
+# +9 is the webservice port (/healthz, /metrics).
+MILVUS_PORT_SPAN=10
+SOURCE_WEB_PORT=$((SOURCE_PORT + 9))
+TARGET_WEB_PORT=$((TARGET_PORT + 9))
+
+PARTS=(etcd source target)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }
+
+# ---------------------------------------------------------------- processes
+
+# Start time (clock ticks since boot) of a live, non-zombie process; fails otherwise.
+proc_starttime() {
+  local stat rest
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  rest=${stat##*) }            # fields after "pid (comm) "
+  # shellcheck disable=SC2086
+  set -- $rest                 # $1 = state (field 3), $20 = starttime (field 22)
+  [ "$1" != Z ] && [ "$1" != X ] || return 1
+  echo "${20}"
+}
+
+# Live (non-zombie) pids whose process group is $1 (a zombie cannot be
+# signalled away, and nothing may reap it in a container, so it counts as gone).
+group_members() {
+  local pgid=$1 f stat rest
+  for f in /proc/[0-9]*/stat; do
+    read -r stat 2>/dev/null <"$f" || continue   # builtin: no fork per process
+    rest=${stat##*) }
+    # shellcheck disable=SC2086
+    set -- $rest               # $1 state, $2 ppid, $3 pgrp
+    if [ "${3:-}" = "$pgid" ] && [ "$1" != Z ] && [ "$1" != X ]; then
+      f=${f#/proc/}
+      echo "${f%/stat}"
+    fi
+  done
+}
+group_alive() { [ -n "$(group_members "$1")" ]; }
+
+pidfile() { echo "$RUN_DIR/$1.pid"; }
+logfile() { echo "$RUN_DIR/$1.log"; }
+cmdfile() { echo "$RUN_DIR/$1.cmd"; }
+
+# Pid of a running part (leader alive with the recorded start time); fails otherwise.
+part_pid() {
+  local f pid start now
+  f=$(pidfile "$1")
+  [ -f "$f" ] || return 1
+  read -r pid start <"$f" || return 1
+  now=$(proc_starttime "$pid") || return 1
+  [ "$now" = "$start" ] || return 1
+  echo "$pid"
+}
+
+# The process group recorded for a part, if any member of it is still alive and
+# the group's id was not taken over by an unrelated process.
+part_group() {
+  local f pid start now
+  f=$(pidfile "$1")
+  [ -f "$f" ] || return 1
+  read -r pid start <"$f" || return 1
+  if now=$(proc_starttime "$pid") && [ "$now" != "$start" ]; then
+    return 1                   # pid reused by something else
+  fi
+  group_alive "$pid" || return 1
+  echo "$pid"
+}
+
+# Forget a stopped part: its pid file and the file Milvus 2.3.5 always writes
+# to /tmp/milvus/server_id_<pid> (not configurable).
+forget_part() {
+  local pid _
+  if [ -f "$(pidfile "$1")" ] && read -r pid _ <"$(pidfile "$1")"; then
+    case $1 in source | target) rm -f "/tmp/milvus/server_id_$pid" ;; esac
+  fi
+  rm -f "$(pidfile "$1")"
+}
+
+stop_part() {
+  local part=$1 pgid deadline
+  if ! pgid=$(part_group "$part"); then
+    forget_part "$part"
+    return 0
+  fi
+  # Milvus: SIGTERM by default. With natsmq (the source) the embedded NATS
+  # server catches SIGTERM too, shuts NATS down and exits the process at once
+  # (status 1) before Milvus' own graceful stop runs. SIGQUIT starts only
+  # Milvus' graceful stop, which on 2.3.5 took 3-26 s in our runs.
+  local sig=TERM
+  case $part in source | target) sig=$MILVUS_STOP_SIGNAL ;; esac
+  log "stopping $part (process group $pgid, SIG$sig)"
+  kill "-$sig" -- "-$pgid" 2>/dev/null || true
+  deadline=$(($(now_ms) + STOP_GRACE * 1000))
+  while group_alive "$pgid" && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.1; done
+  if group_alive "$pgid"; then
+    log "$part did not exit within ${STOP_GRACE}s after SIG$sig: SIGKILL"
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+    deadline=$(($(now_ms) + 10000))
+    while group_alive "$pgid" && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.1; done
+    if group_alive "$pgid"; then
+      log "error: $part (group $pgid) still alive after SIGKILL"
+      return 1
+    fi
+  fi
+  forget_part "$part"
+  log "$part stopped"
+}
+
+# ------------------------------------------------------------------- health
+
+# 0 if something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# Body of an HTTP/1.0 GET on 127.0.0.1 (no curl needed).
+http_get() {
+  local port=$1 path=$2
+  # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash
+  timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "$2" >&3
+    sed "1,/^\r\{0,1\}$/d" <&3
+  ' _ "$port" "$path" 2>/dev/null
+}
+
+healthy_etcd() {
+  part_pid etcd >/dev/null && http_get "$ETCD_PORT" /health | grep -q '"health":"true"'
+}
+
+healthy_milvus() {  # part web_port proxy_port
+  part_pid "$1" >/dev/null && [ "$(http_get "$2" /healthz)" = OK ] && port_in_use "$3"
+}
+
+healthy_nats() {
+  local info
+  # shellcheck disable=SC2016
+  info=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && head -n 1 <&3' _ "$NATS_PORT" 2>/dev/null) || return 1
+  case $info in INFO*'"jetstream":true'*) return 0 ;; *) return 1 ;; esac
+}
+
+healthy() {
+  case $1 in
+    etcd) healthy_etcd ;;
+    source) healthy_milvus source "$SOURCE_WEB_PORT" "$SOURCE_PORT" && healthy_nats ;;
+    target) healthy_milvus target "$TARGET_WEB_PORT" "$TARGET_PORT" ;;
+  esac
+}
+
+address() {
+  local src_auth="" tgt_auth=""
+  [ "$SOURCE_AUTH" = 1 ] && src_auth=", auth root:Milvus"
+  [ "$TARGET_AUTH" = 1 ] && tgt_auth=", auth root:Milvus"
+  case $1 in
+    etcd) echo "http://127.0.0.1:$ETCD_PORT" ;;
+    source) echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, natsmq nats://127.0.0.1:$NATS_PORT, etcd rootPath $SOURCE_ROOT_PATH$src_auth)" ;;
+    target) echo "127.0.0.1:$TARGET_PORT (healthz http://127.0.0.1:$TARGET_WEB_PORT/healthz, etcd rootPath $TARGET_ROOT_PATH$tgt_auth)" ;;
+  esac
+}
+
+# -------------------------------------------------------------- definitions
+
+# Ports a part listens on, with a label each.
+part_ports() {
+  local i
+  case $1 in
+    etcd) echo "$ETCD_PORT:etcd-client $ETCD_PEER_PORT:etcd-peer" ;;
+    source)
+      for ((i = 0; i < MILVUS_PORT_SPAN; i++)); do printf '%s:source+%s ' $((SOURCE_PORT + i)) "$i"; done
+      echo "$NATS_PORT:source-natsmq" ;;
+    target)
+      for ((i = 0; i < MILVUS_PORT_SPAN; i++)); do printf '%s:target+%s ' $((TARGET_PORT + i)) "$i"; done
+      echo ;;
+  esac
+}
+
+check_config() {
+  local v p port label
+  local -A seen=()
+  for v in ETCD_PORT ETCD_PEER_PORT SOURCE_PORT TARGET_PORT NATS_PORT START_TIMEOUT STOP_GRACE; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "CDC_$v must be a number, got '${!v}'"
+  done
+  for v in SOURCE_AUTH TARGET_AUTH; do
+    [[ ${!v} =~ ^[01]$ ]] || die "CDC_$v must be 0 or 1, got '${!v}'"
+  done
+  [ "$SOURCE_ROOT_PATH" != "$TARGET_ROOT_PATH" ] || die "source and target need different etcd root paths"
+  for p in "${PARTS[@]}"; do
+    for port in $(part_ports "$p"); do
+      label=${port#*:}
+      port=${port%%:*}
+      if [ "$port" -le 0 ] || [ "$port" -ge 65536 ]; then die "$label port $port out of range"; fi
+      if [ -n "${seen[$port]:-}" ]; then
+        die "port $port is used twice (${seen[$port]} and $label); the Milvus proxy ports must be >= $MILVUS_PORT_SPAN apart and not overlap the etcd/NATS ports"
+      fi
+      seen[$port]=$label
+    done
+  done
+}
+
+# Prints the command line of a part, one argument per line.
+part_cmd() {
+  local kv
+  case $1 in
+    etcd)
+      printf '%s\n' "$ETCD_BIN" --name cdc-test --data-dir "$RUN_DIR/etcd/data" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "cdc-test=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --logger zap --log-outputs stderr
+      ;;
+    source)
+      printf '%s\n' "$PY" "$REPO/scripts/milvus_server.py" --name source \
+        --base-dir "$RUN_DIR/source" --bin-root "$RUN_DIR" --proxy-port "$SOURCE_PORT" \
+        --etcd-endpoints "127.0.0.1:$ETCD_PORT" --etcd-root-path "$SOURCE_ROOT_PATH" \
+        --mq natsmq --nats-port "$NATS_PORT"
+      [ "$SOURCE_AUTH" = 1 ] && echo --auth
+      for kv in $SOURCE_EXTRA; do printf '%s\n' --set "$kv"; done
+      ;;
+    target)
+      printf '%s\n' "$PY" "$REPO/scripts/milvus_server.py" --name target \
+        --base-dir "$RUN_DIR/target" --bin-root "$RUN_DIR" --proxy-port "$TARGET_PORT" \
+        --etcd-endpoints "127.0.0.1:$ETCD_PORT" --etcd-root-path "$TARGET_ROOT_PATH" \
+        --mq rocksmq
+      [ "$TARGET_AUTH" = 1 ] && echo --auth
+      for kv in $TARGET_EXTRA; do printf '%s\n' --set "$kv"; done
+      ;;
+  esac
+  return 0
+}
+
+# ------------------------------------------------------------------ start
+
+launch() {
+  local part=$1 log pid start port label busy=() cmd=() env_unset=() v
+  forget_part "$part"          # a previous run of it that died on its own
+  mapfile -t cmd < <(part_cmd "$part")
+  for port in $(part_ports "$part"); do
+    label=${port#*:}
+    port=${port%%:*}
+    if port_in_use "$port"; then busy+=("$port ($label)"); fi
+  done
+  if [ "${#busy[@]}" -gt 0 ]; then
+    log "error: cannot start $part: port(s) already in use by another process: ${busy[*]}"
+    if command -v ss >/dev/null 2>&1; then
+      for port in "${busy[@]}"; do ss -Hltnp "sport = :${port%% *}" 2>/dev/null | sed 's/^/[stack]   /' >&2 || true; done
+    fi
+    log "       stop that process or choose other ports (CDC_ETCD_PORT, CDC_SOURCE_PORT, CDC_TARGET_PORT, CDC_NATS_PORT)"
+    return 1
+  fi
+  # etcd refuses flags that an ETCD_* environment variable also sets
+  for v in $(compgen -e); do
+    case $v in ETCD_* | ETCDCTL_*) env_unset+=(-u "$v") ;; esac
+  done
+  log=$(logfile "$part")
+  mkdir -p "$RUN_DIR/$part"
+  printf '\n===== %s start %s =====\n%s\n' "$part" "$(date -u +%FT%TZ)" "${cmd[*]}" >>"$log"
+  # setsid: own session and process group (pgid = pid), so stop can signal the
+  # whole group; 9>&- keeps the stack lock out of the child.
+  setsid env "${env_unset[@]}" "${cmd[@]}" >>"$log" 2>&1 </dev/null 9>&- &
+  pid=$!
+  start=$(proc_starttime "$pid") || start=unknown
+  echo "$pid $start" >"$(pidfile "$part")"
+  part_fingerprint "$part" >"$(cmdfile "$part")"
+  log "started $part (pid $pid), log $log"
+}
+
+# The last lines this part logged since its latest start, each cut to 300 chars.
+log_tail() {
+  local f
+  f=$(logfile "$1")
+  log "last lines of $f:"
+  awk -v marker="===== $1 start" 'index($0, marker) == 1 { n = NR } { line[NR] = $0 }
+    END { s = (NR - 25 > n ? NR - 25 : n); for (i = s; i <= NR; i++) print substr(line[i], 1, 300) }' "$f" |
+    sed 's/^/    /' >&2
+}
+
+wait_healthy() {
+  local part=$1 deadline=$2
+  while :; do
+    if healthy "$part"; then return 0; fi
+    if ! part_pid "$part" >/dev/null; then
+      log "error: $part exited during startup"
+      log_tail "$part"
+      return 1
+    fi
+    if [ "$(now_ms)" -ge "$deadline" ]; then
+      log "error: $part not healthy after ${START_TIMEOUT}s"
+      log_tail "$part"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# What identifies a part's configuration: its command line, and for Milvus the
+# launcher that renders the config.
+part_fingerprint() {
+  part_cmd "$1"
+  case $1 in
+    source | target) sha256sum "$REPO/scripts/milvus_server.py" | cut -d' ' -f1 ;;
+  esac
+}
+
+# Is the part running with exactly the configuration we want now?
+same_cmd() {
+  [ -f "$(cmdfile "$1")" ] && [ "$(cat "$(cmdfile "$1")")" = "$(part_fingerprint "$1")" ]
+}
+
+write_env() {
+  cat >"$RUN_DIR/stack.env" <<EOF
+# written by scripts/stack.sh start; source it or read it
+CDC_RUN_DIR=$RUN_DIR
+CDC_ETCD_ENDPOINT=127.0.0.1:$ETCD_PORT
+CDC_SOURCE_ADDR=127.0.0.1:$SOURCE_PORT
+CDC_SOURCE_URI=http://127.0.0.1:$SOURCE_PORT
+CDC_SOURCE_HEALTHZ=http://127.0.0.1:$SOURCE_WEB_PORT/healthz
+CDC_SOURCE_ETCD_ROOT=$SOURCE_ROOT_PATH
+CDC_SOURCE_AUTH=$SOURCE_AUTH
+CDC_NATS_URL=nats://127.0.0.1:$NATS_PORT
+CDC_TARGET_ADDR=127.0.0.1:$TARGET_PORT
+CDC_TARGET_URI=http://127.0.0.1:$TARGET_PORT
+CDC_TARGET_HEALTHZ=http://127.0.0.1:$TARGET_WEB_PORT/healthz
+CDC_TARGET_ETCD_ROOT=$TARGET_ROOT_PATH
+CDC_TARGET_AUTH=$TARGET_AUTH
+EOF
+}
+
+cmd_start() {
+  local t0 part started=() restart=() deadline failed=0 pids=() i
+  t0=$(now_ms)
+  check_config
+  [ -x "$PY" ] || die "no venv python at $PY; run scripts/setup.sh (or set CDC_VENV)"
+  command -v "$ETCD_BIN" >/dev/null 2>&1 || die "etcd not found; run scripts/setup.sh"
+  [ -f "$REPO/scripts/milvus_server.py" ] || die "missing $REPO/scripts/milvus_server.py"
+
+  # parts running with another configuration are restarted (dependents first)
+  for part in target source etcd; do
+    if part_group "$part" >/dev/null && ! { part_pid "$part" >/dev/null && same_cmd "$part"; }; then
+      log "$part runs with a different configuration (or its leader died): restarting it"
+      stop_part "$part"
+      restart+=("$part")
+    fi
+  done
+
+  if part_pid etcd >/dev/null; then
+    log "etcd already running"
+  else
+    mkdir -p "$RUN_DIR/etcd"
+    launch etcd || return 1
+    started+=(etcd)
+  fi
+  wait_healthy etcd $(($(now_ms) + START_TIMEOUT * 1000)) || { cleanup_started "${started[@]}"; return 1; }
+
+  for part in source target; do
+    if part_pid "$part" >/dev/null; then
+      log "$part already running"
+    else
+      launch "$part" || { cleanup_started "${started[@]}"; return 1; }
+      started+=("$part")
+    fi
+  done
+  deadline=$(($(now_ms) + START_TIMEOUT * 1000))
+  # wait for both in parallel; each reports its own failure
+  for part in source target; do
+    wait_healthy "$part" "$deadline" &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || failed=1
+  done
+  if [ "$failed" = 1 ]; then
+    cleanup_started "${started[@]}"
+    return 1
+  fi
+  write_env
+  log "stack healthy in $(($(now_ms) - t0))ms (started: ${started[*]:-nothing})"
+  cmd_status
+}
+
+cleanup_started() {
+  local part
+  [ "$#" -gt 0 ] || return 0
+  log "stopping what this start launched: $*"
+  for part in "$@"; do stop_part "$part" || true; done
+}
+
+# ------------------------------------------------------------ stop/status
+
+cmd_stop() {
+  local rc=0 pid_s pid_t
+  [ -d "$RUN_DIR" ] || { log "nothing to stop ($RUN_DIR does not exist)"; return 0; }
+  # the two Milvus instances stop in parallel, etcd last
+  stop_part target & pid_t=$!
+  stop_part source & pid_s=$!
+  wait "$pid_t" || rc=1
+  wait "$pid_s" || rc=1
+  stop_part etcd || rc=1
+  rm -f "$RUN_DIR/stack.env"
+  return "$rc"
+}
+
+cmd_status() {
+  local part rc=0 state pid
+  for part in "${PARTS[@]}"; do
+    if pid=$(part_pid "$part"); then
+      if healthy "$part"; then state=healthy; else state=unhealthy; rc=1; fi
+      pid="pid $pid"
+    else
+      state=stopped
+      pid="-"
+      rc=1
+    fi
+    printf '%-7s %-9s %-10s %s\n' "$part" "$state" "$pid" "$(address "$part")"
+  done
+  return "$rc"
+}
+
+cmd_env() {
+  [ -f "$RUN_DIR/stack.env" ] || die "stack not started ($RUN_DIR/stack.env missing)"
+  grep -v '^#' "$RUN_DIR/stack.env"
+}
+
+cmd_reset() {
+  cmd_stop
+  if [ -d "$RUN_DIR" ]; then
+    [ -f "$RUN_DIR/.cdc-stack" ] || die "$RUN_DIR has no .cdc-stack marker; not deleting it"
+    rm -rf "$RUN_DIR"
+    log "deleted $RUN_DIR"
+  fi
+}
+
+main() {
+  local action=${1:-}
+  case $action in
+    start | stop | status | env | reset) ;;
+    *) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+  case $MILVUS_STOP_SIGNAL in
+    TERM | QUIT | INT | KILL) ;;
+    *) die "CDC_MILVUS_STOP_SIGNAL must be TERM, QUIT, INT or KILL" ;;
+  esac
+  mkdir -p "$RUN_DIR"
+  touch "$RUN_DIR/.cdc-stack"
+  # one stack.sh at a time per run folder (status does not need the lock)
+  if [ "$action" != status ] && [ "$action" != env ]; then
+    exec 9>"$RUN_DIR/.lock"
+    flock -w 600 9 || die "another scripts/stack.sh holds $RUN_DIR/.lock"
+  fi
+  "cmd_$action"
+}
+
+main "$@"
