@@ -20,8 +20,8 @@ cd "$REPO"
 export CDC_RUN_DIR=${CDC_RUN_DIR:-$REPO/.run/stack}
 AGENT_DIR=$REPO/.run/demo
 AGENT_PORT=${CDC_AGENT_PORT:-8444}
-# One replica until leader election lands; then three.
-REPLICAS=${CDC_AGENT_REPLICAS:-1}
+# Three replicas: one leads (elected through etcd), the others forward /cdc to it.
+REPLICAS=${CDC_AGENT_REPLICAS:-3}
 BIN=$REPO/target/release/milvus-cdc
 
 log() { printf '[demo] %s\n' "$*" >&2; }

@@ -281,6 +281,10 @@ pub struct ReplicateConfig {
     /// How often checkpoints are written.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// How often aliases and empty partitions (not in Milvus 2.3.5's
+    /// streams) are compared with the source and synced.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for ReplicateConfig {
@@ -290,6 +294,7 @@ impl Default for ReplicateConfig {
             batch_bytes: 16 * 1024 * 1024,
             batch_wait: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(1),
+            reconcile_interval: Duration::from_secs(10),
         }
     }
 }
@@ -397,6 +402,14 @@ impl Config {
         }
         if self.source.dml_channel_num == 0 {
             return bad("source.dml_channel_num", "must be at least 1");
+        }
+        if self.replicate.checkpoint_interval.is_zero()
+            || self.replicate.reconcile_interval.is_zero()
+        {
+            return bad(
+                "replicate.checkpoint_interval",
+                "intervals must be greater than zero",
+            );
         }
         if self.replicate.batch_rows == 0 || self.replicate.batch_bytes == 0 {
             return bad(

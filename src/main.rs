@@ -42,6 +42,10 @@ enum Command {
     /// Inspect the source's message streams.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Compare a source and a target Milvus (collections, schemas, indexes,
+    /// load state, primary keys, sampled rows). Exit code 0: identical; 1:
+    /// differences (printed); 2: could not compare.
+    Verify(milvus_cdc::verify::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Source(cmd) => runtime.block_on(source_command(cmd)),
+        Command::Verify(args) => runtime.block_on(milvus_cdc::verify::run(&args)),
     }
 }
 

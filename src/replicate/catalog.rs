@@ -121,7 +121,21 @@ impl Catalog {
         Ok(locations.get(&id).cloned())
     }
 
-    async fn describe_source(
+    /// Every collection known to exist on the target.
+    pub async fn live_collections(&self) -> Vec<Arc<LiveCollection>> {
+        self.entries
+            .lock()
+            .await
+            .values()
+            .filter_map(|e| match e {
+                Entry::Live(l) => Some(l.clone()),
+                Entry::Dropped => None,
+            })
+            .collect()
+    }
+
+    /// The source's description of `db.name`, or None if it does not exist.
+    pub async fn describe_source(
         &self,
         db: &str,
         name: &str,
@@ -147,7 +161,12 @@ impl Catalog {
         }
     }
 
-    async fn source_partitions(&self, db: &str, name: &str) -> Result<Vec<String>, TargetError> {
+    /// The source's partition names of `db.name` (empty if it is gone).
+    pub async fn source_partitions(
+        &self,
+        db: &str,
+        name: &str,
+    ) -> Result<Vec<String>, TargetError> {
         let resp = self
             .source
             .client()
@@ -282,6 +301,15 @@ impl Catalog {
         let Some(Entry::Live(live)) = self.known(id).await else {
             return Ok(());
         };
+        self.ensure_partition_of(&live, partition).await
+    }
+
+    /// [`ensure_partition`](Self::ensure_partition) for a known collection.
+    pub async fn ensure_partition_of(
+        &self,
+        live: &LiveCollection,
+        partition: &str,
+    ) -> Result<(), TargetError> {
         if partition.is_empty() || partition == "_default" || live.meta.has_partition_key {
             return Ok(());
         }

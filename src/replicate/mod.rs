@@ -10,12 +10,14 @@
 //! - [`batch`]: insert batching;
 //! - [`catalog`]: source collection id → target collection;
 //! - [`progress`]: applied positions, the DDL watermark and lag;
-//! - [`upsert`]: keeping an upsert's delete from removing its new rows.
+//! - [`upsert`]: keeping an upsert's delete from removing its new rows;
+//! - [`reconcile`]: aliases and empty partitions, which the stream lacks.
 
 pub mod batch;
 pub mod catalog;
 pub mod pipeline;
 pub mod progress;
+pub mod reconcile;
 pub mod upsert;
 
 use std::{
@@ -297,6 +299,16 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
     let task_labels = TaskLabels {
         task_id: id.to_string(),
     };
+    handles.push(
+        tokio::spawn(reconcile_loop(
+            catalog.clone(),
+            writer.clone(),
+            leadership.clone(),
+            inner.replicate.reconcile_interval,
+            workers.clone(),
+        ))
+        .abort_handle(),
+    );
     let mut last_save = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(
         inner
@@ -362,6 +374,28 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
         Err(StoreError::Fenced) => leadership.refuse(&inner.metrics, "final checkpoint"),
         Err(e) => {
             warn!(error = %e, "final checkpoint not saved; the next leader replays from the previous one")
+        }
+    }
+}
+
+/// Runs [`reconcile::reconcile_once`] every `interval` while leading.
+async fn reconcile_loop(
+    catalog: Catalog,
+    writer: crate::target::writer::TargetWriter,
+    leadership: Leadership,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if !leadership.guard.is_valid() {
+            return;
+        }
+        if let Err(e) = reconcile::reconcile_once(&catalog, &writer).await {
+            warn!(error = %e, "metadata reconciliation failed, will retry");
         }
     }
 }

@@ -202,6 +202,9 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         };
         let wanted = match start {
             StartAt::After(s) => s + 1,
+            // Replaying history: it is complete only if the stream still
+            // holds its first message.
+            StartAt::Earliest if info.last_sequence > 0 => 1,
             _ => return,
         };
         if info.first_sequence > wanted {
