@@ -342,8 +342,12 @@ impl Election {
         };
         let store = self.store.fenced(fence);
         let deposed = CancellationToken::new();
-        self.engine
-            .set_leadership(store.clone(), guard.clone(), deposed.clone());
+        self.engine.set_leadership(
+            create_revision,
+            store.clone(),
+            guard.clone(),
+            deposed.clone(),
+        );
         info!(lease = lease_id, term = create_revision, "became leader");
         self.metrics.is_leader.set(1);
         self.metrics.leader_changes.inc();

@@ -68,6 +68,8 @@ struct Inner {
 /// refuses (the replica is no longer leader).
 #[derive(Clone)]
 pub struct Leadership {
+    /// The term (leader key create revision; 0 without election).
+    pub term: i64,
     /// Store whose writes are fenced on this term.
     pub store: TaskStore,
     /// Local lease check.
@@ -112,6 +114,7 @@ impl Engine {
                 replicate,
                 mq,
                 leadership: Mutex::new(Leadership {
+                    term: 0,
                     store,
                     guard: LeaseGuard::always_valid(),
                     deposed: CancellationToken::new(),
@@ -123,8 +126,15 @@ impl Engine {
     }
 
     /// Runs tasks started from now on under this leadership.
-    pub fn set_leadership(&self, store: TaskStore, guard: LeaseGuard, deposed: CancellationToken) {
+    pub fn set_leadership(
+        &self,
+        term: i64,
+        store: TaskStore,
+        guard: LeaseGuard,
+        deposed: CancellationToken,
+    ) {
         *lock(&self.inner.leadership) = Leadership {
+            term,
             store,
             guard,
             deposed,
@@ -171,7 +181,8 @@ impl TaskWorkers for Engine {
             return;
         }
         let cancel = CancellationToken::new();
-        let span = tracing::info_span!(parent: None, "task", task_id = %task.task_id);
+        let term = lock(&self.inner.leadership).term;
+        let span = tracing::info_span!(parent: None, "task", task_id = %task.task_id, term);
         let handle = tokio::spawn(
             run_task(self.inner.clone(), task.clone(), cancel.clone()).instrument(span),
         );

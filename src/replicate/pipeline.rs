@@ -58,7 +58,7 @@ struct Pending {
 impl Pipeline {
     /// Applies events from `rx` until `cancel` fires or the reader stops.
     pub async fn run(self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
-        let span = tracing::info_span!("pipeline", task_id = %self.labels.task_id, channel = %self.channel);
+        let span = tracing::info_span!("pipeline", task_id = %self.labels.task_id, channel = %self.channel, term = self.leadership.term);
         async move {
             let mut pending: Option<Pending> = None;
             loop {
