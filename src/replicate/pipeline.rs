@@ -181,6 +181,7 @@ impl Pipeline {
             .apply_latency
             .get_or_create(&self.task_labels())
             .observe(started.elapsed().as_secs_f64());
+        debug!(rows, sequence = p.last.sequence, "batch applied");
         self.count_applied(
             "insert",
             &applied,
