@@ -91,6 +91,10 @@ pub struct VerifyArgs {
     /// Database to compare (repeatable); default: every database.
     #[arg(long = "database", value_name = "NAME")]
     pub databases: Vec<String>,
+    /// Collection to compare (repeatable, in any compared database);
+    /// default: every collection.
+    #[arg(long = "collection", value_name = "NAME")]
+    pub collections: Vec<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -104,6 +108,8 @@ pub struct VerifyArgs {
 pub struct VerifyOptions {
     /// Databases to compare; empty means every database of either side.
     pub databases: Vec<String>,
+    /// Collections to compare; empty means every collection.
+    pub collections: Vec<String>,
     /// Rows per collection whose values are compared (0: keys only).
     pub sample: usize,
     /// Print a progress line on stderr at most once a second.
@@ -114,6 +120,7 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         Self {
             databases: Vec::new(),
+            collections: Vec::new(),
             sample: 100,
             progress: false,
         }
@@ -262,6 +269,7 @@ async fn run_inner(args: &VerifyArgs) -> Result<Report, VerifyError> {
     )?;
     let opts = VerifyOptions {
         databases: args.databases.clone(),
+        collections: args.collections.clone(),
         sample: args.sample,
         progress: std::io::stderr().is_terminal(),
     };
@@ -686,8 +694,12 @@ impl Verifier<'_> {
 
     async fn database(&mut self, db: &str) -> Result<(), VerifyError> {
         let (s, t) = tokio::try_join!(self.src.collections(db), self.tgt.collections(db))?;
-        let (s, t): (BTreeSet<String>, BTreeSet<String>) =
-            (s.into_iter().collect(), t.into_iter().collect());
+        let wanted =
+            |c: &String| self.opts.collections.is_empty() || self.opts.collections.contains(c);
+        let (s, t): (BTreeSet<String>, BTreeSet<String>) = (
+            s.into_iter().filter(wanted).collect(),
+            t.into_iter().filter(wanted).collect(),
+        );
         for c in s.symmetric_difference(&t) {
             let what = presence("collection", s.contains(c));
             self.differ(&scope_of(db, c), what);

@@ -143,94 +143,108 @@ impl ApiState {
 
 async fn cdc_handler(State(state): State<ApiState>, req: Request) -> Response {
     let forwarded = req.headers().contains_key(forward::FORWARDED_HEADER);
-    let body = match read_body(req.into_body(), state.max_body_bytes).await {
-        Ok(b) => b,
+    let parsed = match read_body(req.into_body(), state.max_body_bytes).await {
+        Ok(body) => cdc::parse(&body).map(|r| (r, body)),
+        Err(e) => Err(e),
+    };
+    let (request, body) = match parsed {
+        Ok(p) => p,
         Err(e) => {
             state.metrics.record_request("invalid", e.code);
             return state.error_response(&e);
         }
     };
-    let parsed = match cdc::parse(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.record_request("invalid", e.code);
-            return state.error_response(&e);
-        }
-    };
-    let kind = parsed.kind();
-    let mut role = state.role.borrow().clone();
-    let mut retried = false;
-    let result = loop {
-        match role {
-            Role::Leader { service, .. } => {
-                let span = info_span!("cdc", request_type = kind);
-                break execute(&service, parsed).instrument(span).await;
-            }
-            Role::Follower { .. } | Role::Unknown if forwarded => {
-                break Err(ApiError {
-                    code: 503,
-                    message: "this replica is not the leader (leadership is moving), retry".into(),
-                });
-            }
-            Role::Follower { leader_url } => {
-                match state.forwarder.forward(&leader_url, body.clone()).await {
-                    Ok(answer) => {
-                        let outcome = if retried { "retried" } else { "ok" };
-                        state
-                            .metrics
-                            .forwarded_requests
-                            .get_or_create(&crate::metrics::OutcomeLabels {
-                                outcome: outcome.into(),
-                            })
-                            .inc();
-                        state.metrics.record_request(kind, answer.status);
-                        return forwarded_response(answer);
-                    }
-                    Err(e) if !retried => {
-                        warn!(leader = %leader_url, error = %e, "forwarding failed; waiting for a leader change");
-                        retried = true;
-                        role = wait_for_other_leader(&state, &leader_url).await;
-                    }
-                    Err(e) => {
-                        state
-                            .metrics
-                            .forwarded_requests
-                            .get_or_create(&crate::metrics::OutcomeLabels {
-                                outcome: "failed".into(),
-                            })
-                            .inc();
-                        break Err(ApiError {
-                            code: 503,
-                            message: e,
-                        });
-                    }
-                }
-            }
-            Role::Unknown if !retried => {
-                retried = true;
-                role = wait_for_other_leader(&state, "").await;
-            }
-            Role::Unknown => {
-                break Err(ApiError {
-                    code: 503,
-                    message: "no leader is known yet, retry shortly".into(),
-                });
-            }
-        }
-    };
-    match result {
-        Ok(v) => {
+    let kind = request.kind();
+    match dispatch(&state, request, body, forwarded).await {
+        Dispatched::Local(Ok(v)) => {
             state.metrics.record_request(kind, 200);
             json_response(StatusCode::OK, v)
         }
-        Err(e) => {
+        Dispatched::Local(Err(e)) => {
             state.metrics.record_request(kind, e.code);
             if e.code >= 500 {
                 warn!(request_type = kind, code = e.code, message = %e.message, "request failed");
             }
             state.error_response(&e)
         }
+        Dispatched::Forwarded(answer) => {
+            state.metrics.record_request(kind, answer.status);
+            forwarded_response(answer)
+        }
     }
+}
+
+/// Where a request was answered.
+enum Dispatched {
+    /// Here (this replica leads, or no leader could be reached).
+    Local(Result<Value, ApiError>),
+    /// By the leader, whose answer is passed on unchanged.
+    Forwarded(forward::Forwarded),
+}
+
+/// Executes `request` if this replica leads, else forwards it to the leader;
+/// after a failed forward, waits once for a leader change and tries again.
+/// A request that was already forwarded is never forwarded again.
+async fn dispatch(
+    state: &ApiState,
+    request: CdcRequest,
+    body: bytes::Bytes,
+    forwarded: bool,
+) -> Dispatched {
+    let mut role = state.role.borrow().clone();
+    let mut retried = false;
+    loop {
+        let leader_url = match role {
+            Role::Leader { service, .. } => {
+                let span = info_span!("cdc", request_type = request.kind());
+                return Dispatched::Local(execute(&service, request).instrument(span).await);
+            }
+            Role::Follower { .. } | Role::Unknown if forwarded => {
+                return Dispatched::Local(Err(ApiError {
+                    code: 503,
+                    message: "this replica is not the leader (leadership is moving), retry".into(),
+                }));
+            }
+            Role::Unknown if retried => {
+                return Dispatched::Local(Err(ApiError {
+                    code: 503,
+                    message: "no leader is known yet, retry shortly".into(),
+                }));
+            }
+            Role::Unknown => String::new(),
+            Role::Follower { leader_url } => leader_url,
+        };
+        if !leader_url.is_empty() {
+            match state.forwarder.forward(&leader_url, body.clone()).await {
+                Ok(answer) => {
+                    count_forward(state, if retried { "retried" } else { "ok" });
+                    return Dispatched::Forwarded(answer);
+                }
+                Err(e) if retried => {
+                    count_forward(state, "failed");
+                    return Dispatched::Local(Err(ApiError {
+                        code: 503,
+                        message: e,
+                    }));
+                }
+                Err(e) => {
+                    warn!(leader = %leader_url, error = %e, "forwarding failed; waiting for a leader change");
+                }
+            }
+        }
+        retried = true;
+        role = wait_for_other_leader(state, &leader_url).await;
+    }
+}
+
+fn count_forward(state: &ApiState, outcome: &str) {
+    state
+        .metrics
+        .forwarded_requests
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: outcome.into(),
+        })
+        .inc();
 }
 
 /// Waits (at most `leader_wait`) until the role is no longer "following

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Replication throughput and lag, on the real stack (not a test).
+
+    CDC_RUN_DIR=.run/test-stack .venv/bin/python benches/replication_bench.py [--rows 200000]
+
+Same data, same machine, one run:
+1. ceiling: pymilvus inserts straight into the target (rows/s);
+2. replication: the same inserts into the source while an agent replicates;
+   rows/s from the first source insert until the target holds every row;
+3. lag at half the ceiling rate: the agent's milvus_cdc_replication_lag_seconds
+   sampled at 5 Hz during a steady load (p50/p99);
+4. the agent's CPU time and peak RSS.
+Prints a table; with --write-docs also writes docs/benchmarks.md.
+"""
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+from conftest import STACK, TARGET_TOKEN, Agent, create_body, http  # noqa: E402
+from pymilvus import Collection, CollectionSchema, DataType, FieldSchema  # noqa: E402
+from workload import connect  # noqa: E402
+
+DIM = 32
+
+
+def schema():
+    return CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
+                             FieldSchema("tag", DataType.VARCHAR, max_length=32),
+                             FieldSchema("v", DataType.FLOAT_VECTOR, dim=DIM)])
+
+
+def batches(rows, batch, seed=1):
+    rng = random.Random(seed)
+    for start in range(0, rows, batch):
+        ids = list(range(start, min(start + batch, rows)))
+        yield [ids, [f"t{i % 100}" for i in ids], [[rng.random() for _ in range(DIM)] for _ in ids]]
+
+
+def metric(agent, name, match=""):
+    _, text, _ = http("GET", agent.url + "/metrics", timeout=10)
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and match in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def proc_stats(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) // 1024
+    return cpu, rss
+
+
+def ceiling(rows, batch, tag):
+    alias = connect(f"bench-tgt-{tag}", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
+    c = Collection(f"bench_direct_{tag}", schema(), using=alias, shards_num=2)
+    data = list(batches(rows, batch))
+    t0 = time.time()
+    for b in data:
+        c.insert(b)
+    dt = time.time() - t0
+    c.drop()
+    return rows / dt
+
+
+def replication(agent, rows, batch, tag):
+    alias = connect(f"bench-src-{tag}", STACK["CDC_SOURCE_URI"])
+    name = f"bench_repl_{tag}"
+    c = Collection(name, schema(), using=alias, shards_num=2)
+    time.sleep(2)  # let the agent create the target collection first
+    base = metric(agent, "milvus_cdc_applied_rows_total", 'kind="insert"')
+    data = list(batches(rows, batch))
+    t0 = time.time()
+    for b in data:
+        c.insert(b)
+    t_src = time.time() - t0
+    deadline = time.time() + 600
+    while metric(agent, "milvus_cdc_applied_rows_total", 'kind="insert"') - base < rows:
+        if time.time() > deadline:
+            raise RuntimeError("replication did not finish within 600 s")
+        time.sleep(0.1)
+    dt = time.time() - t0
+    return rows / dt, rows / t_src
+
+
+def lag_at_rate(agent, rate, seconds, tag):
+    alias = connect(f"bench-lag-{tag}", STACK["CDC_SOURCE_URI"])
+    c = Collection(f"bench_lag_{tag}", schema(), using=alias, shards_num=2)
+    time.sleep(2)
+    batch = max(1, int(rate / 10))  # ten batches a second
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            _, text, _ = http("GET", agent.url + "/metrics", timeout=10)
+            lags = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                    if l.startswith("milvus_cdc_replication_lag_seconds{") and "rootcoord" in l]
+            if lags:
+                samples.append(max(lags))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    rng = random.Random(3)
+    next_id = 10_000_000
+    t_end = time.time() + seconds
+    th.start()
+    while time.time() < t_end:
+        t0 = time.time()
+        ids = list(range(next_id, next_id + batch))
+        next_id += batch
+        c.insert([ids, ["x"] * batch, [[rng.random() for _ in range(DIM)] for _ in ids]])
+        time.sleep(max(0.0, 0.1 - (time.time() - t0)))
+    time.sleep(2)
+    stop.set()
+    th.join()
+    samples.sort()
+    p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]  # noqa: E731
+    return p(0.5), p(0.99), len(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=5_000)
+    ap.add_argument("--lag-seconds", type=int, default=30)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    agent = Agent(root=f"bench/{tag}").start()
+    try:
+        status, body = agent.cdc(create_body())
+        assert status == 200, body
+        time.sleep(3)  # initial replay of the stream's history
+        cpu0, _ = proc_stats(agent.proc.pid)
+        direct = ceiling(args.rows, args.batch, tag)
+        repl, src_rate = replication(agent, args.rows, args.batch, tag)
+        p50, p99, n = lag_at_rate(agent, direct / 2, args.lag_seconds, tag)
+        cpu1, rss = proc_stats(agent.proc.pid)
+    finally:
+        agent.stop()
+    rows = [
+        ("direct pymilvus insert into the target (ceiling)", f"{direct:,.0f} rows/s"),
+        ("pymilvus insert into the source", f"{src_rate:,.0f} rows/s"),
+        ("replication source → target, end to end", f"{repl:,.0f} rows/s"),
+        ("ratio replication / ceiling (goal ≥ 0.9)", f"{repl / direct:.2f}"),
+        (f"lag p50 at {direct / 2:,.0f} rows/s ({n} samples)", f"{p50:.2f} s"),
+        ("lag p99 (goal < 1 s)", f"{p99:.2f} s"),
+        ("agent CPU time during the bench", f"{cpu1 - cpu0:.1f} s"),
+        ("agent peak RSS", f"{rss} MiB"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    table = "\n".join(f"| {a:<{width}} | {b} |" for a, b in rows)
+    header = f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|"
+    out = f"{header}\n{table}"
+    print(out)
+    if args.write_docs:
+        cmd = (f"CDC_RUN_DIR=.run/test-stack .venv/bin/python benches/replication_bench.py "
+               f"--rows {args.rows} --batch {args.batch} --lag-seconds {args.lag_seconds}")
+        doc = REPO / "docs" / "benchmarks.md"
+        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+        marker = "## Replication throughput and lag"
+        section = (f"{marker}\n\n{args.rows:,} rows (int64 key, VarChar, float vector dim {DIM}), "
+                   f"inserted in batches of {args.batch:,} into 2-shard collections; one agent "
+                   f"(debug build: `cargo build`), source and target Milvus 2.3.5 on the same "
+                   f"2-core machine.\n\n```\n{cmd}\n```\n\n{out}\n")
+        if marker in text:
+            before = text.split(marker)[0]
+            after = text.split(marker)[1]
+            rest = after[after.find("\n## "):] if "\n## " in after else ""
+            text = before + section + rest
+        else:
+            text = text.rstrip() + "\n\n" + section
+        doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
