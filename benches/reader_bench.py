@@ -140,8 +140,6 @@ def prefill(args):
         "bulk": [where[n] for n in names["bulk"]],
         "small": [where[n] for n in names["small"]],
     }
-    if len(set(state["after"].values())) != 1:
-        log("note: the channels start at different sequences; each run uses the smallest")
     STATE.write_text(json.dumps(state, indent=1))
     return state
 
@@ -175,9 +173,9 @@ def run_reader(chans, after, repeat):
     exe = TARGET_DIR / "release" / "examples" / "reader_bench"
     results = []
     for _ in range(repeat):
-        cmd = [str(exe), "--nats", STACK["CDC_NATS_URL"], "--after", str(after)]
+        cmd = [str(exe), "--nats", STACK["CDC_NATS_URL"]]
         for c in chans:
-            cmd += ["--channel", c]
+            cmd += ["--channel", f"{c}@{after[c]}"]
         out, wall, rss, cpu = timed(cmd)
         res = json.loads(out)
         res.update(wall=wall, max_rss_kib=rss, cpu=cpu)
@@ -188,7 +186,7 @@ def run_reader(chans, after, repeat):
 def run_dump(chan, after, repeat):
     results = []
     for _ in range(repeat):
-        cmd = [str(cdc_bin()), "source", "dump", "--channel", chan, "--after", str(after),
+        cmd = [str(cdc_bin()), "source", "dump", "--channel", chan, "--after", str(after[chan]),
                "--skip-time-ticks", "--idle-secs", "30"]
         with open(os.devnull, "w") as null:
             _, wall, rss, cpu = timed(cmd, stdout=null)
@@ -230,7 +228,7 @@ def main():
         log(f"reusing the pre-fill {state['tag']} ({STATE})")
     else:
         state = prefill(args)
-    after = min(state["after"].values())
+    after = state["after"]  # channel -> sequence before the pre-fill
     bulk, small = state["bulk"], state["small"]
 
     table = []

@@ -33,7 +33,7 @@ def verify(collections, timeout=300):
     return r.returncode, report, r.stderr
 
 
-def wait_verified(collections, limit=240):
+def wait_verified(collections, limit=420):
     """Polls verify until it reports no difference; returns the last report."""
     deadline = time.time() + limit
     last = None
@@ -184,7 +184,7 @@ def test_target_down_for_30s_then_catches_up(agent):
                    env={**os.environ, **stack_env_for_restart(STACK)})
     bg.stop()
     assert bg.error is None, bg.error
-    wait_verified([bg.name], limit=300)
+    wait_verified([bg.name], limit=480)
 
 
 def stack_env_for_restart(stack):
