@@ -427,7 +427,9 @@ impl Config {
 
 /// Applies `MILVUS_CDC_<SECTION>__<KEY>=value` variables to `table`. The value
 /// is read as a TOML value when it parses as one (`5`, `true`, `["a"]`) and as
-/// a string otherwise.
+/// a string otherwise. `MILVUS_CDC_*` names without `__` belong to CLI flags
+/// (`MILVUS_CDC_CONFIG`, `MILVUS_CDC_SERVER`, `MILVUS_CDC_TARGET_TOKEN`, ...)
+/// and are left alone.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -436,6 +438,9 @@ fn apply_env(
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if !rest.contains("__") {
+            continue;
+        }
         let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         let [section, key] = parts.as_slice() else {
             return Err(ConfigError::Env {
@@ -529,9 +534,12 @@ mod tests {
         )];
         let err = Config::load(None, env, &ConfigOverrides::default()).unwrap_err();
         assert!(err.to_string().contains("tasks.max_tasks"), "{err}");
-        let env = vec![("MILVUS_CDC_NOPE".to_string(), "1".to_string())];
+        let env = vec![("MILVUS_CDC_A__B__C".to_string(), "1".to_string())];
         let err = Config::load(None, env, &ConfigOverrides::default()).unwrap_err();
-        assert!(err.to_string().contains("MILVUS_CDC_NOPE"), "{err}");
+        assert!(err.to_string().contains("MILVUS_CDC_A__B__C"), "{err}");
+        // CLI variables (no `__`) are not configuration keys.
+        let env = vec![("MILVUS_CDC_TARGET_TOKEN".to_string(), "x".to_string())];
+        assert!(Config::load(None, env, &ConfigOverrides::default()).is_ok());
     }
 
     #[test]

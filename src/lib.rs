@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod ha;
 pub mod metrics;

@@ -1,6 +1,8 @@
-//! The `milvus-cdc` command: `serve` runs an agent replica, `check` tests the
-//! configured connections. Exit codes: 0 success, 1 runtime failure, 2 bad
-//! configuration or usage.
+//! The `milvus-cdc` command: `serve` runs an agent replica; `config`,
+//! `check`, `source`, `verify`, `task` and `status` help operate it.
+//! Exit codes: 0 success, 1 runtime failure (or an API error / differences
+//! found), 2 bad configuration or usage, 3 server unreachable (`task`,
+//! `status`).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -46,6 +48,13 @@ enum Command {
     /// load state, primary keys, sampled rows). Exit code 0: identical; 1:
     /// differences (printed); 2: could not compare.
     Verify(milvus_cdc::verify::VerifyArgs),
+    /// Manage tasks through the /cdc API of any replica (create, list, get,
+    /// pause, resume, delete).
+    #[command(subcommand)]
+    Task(milvus_cdc::cli::TaskCommand),
+    /// Show each replica's role, readiness, leader and term, and the lag of
+    /// the tasks it runs.
+    Status(milvus_cdc::cli::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -112,8 +121,7 @@ impl ConfigArgs {
             etcd_endpoints: self.etcd.clone(),
             log_format: self.log_format,
         };
-        let env = std::env::vars().filter(|(k, _)| k != "MILVUS_CDC_CONFIG");
-        Config::load(self.config.as_deref(), env, &overrides).map_err(|e| {
+        Config::load(self.config.as_deref(), std::env::vars(), &overrides).map_err(|e| {
             eprintln!("milvus-cdc: {e}");
             ExitCode::from(2)
         })
@@ -201,6 +209,8 @@ fn main() -> ExitCode {
         }
         Command::Source(cmd) => runtime.block_on(source_command(cmd)),
         Command::Verify(args) => runtime.block_on(milvus_cdc::verify::run(&args)),
+        Command::Task(cmd) => runtime.block_on(milvus_cdc::cli::run_task(cmd)),
+        Command::Status(args) => runtime.block_on(milvus_cdc::cli::run_status(args)),
     }
 }
 

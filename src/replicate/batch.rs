@@ -29,6 +29,8 @@ pub struct InsertBatch {
     pub bytes: usize,
     /// Source messages merged.
     pub messages: u64,
+    /// Whether these are an upsert's rows (held until its delete).
+    pub upsert: bool,
 }
 
 impl InsertBatch {
@@ -43,6 +45,7 @@ impl InsertBatch {
             rows: msg.num_rows,
             bytes,
             messages: 1,
+            upsert: false,
         }
     }
 

@@ -88,31 +88,9 @@ impl Catalog {
         if let Some(l) = self.locations.lock().await.get(&id) {
             return Ok(Some(l.clone()));
         }
-        let client = || self.source.client();
-        let dbs = client()
-            .list_databases(pb::ListDatabasesRequest::default())
-            .await
-            .map_err(|s| self.source.status_error(s))?
-            .into_inner();
-        self.source.check("ListDatabases", dbs.status.as_ref())?;
         let mut found = HashMap::new();
-        for db in dbs.db_names {
-            let resp = client()
-                .show_collections(pb::ShowCollectionsRequest {
-                    db_name: db.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|s| self.source.status_error(s))?
-                .into_inner();
-            if self
-                .source
-                .check("ShowCollections", resp.status.as_ref())
-                .is_err()
-            {
-                continue; // dropped meanwhile
-            }
-            for (cid, name) in resp.collection_ids.into_iter().zip(resp.collection_names) {
+        for db in self.source.list_databases().await? {
+            for (cid, name) in self.source.show_collections(&db).await? {
                 found.insert(cid, (db.clone(), name));
             }
         }
@@ -140,25 +118,7 @@ impl Catalog {
         db: &str,
         name: &str,
     ) -> Result<Option<pb::DescribeCollectionResponse>, TargetError> {
-        let resp = self
-            .source
-            .client()
-            .describe_collection(pb::DescribeCollectionRequest {
-                db_name: db.to_string(),
-                collection_name: name.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.source.status_error(s))?
-            .into_inner();
-        match self
-            .source
-            .check("DescribeCollection", resp.status.as_ref())
-        {
-            Ok(()) => Ok(Some(resp)),
-            Err(TargetError::Rejected { code: 100, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.source.describe_collection(db, name).await
     }
 
     /// The source's partition names of `db.name` (empty if it is gone).
@@ -167,25 +127,11 @@ impl Catalog {
         db: &str,
         name: &str,
     ) -> Result<Vec<String>, TargetError> {
-        let resp = self
+        Ok(self
             .source
-            .client()
-            .show_partitions(pb::ShowPartitionsRequest {
-                db_name: db.to_string(),
-                collection_name: name.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.source.status_error(s))?
-            .into_inner();
-        if self
-            .source
-            .check("ShowPartitions", resp.status.as_ref())
-            .is_err()
-        {
-            return Ok(Vec::new());
-        }
-        Ok(resp.partition_names)
+            .show_partitions(db, name)
+            .await?
+            .unwrap_or_default())
     }
 
     /// Applies a CreateCollection event: creates the collection on the target

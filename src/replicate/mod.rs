@@ -10,7 +10,6 @@
 //! - [`batch`]: insert batching;
 //! - [`catalog`]: source collection id → target collection;
 //! - [`progress`]: applied positions, the DDL watermark and lag;
-//! - [`upsert`]: keeping an upsert's delete from removing its new rows;
 //! - [`reconcile`]: aliases and empty partitions, which the stream lacks.
 
 pub mod batch;
@@ -18,7 +17,6 @@ pub mod catalog;
 pub mod pipeline;
 pub mod progress;
 pub mod reconcile;
-pub mod upsert;
 
 use std::{
     collections::HashMap,
@@ -204,9 +202,12 @@ impl TaskWorkers for Engine {
 }
 
 /// Retries `op` with backoff until it succeeds or `cancel` fires.
+/// Every failure is counted in `apply_errors{kind}` so that a task stuck
+/// before it starts (e.g. on an unreachable target) is visible in alerts.
 async fn until_ok<T, E: std::fmt::Display, Fut>(
     cancel: &CancellationToken,
     what: &str,
+    errors: &prometheus_client::metrics::counter::Counter,
     op: impl Fn() -> Fut,
 ) -> Option<T>
 where
@@ -221,6 +222,7 @@ where
         match r {
             Ok(v) => return Some(v),
             Err(e) => {
+                errors.inc();
                 let d = delays.next().unwrap_or(Duration::from_secs(10));
                 warn!(what, error = %e, retry_in = ?d, "failed, retrying");
                 tokio::select! {
@@ -230,6 +232,35 @@ where
             }
         }
     }
+}
+
+fn error_counter(
+    inner: &Inner,
+    id: &TaskId,
+    kind: &str,
+) -> prometheus_client::metrics::counter::Counter {
+    inner
+        .metrics
+        .apply_errors
+        .get_or_create(&ErrorLabels {
+            task_id: id.to_string(),
+            kind: kind.into(),
+        })
+        .clone()
+}
+
+/// Removes the task's gauges, so a stopped task leaves no stale lag behind
+/// (counters stay: they only ever grow).
+fn forget_gauges(inner: &Inner, id: &TaskId, progress: &TaskProgress) {
+    for (channel, _) in progress.lags() {
+        inner.metrics.replication_lag.remove(&ChannelLabels {
+            task_id: id.to_string(),
+            channel,
+        });
+    }
+    inner.metrics.checkpoint_age.remove(&TaskLabels {
+        task_id: id.to_string(),
+    });
 }
 
 async fn connect(param: &MilvusConnectParam) -> Result<MilvusTarget, String> {
@@ -242,9 +273,12 @@ async fn connect(param: &MilvusConnectParam) -> Result<MilvusTarget, String> {
 async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken) {
     let id = task.task_id.clone();
     info!("starting task workers");
-    let Some(target) = until_ok(&cancel, "connect to target", || {
-        connect(&task.milvus_connect_param)
-    })
+    let Some(target) = until_ok(
+        &cancel,
+        "connect to target",
+        &error_counter(&inner, &id, "target_unreachable"),
+        || connect(&task.milvus_connect_param),
+    )
     .await
     else {
         return;
@@ -255,17 +289,25 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
         connect_timeout: Some(inner.source.connect_timeout.as_secs().max(1)),
         ..Default::default()
     };
-    let Some(source) = until_ok(&cancel, "connect to source Milvus", || {
-        connect(&source_param)
-    })
+    let Some(source) = until_ok(
+        &cancel,
+        "connect to source Milvus",
+        &error_counter(&inner, &id, "source_unreachable"),
+        || connect(&source_param),
+    )
     .await
     else {
         return;
     };
     let leadership = lock(&inner.leadership).clone();
     let store = leadership.store.clone();
-    let Some(checkpoints) =
-        until_ok(&cancel, "load checkpoints", || store.load_checkpoints(&id)).await
+    let Some(checkpoints) = until_ok(
+        &cancel,
+        "load checkpoints",
+        &error_counter(&inner, &id, "checkpoint"),
+        || store.load_checkpoints(&id),
+    )
+    .await
     else {
         return;
     };
@@ -302,7 +344,6 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
             },
             cfg: inner.replicate.clone(),
             leadership: leadership.clone(),
-            recent: Default::default(),
         };
         let pipe_handle = tokio::spawn(pipeline.run(rx, workers.clone()));
         handles.push(pipe_handle.abort_handle());
@@ -350,11 +391,14 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
                     leadership.refuse(&inner.metrics, "checkpoint");
                     workers.cancel();
                     wait_stopped(&handles).await;
+                    forget_gauges(&inner, &id, &progress);
                     return;
                 }
                 Err(StoreError::NotFound(_)) => {
                     warn!("task removed from the store; stopping its workers");
                     workers.cancel();
+                    wait_stopped(&handles).await;
+                    forget_gauges(&inner, &id, &progress);
                     return;
                 }
                 Err(e) => {
@@ -380,6 +424,7 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
     // then the final checkpoint records exactly what the target has.
     workers.cancel();
     wait_stopped(&handles).await;
+    forget_gauges(&inner, &id, &progress);
     match save(&inner, &leadership, &id, &progress).await {
         Ok(()) => info!("task workers stopped after a final checkpoint"),
         Err(StoreError::Fenced) => leadership.refuse(&inner.metrics, "final checkpoint"),

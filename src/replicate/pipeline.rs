@@ -43,8 +43,14 @@ pub struct Pipeline {
     pub cfg: ReplicateConfig,
     /// Checked before every target write.
     pub leadership: super::Leadership,
-    /// Keys inserted since the last delete (upsert detection).
-    pub recent: std::sync::Mutex<super::upsert::RecentInserts>,
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A batch waiting to be written, with the position it completes.
@@ -55,92 +61,184 @@ struct Pending {
     deadline: tokio::time::Instant,
 }
 
+impl Pending {
+    fn new(batch: InsertBatch, last: Position, last_ts: u64, wait: std::time::Duration) -> Self {
+        Self {
+            batch,
+            last,
+            last_ts,
+            deadline: tokio::time::Instant::now() + wait,
+        }
+    }
+}
+
+/// Rows not yet written: consecutive plain inserts, and an upsert's rows
+/// held until its delete.
+#[derive(Default)]
+struct Batches {
+    normal: Option<Pending>,
+    held: Vec<Pending>,
+}
+
 impl Pipeline {
     /// Applies events from `rx` until `cancel` fires or the reader stops.
+    ///
+    /// Upserts: Milvus 2.3.5 writes an upsert as inserts of the new rows (with
+    /// no message timestamp; one per partition) followed by a delete of the
+    /// same keys with the same timestamp, which on the source removes only
+    /// the *older* versions, in any partition. The target gives every write a
+    /// new timestamp, so the pipeline holds an upsert's rows until its delete
+    /// arrives, applies the delete first and then the rows: the target ends
+    /// with exactly the new versions. Nothing is checkpointed in between.
     pub async fn run(self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
         let span = tracing::info_span!("pipeline", task_id = %self.labels.task_id, channel = %self.channel, term = self.leadership.term);
         async move {
-            let mut pending: Option<Pending> = None;
+            let mut b = Batches::default();
             loop {
-                let next = match &pending {
-                    Some(p) => {
-                        let deadline = p.deadline;
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            ev = rx.recv() => ev,
-                            () = tokio::time::sleep_until(deadline) => {
-                                if let Some(p) = pending.take() {
-                                    if !self.flush(p, &cancel).await { return; }
-                                }
-                                continue;
-                            }
-                        }
+                // An upsert's rows wait for its delete, not for a deadline.
+                let deadline = b.normal.as_ref().map(|p| p.deadline);
+                let next = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    ev = rx.recv() => ev,
+                    () = sleep_until_opt(deadline) => {
+                        if !self.flush_normal(&mut b, &cancel).await { return; }
+                        continue;
                     }
-                    None => tokio::select! {
-                        () = cancel.cancelled() => return,
-                        ev = rx.recv() => ev,
-                    },
                 };
                 let Some(ev) = next else { return };
                 self.progress.received(&self.channel, rx.is_empty());
-                let Event {
-                    position,
-                    timestamp,
-                    kind,
-                } = ev;
-                match kind {
-                    EventKind::Insert(msg) => {
-                        self.recent().record(position.sequence, &msg);
-                        let bytes = prost::Message::encoded_len(msg.as_ref());
-                        match &mut pending {
-                            Some(p) if p.batch.accepts(&msg) => {
-                                p.batch.push(*msg, bytes);
-                                p.last = position;
-                                p.last_ts = timestamp;
-                            }
-                            _ => {
-                                if let Some(p) = pending.take() {
-                                    if !self.flush(p, &cancel).await {
-                                        return;
-                                    }
-                                }
-                                pending = Some(Pending {
-                                    batch: InsertBatch::new(*msg, bytes),
-                                    last: position,
-                                    last_ts: timestamp,
-                                    deadline: tokio::time::Instant::now() + self.cfg.batch_wait,
-                                });
-                            }
-                        }
-                        let full = pending.as_ref().is_some_and(|p| {
-                            p.batch.rows >= self.cfg.batch_rows as u64
-                                || p.batch.bytes >= self.cfg.batch_bytes
-                        });
-                        // Flush when full, or when nothing else is queued and
-                        // waiting would only add latency.
-                        if full || rx.is_empty() && self.cfg.batch_wait.is_zero() {
-                            if let Some(p) = pending.take() {
-                                if !self.flush(p, &cancel).await {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    kind => {
-                        if let Some(p) = pending.take() {
-                            if !self.flush(p, &cancel).await {
-                                return;
-                            }
-                        }
-                        if !self.apply(position, timestamp, kind, &cancel).await {
-                            return;
-                        }
-                    }
+                if !self.handle(ev, &mut b, rx.is_empty(), &cancel).await {
+                    return;
                 }
             }
         }
         .instrument(span)
         .await;
+    }
+
+    async fn flush_normal(&self, b: &mut Batches, cancel: &CancellationToken) -> bool {
+        match b.normal.take() {
+            Some(p) => self.flush(p, cancel).await,
+            None => true,
+        }
+    }
+
+    /// Writes every held batch (upsert rows); false if cancelled first.
+    async fn flush_held(&self, b: &mut Batches, cancel: &CancellationToken) -> bool {
+        for p in std::mem::take(&mut b.held) {
+            if !self.flush(p, cancel).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handles one event; false if cancelled first.
+    async fn handle(
+        &self,
+        ev: Event,
+        b: &mut Batches,
+        queue_empty: bool,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let Event {
+            position,
+            timestamp,
+            kind,
+        } = ev;
+        match kind {
+            EventKind::Insert(msg) if msg.base.as_ref().is_none_or(|b| b.timestamp == 0) => {
+                // An upsert's rows: held until its delete.
+                let bytes = prost::Message::encoded_len(msg.as_ref());
+                if !self.flush_normal(b, cancel).await {
+                    return false;
+                }
+                match b.held.iter_mut().find(|p| p.batch.accepts(&msg)) {
+                    Some(p) => {
+                        p.batch.push(*msg, bytes);
+                        p.last = position;
+                        p.last_ts = timestamp;
+                    }
+                    None => {
+                        let mut batch = InsertBatch::new(*msg, bytes);
+                        batch.upsert = true;
+                        b.held.push(Pending::new(
+                            batch,
+                            position,
+                            timestamp,
+                            self.cfg.batch_wait,
+                        ));
+                    }
+                }
+                true
+            }
+            EventKind::Insert(msg) => {
+                let bytes = prost::Message::encoded_len(msg.as_ref());
+                if !b.held.is_empty() && !self.flush_held(b, cancel).await {
+                    return false;
+                }
+                match &mut b.normal {
+                    Some(p) if p.batch.accepts(&msg) => {
+                        p.batch.push(*msg, bytes);
+                        p.last = position;
+                        p.last_ts = timestamp;
+                    }
+                    _ => {
+                        if !self.flush_normal(b, cancel).await {
+                            return false;
+                        }
+                        let batch = InsertBatch::new(*msg, bytes);
+                        b.normal = Some(Pending::new(
+                            batch,
+                            position,
+                            timestamp,
+                            self.cfg.batch_wait,
+                        ));
+                    }
+                }
+                let full = b.normal.as_ref().is_some_and(|p| {
+                    p.batch.rows >= self.cfg.batch_rows as u64
+                        || p.batch.bytes >= self.cfg.batch_bytes
+                });
+                // Flush when full, or when nothing else is queued and waiting
+                // would only add latency.
+                if full || queue_empty && self.cfg.batch_wait.is_zero() {
+                    return self.flush_normal(b, cancel).await;
+                }
+                true
+            }
+            EventKind::Delete(d)
+                if b.held
+                    .iter()
+                    .any(|p| p.batch.collection_id == d.collection_id) =>
+            {
+                // The delete half of an upsert: delete every older version
+                // first, then write the new rows, then record both.
+                if !self.flush_normal(b, cancel).await {
+                    return false;
+                }
+                if !self
+                    .apply_unrecorded(&position, timestamp, EventKind::Delete(d), cancel)
+                    .await
+                {
+                    return false;
+                }
+                if !self.flush_held(b, cancel).await {
+                    return false;
+                }
+                self.progress
+                    .applied(&self.channel, position.sequence, timestamp);
+                true
+            }
+            // Recording a tick would checkpoint past held rows.
+            EventKind::TimeTick if !b.held.is_empty() => true,
+            kind => {
+                if !self.flush_normal(b, cancel).await || !self.flush_held(b, cancel).await {
+                    return false;
+                }
+                self.apply(position, timestamp, kind, cancel).await
+            }
+        }
     }
 
     /// Writes a batch; false if cancelled first.
@@ -189,7 +287,8 @@ impl Pipeline {
             p.batch.bytes as u64,
             p.batch.messages,
         );
-        self.mark_applied(p.last.sequence, p.last_ts);
+        self.progress
+            .applied(&self.channel, p.last.sequence, p.last_ts);
         true
     }
 
@@ -227,7 +326,7 @@ impl Pipeline {
         }
     }
 
-    /// Applies one non-insert event; false if cancelled first.
+    /// Applies one non-insert event and records it; false if cancelled first.
     async fn apply(
         &self,
         pos: Position,
@@ -235,19 +334,31 @@ impl Pipeline {
         kind: EventKind,
         cancel: &CancellationToken,
     ) -> bool {
+        if !self.apply_unrecorded(&pos, ts, kind, cancel).await {
+            return false;
+        }
+        self.progress.applied(&self.channel, pos.sequence, ts);
+        true
+    }
+
+    /// Applies one non-insert event without recording progress; false if
+    /// cancelled first.
+    async fn apply_unrecorded(
+        &self,
+        pos: &Position,
+        ts: u64,
+        kind: EventKind,
+        cancel: &CancellationToken,
+    ) -> bool {
         let name = kind.name();
         match &kind {
-            EventKind::TimeTick => {
-                self.mark_applied(pos.sequence, ts);
-                return true;
-            }
+            EventKind::TimeTick => return true,
             EventKind::Unsupported { msg_type } => {
                 debug!(sequence = pos.sequence, msg_type, "not replicated");
                 self.metrics
                     .skipped_messages
                     .get_or_create(&self.labels.with_kind(name))
                     .inc();
-                self.mark_applied(pos.sequence, ts);
                 return true;
             }
             EventKind::Undecodable(e) => {
@@ -256,7 +367,6 @@ impl Pipeline {
                     .skipped_messages
                     .get_or_create(&self.labels.with_kind(name))
                     .inc();
-                self.mark_applied(pos.sequence, ts);
                 return true;
             }
             _ => {}
@@ -280,10 +390,6 @@ impl Pipeline {
             _ => 0,
         };
         self.count_applied(name, &applied, rows, 0, 1);
-        if let EventKind::Delete(d) = kind {
-            self.recent().clear(d.collection_id);
-        }
-        self.mark_applied(pos.sequence, ts);
         true
     }
 
@@ -305,23 +411,6 @@ impl Pipeline {
             }
         }
         true
-    }
-
-    /// Records progress up to `sequence`. The checkpointable position stays
-    /// before the oldest insert still remembered for upsert detection, so a
-    /// restart never resumes between an upsert's insert and its delete.
-    fn mark_applied(&self, sequence: u64, ts: u64) {
-        let resume = self
-            .recent()
-            .oldest_sequence()
-            .map_or(sequence, |o| sequence.min(o.saturating_sub(1)));
-        self.progress.applied(&self.channel, resume, ts);
-    }
-
-    fn recent(&self) -> std::sync::MutexGuard<'_, super::upsert::RecentInserts> {
-        self.recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn apply_once(&self, kind: &EventKind) -> Result<Applied, TargetError> {
@@ -368,23 +457,17 @@ impl Pipeline {
                 }
                 match self.catalog.resolve(d.collection_id).await? {
                     Entry::Live(live) => {
-                        let keys = self.recent().filter(
-                            d.collection_id,
-                            &live.meta.pk_field,
-                            keys,
-                            &d.timestamps,
-                            d.base.as_ref().map_or(0, |b| b.timestamp),
-                        );
-                        if keys.is_empty() {
-                            return Ok(Applied::Skipped(
-                                "the delete half of an upsert: its rows were re-inserted".into(),
-                            ));
-                        }
                         let target = TargetCollectionRef {
                             name: &live.name,
                             meta: &live.meta,
                         };
-                        w.delete(&live.db, &target, &d.partition_name, &keys).await
+                        // Partition id -1: the delete applies to every partition.
+                        let partition = if d.partition_id > 0 {
+                            d.partition_name.as_str()
+                        } else {
+                            ""
+                        };
+                        w.delete(&live.db, &target, partition, &keys).await
                     }
                     Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
                 }

@@ -176,6 +176,94 @@ impl MilvusTarget {
         Ok(resp.version)
     }
 
+    /// Names of the databases.
+    pub async fn list_databases(&self) -> Result<Vec<String>, TargetError> {
+        let resp = self
+            .client()
+            .list_databases(pb::ListDatabasesRequest::default())
+            .await
+            .map_err(|s| self.status_error(s))?
+            .into_inner();
+        self.check("ListDatabases", resp.status.as_ref())?;
+        Ok(resp.db_names)
+    }
+
+    /// `(collection id, name)` of every collection in `db`; empty if the
+    /// database is gone.
+    pub async fn show_collections(&self, db: &str) -> Result<Vec<(i64, String)>, TargetError> {
+        let resp = self
+            .client()
+            .show_collections(pb::ShowCollectionsRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.status_error(s))?
+            .into_inner();
+        match self.check("ShowCollections", resp.status.as_ref()) {
+            Ok(()) => {}
+            // 800: database not found (dropped meanwhile).
+            Err(TargetError::Rejected { code: 800, .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        Ok(resp
+            .collection_ids
+            .into_iter()
+            .zip(resp.collection_names)
+            .collect())
+    }
+
+    /// `DescribeCollection` of `db.name`, or None if it does not exist.
+    pub async fn describe_collection(
+        &self,
+        db: &str,
+        name: &str,
+    ) -> Result<Option<pb::DescribeCollectionResponse>, TargetError> {
+        let resp = self
+            .client()
+            .describe_collection(pb::DescribeCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.status_error(s))?
+            .into_inner();
+        match self.check("DescribeCollection", resp.status.as_ref()) {
+            Ok(()) => Ok(Some(resp)),
+            // 100: collection not found (also when dropped meanwhile).
+            Err(TargetError::Rejected { code: 100, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Partition names of `db.name`, or None if the collection is gone.
+    pub async fn show_partitions(
+        &self,
+        db: &str,
+        name: &str,
+    ) -> Result<Option<Vec<String>>, TargetError> {
+        let resp = self
+            .client()
+            .show_partitions(pb::ShowPartitionsRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.status_error(s))?
+            .into_inner();
+        match self.check("ShowPartitions", resp.status.as_ref()) {
+            Ok(()) => {}
+            // 100: collection not found; 800: database not found.
+            Err(TargetError::Rejected {
+                code: 100 | 800, ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        Ok(Some(resp.partition_names))
+    }
+
     /// Maps a gRPC status to a [`TargetError`].
     pub fn status_error(&self, s: Status) -> TargetError {
         match s.code() {

@@ -178,23 +178,10 @@ impl TargetWriter {
         if !has.value {
             return Ok(None);
         }
-        let resp = self
-            .target
-            .client()
-            .describe_collection(pb::DescribeCollectionRequest {
-                db_name: db.to_string(),
-                collection_name: name.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        match self.check("DescribeCollection", resp.status.as_ref()) {
-            Ok(()) => {}
-            // Dropped between HasCollection and DescribeCollection.
-            Err(TargetError::Rejected { code: 100, .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        }
+        // None: dropped between HasCollection and DescribeCollection.
+        let Some(resp) = self.target.describe_collection(db, name).await? else {
+            return Ok(None);
+        };
         let schema = resp.schema.unwrap_or_default();
         let pk = schema.fields.iter().find(|f| f.is_primary_key);
         Ok(Some(TargetCollection {
@@ -218,21 +205,8 @@ impl TargetWriter {
         &self,
         source_id: i64,
     ) -> Result<Option<(String, String)>, TargetError> {
-        for db in self.list_databases().await? {
-            let resp = self
-                .target
-                .client()
-                .show_collections(pb::ShowCollectionsRequest {
-                    db_name: db.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|s| self.grpc(s))?
-                .into_inner();
-            if self.check("ShowCollections", resp.status.as_ref()).is_err() {
-                continue;
-            }
-            for name in resp.collection_names {
+        for db in self.target.list_databases().await? {
+            for (_, name) in self.target.show_collections(&db).await? {
                 if let Some(c) = self.describe(&db, &name).await? {
                     if c.source_id == Some(source_id) {
                         return Ok(Some((db, name)));
@@ -245,22 +219,12 @@ impl TargetWriter {
 
     /// Aliases of a target collection (empty if it does not exist).
     pub async fn aliases(&self, db: &str, name: &str) -> Result<Vec<String>, TargetError> {
-        let resp = self
+        Ok(self
             .target
-            .client()
-            .describe_collection(pb::DescribeCollectionRequest {
-                db_name: db.to_string(),
-                collection_name: name.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        match self.check("DescribeCollection", resp.status.as_ref()) {
-            Ok(()) => Ok(resp.aliases),
-            Err(TargetError::Rejected { code: 100, .. }) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+            .describe_collection(db, name)
+            .await?
+            .map(|d| d.aliases)
+            .unwrap_or_default())
     }
 
     /// Creates the database if it does not exist ("" and "default" always exist).
@@ -268,7 +232,7 @@ impl TargetWriter {
         if db.is_empty() || db == "default" {
             return Ok(Applied::AlreadyThere);
         }
-        if self.list_databases().await?.iter().any(|d| d == db) {
+        if self.target.list_databases().await?.iter().any(|d| d == db) {
             return Ok(Applied::AlreadyThere);
         }
         let st = self
@@ -282,24 +246,12 @@ impl TargetWriter {
             .map_err(|s| self.grpc(s))?
             .into_inner();
         if status_failed(Some(&st)).is_some()
-            && self.list_databases().await?.iter().any(|d| d == db)
+            && self.target.list_databases().await?.iter().any(|d| d == db)
         {
             return Ok(Applied::AlreadyThere);
         }
         self.check("CreateDatabase", Some(&st))?;
         Ok(Applied::Done)
-    }
-
-    async fn list_databases(&self) -> Result<Vec<String>, TargetError> {
-        let resp = self
-            .target
-            .client()
-            .list_databases(pb::ListDatabasesRequest::default())
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("ListDatabases", resp.status.as_ref())?;
-        Ok(resp.db_names)
     }
 
     /// Drops a database if it exists.
@@ -309,7 +261,7 @@ impl TargetWriter {
                 "the default database is never dropped".into(),
             ));
         }
-        if !self.list_databases().await?.iter().any(|d| d == db) {
+        if !self.target.list_databases().await?.iter().any(|d| d == db) {
             return Ok(Applied::AlreadyThere);
         }
         let st = self
@@ -421,24 +373,13 @@ impl TargetWriter {
         db: &str,
         collection: &str,
     ) -> Result<Option<Vec<String>>, TargetError> {
-        let resp = self
-            .target
-            .client()
-            .show_partitions(pb::ShowPartitionsRequest {
-                db_name: db.to_string(),
-                collection_name: collection.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        if status_failed(resp.status.as_ref()).is_some()
-            && self.describe(db, collection).await?.is_none()
-        {
-            return Ok(None);
+        match self.target.show_partitions(db, collection).await {
+            // Whatever the error code, a collection that is gone has none.
+            Err(TargetError::Rejected { .. }) if self.describe(db, collection).await?.is_none() => {
+                Ok(None)
+            }
+            other => other,
         }
-        self.check("ShowPartitions", resp.status.as_ref())?;
-        Ok(Some(resp.partition_names))
     }
 
     /// Creates a partition unless it exists.
