@@ -203,8 +203,10 @@ def row(label, runs, ref=None):
         secs = med(r["seconds"] for r in runs)
         msgs, rows, mb = ref["messages"], ref["rows"], ref["bytes"] / 1e6
     rss = max(r["max_rss_kib"] for r in runs) / 1024
-    cpu = med(r["cpu"] for r in runs)
-    return (label, msgs, rows, mb, secs, msgs / secs, rows / secs, mb / secs, rss, cpu / secs)
+    cpu = med(r["cpu"] for r in runs)  # whole process, start-up included
+    wall = med(r.get("wall", r["seconds"]) for r in runs)
+    return (label, msgs, rows, mb, secs, msgs / secs, rows / secs, mb / secs, rss, cpu / wall,
+            mb / cpu)
 
 
 def main():
@@ -215,7 +217,7 @@ def main():
     p.add_argument("--batch", type=int, default=5000, help="rows per bulk insert")
     p.add_argument("--small-rows", type=int, default=20_000)
     p.add_argument("--small-batch", type=int, default=5, help="rows per tiny insert")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--reuse", action="store_true", help=f"measure the pre-fill in {STATE}")
     p.add_argument("--no-build", action="store_true")
     args = p.parse_args()
@@ -250,13 +252,13 @@ def main():
           f"inserts; {os.cpu_count()} cores; median of {args.repeat} runs; "
           f"1 bulk channel holds {kinds}\n")
     head = ("run", "messages", "rows", "MB", "s", "msg/s", "rows/s", "MB/s", "peak RSS MiB",
-            "CPU cores")
+            "CPU cores", "MB per CPU-s")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in table:
-        label, msgs, rows, mb, secs, mps, rps, mbps, rss, cores = r
+        label, msgs, rows, mb, secs, mps, rps, mbps, rss, cores, mb_cpu = r
         print(f"| {label} | {msgs:,} | {rows:,} | {mb:.1f} | {secs:.2f} | {mps:,.0f} | "
-              f"{rps:,.0f} | {mbps:.1f} | {rss:.1f} | {cores:.2f} |")
+              f"{rps:,.0f} | {mbps:.1f} | {rss:.1f} | {cores:.2f} | {mb_cpu:.0f} |")
     print(f"\npre-fill insert time: bulk {state['insert_seconds']['bulk']:.1f}s, tiny inserts "
           f"{state['insert_seconds']['small']:.1f}s; whole bench {time.time() - t_start:.0f}s")
 
