@@ -1455,9 +1455,9 @@ impl<K: Key> KeyDiff<K> {
 }
 
 /// Compares `count(*)` with the number of distinct keys on each side.
-/// Milvus counts a key written twice without upsert twice, and on 2.3.5 it
-/// also counts the replaced versions of upserted rows until compaction, on
-/// the source as on the target. So only a target with *more* surplus rows
+/// Milvus counts a key written twice without upsert twice (and on 2.3.5 an
+/// upsert into another partition than the one holding the key leaves both
+/// rows), on the source as on the target, faithfully replicated. So only a target with *more* surplus rows
 /// than the source is a difference (duplicates the replication made); any
 /// other surplus is a note. Returns (differences, notes).
 fn duplicates(s_count: u64, s_keys: u64, t_count: u64, t_keys: u64) -> (Vec<String>, Vec<String>) {
@@ -1750,7 +1750,7 @@ mod tests {
         let (d, _) = duplicates(11, 10, 11, 10);
         assert!(
             d.is_empty(),
-            "the same surplus on both sides (upserts) is not a difference"
+            "the same surplus on both sides is not a difference"
         );
         let (d, _) = duplicates(10, 10, 12, 10);
         assert_eq!(d.len(), 1);

@@ -67,8 +67,10 @@ class Workload:
         deleted = set(range(0, rows, 10))
         c.delete(f"id in {sorted(deleted)}")
         present -= deleted
-        # Upserts: rewrite some rows (including deleted ones, which come back).
-        up = list(range(5, rows, 50))
+        # Upserts: rewrite some rows of the _default partition. (On Milvus
+        # 2.3.5 an upsert of a key that lives in another partition leaves the
+        # old row there too, a duplicate on the source itself.)
+        up = [k for k in range(5, rows, 50) if (k // batch) % 2 == 0]
         c.upsert([{"id": i, "title": f"up{i}", "meta": {"i": i, "up": True}, "score": -1.0,
                    "emb": vec(self.rng, 8), "extra": "up"} for i in up])
         present |= set(up)
