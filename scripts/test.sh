@@ -6,6 +6,8 @@
 #   scripts/test.sh          everything (what CI runs)
 #   scripts/test.sh unit     cargo fmt/clippy/test only (no servers)
 #   scripts/test.sh e2e      the end-to-end suite only (extra args go to pytest)
+#   scripts/test.sh chaos    the fault-injection suite, short profile
+#                            (chaos-tests/run.sh long runs the long one)
 #
 # The test stack uses other ports than the demo (etcd 12379, source 29530,
 # natsmq 14222, target 29540, run folder .run/test-stack), so both can run at
@@ -44,12 +46,23 @@ e2e() {
   scripts/stack.sh start
   log "pytest tests/e2e"
   CDC_BIN="$REPO/target/debug/milvus-cdc" "$REPO/.venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@"
+  log "stopping the test stack"
+  scripts/stack.sh stop
+  trap - EXIT
+}
+
+chaos() {
+  scripts/setup.sh
+  log "chaos-tests/run.sh short"
+  cargo build --quiet
+  CHAOS_SKIP_BUILD=1 chaos-tests/run.sh short --no-doc
 }
 
 case "$MODE" in
-  all) unit; e2e "$@" ;;
+  all) unit; e2e "$@"; chaos ;;
   unit) unit ;;
   e2e) e2e "$@" ;;
-  *) echo "usage: scripts/test.sh [all|unit|e2e [pytest args]]" >&2; exit 2 ;;
+  chaos) chaos ;;
+  *) echo "usage: scripts/test.sh [all|unit|e2e [pytest args]|chaos]" >&2; exit 2 ;;
 esac
 log "all tests passed"
