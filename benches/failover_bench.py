@@ -31,13 +31,14 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from conftest import STACK, TARGET_TOKEN, Agent, create_body  # noqa: E402
+from conftest import STACK, Agent, create_body  # noqa: E402
 from test_ha import (EtcdServer, metric, running_on, wait_leader_among,  # noqa: E402
                      wait_single_leader)
 from workload import BackgroundInserts  # noqa: E402
@@ -225,6 +226,8 @@ def main():
         ok = True
     except Deadline as e:
         print(f"stopped early: {e}", file=sys.stderr)
+    except Exception:  # report what was measured before the failure
+        traceback.print_exc()
     finally:
         bench.teardown()
     if bench.results:

@@ -13,7 +13,6 @@ killed leader is replaced within TTL + 1 s.
 """
 
 import base64
-from http.client import HTTPException
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from http.client import HTTPException
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,7 @@ class EtcdServer:
     def start(self, timeout=20):
         self.base.mkdir(parents=True, exist_ok=True)
         fresh = not self.data_dir.exists()
-        for attempt in range(3):
+        for _ in range(3):
             with open(self.log_path, "ab") as log:
                 log.write(f"===== start {time.strftime('%H:%M:%S')} =====\n".encode())
                 log.flush()
@@ -165,31 +165,29 @@ def status(agent, timeout=1.0):
     return body if code == 200 and isinstance(body, dict) else None
 
 
-def metric(agent, name, **labels):
-    """Sum of the samples of `name` whose labels include `labels`; None if absent."""
+def samples(agent, name):
+    """(labels, value) of every sample of metric `name` on the replica's /metrics."""
     _, text, _ = http("GET", agent.url + "/metrics", timeout=5)
-    total = None
     for line in str(text).splitlines():
         m = re.match(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total = (total or 0.0) + float(m.group(3))
-    return total
+        if m and m.group(1) == name:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            yield labels, float(m.group(3))
+
+
+def metric(agent, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`; None if absent."""
+    values = [v for have, v in samples(agent, name)
+              if all(have.get(k) == want for k, want in labels.items())]
+    return sum(values) if values else None
 
 
 def metric_by(agent, name, label, **labels):
-    """Samples of `name` summed per value of `label`."""
-    _, text, _ = http("GET", agent.url + "/metrics", timeout=5)
+    """Samples of `name` (with `labels`) summed per value of `label`."""
     out = {}
-    for line in str(text).splitlines():
-        m = re.match(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if label in have and all(have.get(k) == v for k, v in labels.items()):
-            out[have[label]] = out.get(have[label], 0.0) + float(m.group(3))
+    for have, v in samples(agent, name):
+        if label in have and all(have.get(k) == want for k, want in labels.items()):
+            out[have[label]] = out.get(have[label], 0.0) + v
     return out
 
 
@@ -220,8 +218,9 @@ def wait_single_leader(replicas, timeout=15):
 
 
 def wait_leader_among(candidates, since, timeout, interval=0.01):
-    """Polls until one of candidates says leader. Returns (agent, seconds from
-    `since`, a time.monotonic() value). Fails if two ever say leader at once."""
+    """Polls until one of candidates says leader; returns (that agent, seconds
+    since `since`), `since` being a time.monotonic() value. Fails if two say
+    leader at once."""
     deadline = since + timeout
     while time.monotonic() < deadline:
         now = [(a, status(a, timeout=0.5)) for a in candidates]
@@ -293,8 +292,9 @@ def count_star(alias, name):
 
 
 def assert_target_exact(alias, bg):
-    """verify says identical, and pymilvus reads exactly the expected keys,
-    each once (count(*) counts a key written twice twice)."""
+    """Waits until pymilvus reads exactly the expected keys on the target, then
+    checks that `milvus-cdc verify` finds no difference and that each key is
+    there once (count(*) counts a key written twice twice)."""
     t0 = time.monotonic()
     last = {}
 
