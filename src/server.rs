@@ -103,8 +103,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stop_election = CancellationToken::new();
     let election_task = tokio::spawn(election.run(stop_election.clone()));
     info!(listen = %cfg.server.listen, advertise = %advertise_url, "milvus-cdc serving");
+    // On a signal, the election stops the workers and revokes the lease at
+    // once, while the HTTP server drains its in-flight requests.
+    let on_signal = stop_election.clone();
     let http = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            on_signal.cancel();
+        })
         .await
         .context("HTTP server failed");
     stop_election.cancel();

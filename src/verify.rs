@@ -230,6 +230,7 @@ fn plain(e: &TargetError) -> String {
             code,
             reason,
         } => format!("{url} answered {what} with error {code}: {reason}"),
+        TargetError::Fenced => e.to_string(),
     }
 }
 

@@ -216,6 +216,11 @@ async fn dispatch(
         };
         if !leader_url.is_empty() {
             match state.forwarder.forward(&leader_url, body.clone()).await {
+                // The former leader answers 503 while leadership moves: wait
+                // for the new one and try once more.
+                Ok(answer) if answer.status == 503 && !retried => {
+                    warn!(leader = %leader_url, "the leader answered 503; waiting for a leader change");
+                }
                 Ok(answer) => {
                     count_forward(state, if retried { "retried" } else { "ok" });
                     return Dispatched::Forwarded(answer);

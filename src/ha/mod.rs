@@ -304,9 +304,11 @@ impl Election {
         // The key may have gone between the campaign and the watch.
         let mut kv = self.client.kv_client();
         let now = timed(self.request_timeout, kv.get(key.as_str(), None)).await?;
-        if now.kvs().is_empty() {
+        let Some(current) = now.kvs().first() else {
             return Ok(());
-        }
+        };
+        // Leadership may have moved between the campaign and the watch.
+        self.set_follower(&String::from_utf8_lossy(current.value()));
         loop {
             tokio::select! {
                 () = lost.cancelled() => return Err("lease lost while following".into()),

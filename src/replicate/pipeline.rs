@@ -257,6 +257,7 @@ impl Pipeline {
                         self.catalog
                             .ensure_partition(batch.collection_id, &batch.partition)
                             .await?;
+                        self.still_leading()?;
                         let target = TargetCollectionRef {
                             name: &live.name,
                             meta: &live.meta,
@@ -413,7 +414,19 @@ impl Pipeline {
         true
     }
 
+    /// Checked right before each write is sent (after any look-ups that may
+    /// have taken time), so a replica that lost its lease meanwhile sends
+    /// nothing.
+    fn still_leading(&self) -> Result<(), TargetError> {
+        if self.leadership.guard.is_valid() {
+            Ok(())
+        } else {
+            Err(TargetError::Fenced)
+        }
+    }
+
     async fn apply_once(&self, kind: &EventKind) -> Result<Applied, TargetError> {
+        self.still_leading()?;
         let w = &self.writer;
         match kind {
             EventKind::CreateCollection(c) => self.catalog.create_from_event(c).await,
@@ -461,6 +474,7 @@ impl Pipeline {
                             name: &live.name,
                             meta: &live.meta,
                         };
+                        self.still_leading()?;
                         // Partition id -1: the delete applies to every partition.
                         let partition = if d.partition_id > 0 {
                             d.partition_name.as_str()
@@ -523,6 +537,7 @@ impl Pipeline {
                         TargetError::Unreachable { .. } => "target_unreachable",
                         TargetError::Unauthenticated { .. } => "target_auth",
                         TargetError::Rejected { .. } => "target_rejected",
+                        TargetError::Fenced => "fenced",
                     };
                     self.metrics
                         .apply_errors

@@ -48,6 +48,10 @@ pub enum TargetError {
         /// The server's reason.
         message: String,
     },
+    /// This replica may no longer write (its lease guard expired); nothing
+    /// was sent.
+    #[error("not the leader any more: write not sent")]
+    Fenced,
     /// The target answered with an error status.
     #[error("target Milvus {url} answered {what} with error {code}: {reason}")]
     Rejected {

@@ -122,7 +122,20 @@ impl TaskService {
         check_collection_infos(&req.collection_infos)?;
         let addr = req.milvus_connect_param.validate()?;
         let target = MilvusTarget::connect(&addr).await?;
-        target.probe().await?;
+        match tokio::time::timeout(addr.connect_timeout, target.probe()).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => {
+                return Err(ServiceError::Target(TargetError::Unreachable {
+                    url: addr.url.clone(),
+                    message: format!(
+                        "no answer to ShowCollections within {}s",
+                        addr.connect_timeout.as_secs()
+                    ),
+                }))
+            }
+        }
         let _guard = self.write_lock.lock().await;
         let record = TaskRecord {
             task_id: TaskId::generate(),
