@@ -122,7 +122,10 @@ impl TaskService {
         check_collection_infos(&req.collection_infos)?;
         let addr = req.milvus_connect_param.validate()?;
         let target = MilvusTarget::connect(&addr).await?;
-        match tokio::time::timeout(addr.connect_timeout, target.probe()).await {
+        // A target that accepts connections but never answers must not hang
+        // the request; a busy one gets three times the connect timeout.
+        let probe_limit = addr.connect_timeout * 3;
+        match tokio::time::timeout(probe_limit, target.probe()).await {
             Ok(r) => {
                 r?;
             }
@@ -131,7 +134,7 @@ impl TaskService {
                     url: addr.url.clone(),
                     message: format!(
                         "no answer to ShowCollections within {}s",
-                        addr.connect_timeout.as_secs()
+                        probe_limit.as_secs()
                     ),
                 }))
             }

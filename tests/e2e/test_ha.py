@@ -124,6 +124,11 @@ class EtcdServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def remove_data(self):
+        """Stops etcd and deletes its data (64 MB of preallocated WAL); keeps the log."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def log_tail(self, n=20):
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -143,7 +148,7 @@ class EtcdServer:
 
 
 def etcd_server(name):
-    """A started EtcdServer under .run/ (kept for its log after a failure)."""
+    """A started EtcdServer in a new folder under .run/ha/ (its log stays there)."""
     base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_run_dir()))
     return EtcdServer(base).start()
 
@@ -335,7 +340,7 @@ def ha_etcd():
     try:
         yield etcd
     finally:
-        etcd.stop()
+        etcd.remove_data()
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +414,7 @@ def private_etcd():
     try:
         yield etcd
     finally:
-        etcd.stop()
+        etcd.remove_data()
 
 
 # ---------------------------------------------------------------- tests
