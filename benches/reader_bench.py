@@ -202,16 +202,19 @@ def row(label, runs, ref=None):
     else:  # the dump: same channel as ref, timed from outside
         secs = med(r["seconds"] for r in runs)
         msgs, rows, mb = ref["messages"], ref["rows"], ref["bytes"] / 1e6
+    lo, hi = min(r["seconds"] for r in runs), max(r["seconds"] for r in runs)
     rss = max(r["max_rss_kib"] for r in runs) / 1024
     cpu = med(r["cpu"] for r in runs)  # whole process, start-up included
     wall = med(r.get("wall", r["seconds"]) for r in runs)
-    return (label, msgs, rows, mb, secs, msgs / secs, rows / secs, mb / secs, rss, cpu / wall,
-            mb / cpu)
+    return (label, msgs, rows, mb, secs, f"{lo:.2f}–{hi:.2f}", msgs / secs, rows / secs,
+            mb / secs, rss, cpu / wall, mb / cpu)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--rows", type=int, default=1_000_000, help="bulk rows in total")
+    p.add_argument("--rows", type=int, default=4_000_000,
+                   help="bulk rows in total (4M: 56 MB per channel, more than natsmq's 64 MiB "
+                        "per-client pending limit when the channels are read together)")
     p.add_argument("--collections", type=int, default=4, help="bulk collections (channels)")
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--batch", type=int, default=5000, help="rows per bulk insert")
@@ -251,13 +254,13 @@ def main():
           f"{len(bulk)} channels + {state['small_rows']:,} rows in {state['small_batch']}-row "
           f"inserts; {os.cpu_count()} cores; median of {args.repeat} runs; "
           f"1 bulk channel holds {kinds}\n")
-    head = ("run", "messages", "rows", "MB", "s", "msg/s", "rows/s", "MB/s", "peak RSS MiB",
-            "CPU cores", "MB per CPU-s")
+    head = ("run", "messages", "rows", "MB", "s", "s min–max", "msg/s", "rows/s", "MB/s",
+            "peak RSS MiB", "CPU cores", "MB per CPU-s")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in table:
-        label, msgs, rows, mb, secs, mps, rps, mbps, rss, cores, mb_cpu = r
-        print(f"| {label} | {msgs:,} | {rows:,} | {mb:.1f} | {secs:.2f} | {mps:,.0f} | "
+        label, msgs, rows, mb, secs, span, mps, rps, mbps, rss, cores, mb_cpu = r
+        print(f"| {label} | {msgs:,} | {rows:,} | {mb:.1f} | {secs:.2f} | {span} | {mps:,.0f} | "
               f"{rps:,.0f} | {mbps:.1f} | {rss:.1f} | {cores:.2f} | {mb_cpu:.0f} |")
     print(f"\npre-fill insert time: bulk {state['insert_seconds']['bulk']:.1f}s, tiny inserts "
           f"{state['insert_seconds']['small']:.1f}s; whole bench {time.time() - t_start:.0f}s")

@@ -214,8 +214,13 @@ pub async fn dump<Q: super::mq::MessageQueue>(
                 }
             }
         };
+        // Nothing after the start position: the channel is done.
+        let start_after = match opts.start {
+            super::mq::StartAt::After(s) => s,
+            _ => 0,
+        };
         let mut count = 0;
-        while opts.limit.is_none_or(|l| count < l) && end != Some(0) {
+        while opts.limit.is_none_or(|l| count < l) && end.is_none_or(|e| e > start_after) {
             let Ok(Some(ev)) = tokio::time::timeout(opts.idle, rx.recv()).await else {
                 break;
             };

@@ -112,6 +112,10 @@ impl MessageQueue for NatsMq {
                     &format!("create consumer on {channel}"),
                     stream.create_consumer(OrderedConfig {
                         deliver_policy,
+                        // natsmq disconnects a client with more than 64 MiB
+                        // pending; small pulls keep large inserts on several
+                        // channels below that (500 per pull stalled 10 s).
+                        max_batch: 64,
                         ..Default::default()
                     }),
                 )
