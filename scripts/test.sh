@@ -43,6 +43,9 @@ e2e() {
   log "cargo build (agent binary for the e2e suite)"
   cargo build --quiet
   trap 'log "stopping the test stack"; scripts/stack.sh stop || true' EXIT
+  # Always from empty servers: every new task replays the source's whole
+  # stream, so history left by earlier runs would only slow the suite down.
+  scripts/stack.sh reset
   scripts/stack.sh start
   log "pytest tests/e2e"
   # Tests marked quarantine fail for a known, documented reason (an open
