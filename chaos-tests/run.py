@@ -224,6 +224,8 @@ class ChaosRun:
         self.bin = self.dir / "milvus-cdc"
         shutil.copy2(src_bin, self.bin)
         self.bin_sha = hashlib.sha256(self.bin.read_bytes()).hexdigest()[:12]
+        # The tree the binary was (presumably) built from: now, not at the end.
+        self.commit = git_rev()
         log(f"run {self.run_id}: logs in {self.dir}; binary sha256 {self.bin_sha}")
 
         if self.stack.status_ok():
@@ -775,10 +777,15 @@ class ChaosRun:
         self.results.append(res)
         self.save_results()
 
-    def save_results(self):
+    def save_results(self, note=""):
+        if not hasattr(self, "commit"):
+            self.commit = git_rev()
         (self.dir / "results.json").write_text(json.dumps({
             "run_id": self.run_id, "profile": self.args.profile, "seed": self.args.seed,
-            "binary_sha256": getattr(self, "bin_sha", None), "results": self.results,
+            "binary_sha256": getattr(self, "bin_sha", None), "commit": self.commit,
+            "elapsed_s": round(time.monotonic() - self.t_start), "note": note,
+            "finished": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+            "results": self.results,
         }, indent=2, default=str))
 
     # ---------------------------------------------------------- report
@@ -834,12 +841,40 @@ class ChaosRun:
         a = self.args
         head = (f"Run `{self.run_id}`, profile `{a.profile}`, base seed {a.seed}, "
                 f"{len([r for r in self.results if r['seed'] is not None])} scenario runs in "
-                f"{elapsed / 60:.1f} min, binary sha256 `{self.bin_sha}` "
-                f"(commit {git_rev()}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+                f"{elapsed / 60:.1f} min, binary sha256 `{getattr(self, 'bin_sha', '?')}` "
+                f"(built at commit {getattr(self, 'commit', '?')}), "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
         if note:
             head += f" {note}"
         return f"{head}\n\n{self.table()}\n\n<details><summary>every run</summary>\n\n" \
                f"{self.details()}\n\n</details>\n"
+
+
+def merged_report(run_ids, profile, write):
+    """Table and details of several runs' results.json together (e.g. a long
+    profile run in chunks, or one that was interrupted and run again)."""
+    runs = []
+    for rid in run_ids:
+        path = REPO / ".run" / "chaos" / rid / "results.json"
+        runs.append(json.loads(path.read_text()))
+    results = [r for run in runs for r in run["results"]]
+    view = argparse.Namespace(results=results)
+    n = len([r for r in results if r["seed"] is not None])
+    lines = [f"Combined from {len(runs)} run(s), {n} scenario runs in "
+             f"{sum(run.get('elapsed_s', 0) for run in runs) / 60:.0f} min:", ""]
+    for run in runs:
+        k = len([r for r in run["results"] if r["seed"] is not None])
+        lines.append(f"- `{run['run_id']}`: profile `{run['profile']}`, base seed {run['seed']}, "
+                     f"{k} scenario runs in {run.get('elapsed_s', 0) / 60:.0f} min, binary "
+                     f"sha256 `{run.get('binary_sha256')}` (built at commit {run.get('commit', '?')}), "
+                     f"{run.get('finished', '?')}. {run.get('note') or ''}".rstrip())
+    md = ("\n".join(lines) + f"\n\n{ChaosRun.table(view)}\n\n<details><summary>every run"
+          f"</summary>\n\n{ChaosRun.details(view)}\n\n</details>\n")
+    print(md)
+    if write:
+        write_doc(profile, md)
+        log("results written to docs/reliability.md")
+    return all(r["ok"] for r in results)
 
 
 def git_rev():
@@ -908,7 +943,13 @@ def main():
                     help="seconds allowed to catch up after a fault")
     ap.add_argument("--initial-catchup", type=float, default=900,
                     help="seconds allowed for the new task's replay of the source history")
+    ap.add_argument("--report-from", nargs="+", metavar="RUN_ID",
+                    help="run nothing: print (and write to docs/reliability.md under the "
+                         "profile's section) the combined results of these earlier runs "
+                         "(.run/chaos/<RUN_ID>/results.json)")
     args = ap.parse_args()
+    if args.report_from:
+        sys.exit(0 if merged_report(args.report_from, args.profile, not args.no_doc) else 1)
     prof = PROFILES[args.profile]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -959,7 +1000,7 @@ def main():
         if run.results:
             md = run.summary_md(elapsed, note)
             print("\n" + md)
-            run.save_results()
+            run.save_results(note)
             if not args.no_doc:
                 write_doc(args.profile, md)
                 log("results written to docs/reliability.md")
