@@ -663,8 +663,6 @@ def test_sigstopped_leader_is_fenced_after_takeover(cluster, target_alias, workl
     assert single_leader(cluster) is new
 
 
-@pytest.mark.quarantine(reason="after an etcd restart the target did not receive the workload within "
-                         "180 s in a full-suite run (issue #7, under investigation)")
 def test_etcd_restart_reelects_one_leader_and_replication_goes_on(
         private_etcd, make_cluster, target_alias, workload):
     etcd = private_etcd

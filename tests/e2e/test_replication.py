@@ -165,7 +165,6 @@ def test_pause_resume_delete_drive_workers(agent):
     assert body["running_tasks"] == []
 
 
-@pytest.mark.quarantine(reason="not yet seen passing end to end in a full-suite run (issue #6)")
 def test_target_down_for_30s_then_catches_up(agent):
     create_task(agent)
     bg = BackgroundInserts(SOURCE, tag(), pause=0.1)
