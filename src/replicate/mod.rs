@@ -325,7 +325,7 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
     channels.push((inner.source.replicate_channel(), false));
     for (channel, dml) in channels {
         let cp = checkpoints.get(&channel);
-        progress.register(&channel, dml, cp);
+        progress.register(&channel, dml, cp, backlog_end(&inner.mq, &channel).await);
         let start = cp.map_or(StartAt::Earliest, |c| StartAt::After(c.sequence));
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER);
         let reader = ChannelReader::new(inner.mq.clone(), &channel, start)
@@ -430,6 +430,22 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
         Err(StoreError::Fenced) => leadership.refuse(&inner.metrics, "final checkpoint"),
         Err(e) => {
             warn!(error = %e, "final checkpoint not saved; the next leader replays from the previous one")
+        }
+    }
+}
+
+/// The channel's last sequence now (what a starting pipeline must read
+/// before it can count as idle), or None if the queue does not answer soon.
+async fn backlog_end(mq: &Arc<dyn MessageQueue>, channel: &str) -> Option<u64> {
+    match tokio::time::timeout(Duration::from_secs(5), mq.info(channel)).await {
+        Ok(Ok(info)) => Some(info.last_sequence),
+        Ok(Err(e)) => {
+            warn!(channel, error = %e, "cannot read the channel's last sequence; it counts as busy until its first message");
+            None
+        }
+        Err(_) => {
+            warn!(channel, "no answer for the channel's last sequence within 5s; it counts as busy until its first message");
+            None
         }
     }
 }

@@ -106,7 +106,12 @@ impl Pipeline {
                     }
                 };
                 let Some(ev) = next else { return };
-                self.progress.received(&self.channel, rx.is_empty());
+                self.progress.received(
+                    &self.channel,
+                    rx.is_empty(),
+                    ev.position.sequence,
+                    ev.timestamp,
+                );
                 if !self.handle(ev, &mut b, rx.is_empty(), &cancel).await {
                     return;
                 }
@@ -375,6 +380,11 @@ impl Pipeline {
         if !self.dml && !self.wait_for_dml(ts, cancel).await {
             return false;
         }
+        if let Some((db, name)) = kind.collection_scoped() {
+            if !self.wait_for_collection(db, name, cancel).await {
+                return false;
+            }
+        }
         let started = Instant::now();
         let kind = &kind;
         let result = self.retry(cancel, name, || self.apply_once(kind)).await;
@@ -412,6 +422,35 @@ impl Pipeline {
             }
         }
         true
+    }
+
+    /// A replicate-channel change of a collection that the source has but
+    /// the target does not have yet waits (up to 60 s) for a DML channel to
+    /// create it: "gone" must mean gone on the source, or e.g. an index
+    /// replayed by a new leader before the collection would be lost.
+    async fn wait_for_collection(&self, db: &str, name: &str, cancel: &CancellationToken) -> bool {
+        let started = Instant::now();
+        loop {
+            let on_target = self.writer.describe(db, name).await;
+            if !matches!(on_target, Ok(None)) {
+                return true; // present, or an error the write itself will retry
+            }
+            if !matches!(self.catalog.describe_source(db, name).await, Ok(Some(_))) {
+                return true; // gone on the source too: the write skips it
+            }
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                warn!(
+                    db,
+                    collection = name,
+                    "collection exists on the source but not on the target after 60s; applying anyway"
+                );
+                return true;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
     }
 
     /// Checked right before each write is sent (after any look-ups that may

@@ -31,6 +31,15 @@ pub struct ChannelProgress {
     pub busy: bool,
     /// Checkpoint last written for this channel.
     pub saved: Option<(u64, u64)>,
+    /// The stream's last sequence when the task started: until the
+    /// pipeline has received it, the channel has a backlog and is never
+    /// idle (0: nothing to catch up).
+    pub catch_up_to: u64,
+    /// Sequence of the last message received.
+    pub received_seq: u64,
+    /// Source timestamp of the message that woke the channel from idle: the
+    /// oldest change not yet applied, until something newer is applied.
+    pub woke_ts: u64,
 }
 
 /// Progress of every channel of one task.
@@ -53,13 +62,28 @@ impl TaskProgress {
         f(&mut g)
     }
 
-    /// Registers a channel, with its checkpoint if any.
-    pub fn register(&self, channel: &str, dml: bool, checkpoint: Option<&Checkpoint>) {
+    /// Registers a channel, with its checkpoint if any. `catch_up_to` is the
+    /// stream's last sequence at start (`None` if unknown: then the channel
+    /// has a backlog until its first message): a channel is not idle before
+    /// it has received that far, so that after a (re)start a DDL change on
+    /// the replicate channel waits for the DML channels' backlog.
+    pub fn register(
+        &self,
+        channel: &str,
+        dml: bool,
+        checkpoint: Option<&Checkpoint>,
+        catch_up_to: Option<u64>,
+    ) {
         self.with(|m| {
             let p = m.entry(channel.to_string()).or_default();
             p.dml = dml;
             p.applied = checkpoint.map(|c| (c.sequence, c.timestamp));
             p.saved = p.applied;
+            p.received_seq = checkpoint.map_or(0, |c| c.sequence);
+            p.catch_up_to = catch_up_to.unwrap_or(u64::MAX);
+            if p.catch_up_to <= p.received_seq {
+                p.catch_up_to = 0;
+            }
         });
     }
 
@@ -73,22 +97,33 @@ impl TaskProgress {
         });
     }
 
-    /// Records that the pipeline received a message (`queue_empty` after it)
-    /// and is applying it until [`applied`](Self::applied) is called.
-    pub fn received(&self, channel: &str, queue_empty: bool) {
+    /// Records that the pipeline received message `sequence` (source time
+    /// `ts`; `queue_empty` after it) and is applying it until
+    /// [`applied`](Self::applied) is called.
+    pub fn received(&self, channel: &str, queue_empty: bool, sequence: u64, ts: u64) {
         self.with(|m| {
             let p = m.entry(channel.to_string()).or_default();
+            if Self::is_idle(p) {
+                p.woke_ts = ts;
+            }
             p.last_received = Some(Instant::now());
             p.idle = queue_empty;
             p.busy = true;
+            p.received_seq = p.received_seq.max(sequence);
+            if p.catch_up_to != 0 && (p.received_seq >= p.catch_up_to || p.catch_up_to == u64::MAX)
+            {
+                p.catch_up_to = 0;
+            }
         });
     }
 
-    /// Idle: nothing being applied, nothing queued at the last receive, and
-    /// nothing received for [`IDLE_AFTER`]. A pipeline stuck on a write is
-    /// busy, never idle, so its lag keeps rising.
+    /// Idle: caught up with the backlog it had at start, nothing being
+    /// applied, nothing queued at the last receive, and nothing received for
+    /// [`IDLE_AFTER`]. A pipeline stuck on a write is busy, never idle, so
+    /// its lag keeps rising.
     fn is_idle(p: &ChannelProgress) -> bool {
-        !p.busy
+        p.catch_up_to == 0
+            && !p.busy
             && p.last_received
                 .is_none_or(|t| t.elapsed() >= IDLE_AFTER && p.idle)
     }
@@ -140,19 +175,21 @@ impl TaskProgress {
     }
 
     /// Replication lag of each channel in seconds: now minus the source time
-    /// of the last applied message; 0 for an idle, caught-up channel. It
-    /// keeps rising while a channel with pending messages is stuck.
+    /// of the oldest change not yet applied, i.e. of the last applied
+    /// message, or of the message that woke the channel from idle if that is
+    /// newer (the last applied one may be minutes old); 0 for an idle,
+    /// caught-up channel. It keeps rising while a channel with pending
+    /// messages is stuck.
     pub fn lags(&self) -> Vec<(String, f64)> {
         let now = now_ms();
         self.with(|m| {
             m.iter()
                 .map(|(c, p)| {
-                    let lag = match p.applied {
-                        _ if Self::is_idle(p) => 0.0,
-                        Some((_, ts)) if ts > 0 => {
-                            now.saturating_sub(physical_ms(ts)) as f64 / 1000.0
-                        }
-                        _ => 0.0,
+                    let since = p.applied.map_or(0, |(_, ts)| ts).max(p.woke_ts);
+                    let lag = if Self::is_idle(p) || since == 0 {
+                        0.0
+                    } else {
+                        now.saturating_sub(physical_ms(since)) as f64 / 1000.0
                     };
                     (c.clone(), lag)
                 })
@@ -168,14 +205,14 @@ mod tests {
     #[test]
     fn watermark_ignores_idle_channels() {
         let p = TaskProgress::default();
-        p.register("a", true, None);
-        p.register("b", true, None);
-        p.register("r", false, None);
+        p.register("a", true, None, Some(0));
+        p.register("b", true, None, Some(0));
+        p.register("r", false, None, Some(0));
         assert_eq!(p.dml_watermark(), u64::MAX, "nothing received: all idle");
-        p.received("a", false);
+        p.received("a", false, 1, 100);
         p.applied("a", 1, 100);
         assert_eq!(p.dml_watermark(), 100);
-        p.received("b", false);
+        p.received("b", false, 1, 50);
         p.applied("b", 1, 50);
         assert_eq!(p.dml_watermark(), 50);
         p.applied("r", 1, 10);
@@ -197,6 +234,7 @@ mod tests {
                 timestamp: 9,
                 written_at_ms: 0,
             }),
+            None,
         );
         assert!(p.unsaved().is_empty());
         p.applied("a", 4, 10);
@@ -209,12 +247,12 @@ mod tests {
     #[test]
     fn lag_of_a_stuck_busy_channel_grows() {
         let p = TaskProgress::default();
-        p.register("a", true, None);
+        p.register("a", true, None, Some(0));
         let old = (now_ms() - 5_000) << 18;
-        p.received("a", true);
+        p.received("a", true, 1, old);
         p.applied("a", 1, old);
         // The next message arrives and its write hangs (target down).
-        p.received("a", true);
+        p.received("a", true, 2, old);
         let lag = p.lags()[0].1;
         assert!(lag >= 5.0, "{lag}");
         let mut g = p.inner.lock().unwrap();
@@ -223,6 +261,62 @@ mod tests {
         assert!(
             p.lags()[0].1 >= 5.0,
             "still busy long after: lag must not reset"
+        );
+    }
+
+    #[test]
+    fn a_channel_with_a_backlog_holds_the_watermark_until_caught_up() {
+        let p = TaskProgress::default();
+        p.register("a", true, None, Some(10));
+        p.register("b", true, None, Some(0));
+        p.register("r", false, None, Some(0));
+        assert_eq!(p.dml_watermark(), 0, "a has 10 messages to read");
+        p.received("a", false, 5, 100);
+        p.applied("a", 5, 100);
+        assert_eq!(p.dml_watermark(), 100);
+        p.received("a", true, 10, 200);
+        p.applied("a", 10, 200);
+        let mut g = p.inner.lock().unwrap();
+        g.get_mut("a").unwrap().last_received = Some(Instant::now() - Duration::from_secs(2));
+        drop(g);
+        assert_eq!(p.dml_watermark(), u64::MAX, "caught up and idle");
+    }
+
+    #[test]
+    fn a_checkpoint_at_the_end_means_nothing_to_catch_up() {
+        let cp = Checkpoint {
+            sequence: 10,
+            timestamp: 9,
+            written_at_ms: 0,
+        };
+        let p = TaskProgress::default();
+        p.register("a", true, Some(&cp), Some(10));
+        assert_eq!(p.dml_watermark(), u64::MAX);
+        let q = TaskProgress::default();
+        q.register("a", true, None, None);
+        assert_eq!(q.dml_watermark(), 0, "unknown end: busy until a message");
+        q.received("a", true, 1, 5);
+        q.applied("a", 1, 5);
+        assert_eq!(q.dml_watermark(), 5);
+    }
+
+    #[test]
+    fn waking_from_idle_measures_lag_from_the_new_message() {
+        let p = TaskProgress::default();
+        p.register("a", true, None, Some(0));
+        let long_ago = (now_ms() - 600_000) << 18;
+        p.received("a", true, 1, long_ago);
+        p.applied("a", 1, long_ago);
+        let mut g = p.inner.lock().unwrap();
+        g.get_mut("a").unwrap().last_received = Some(Instant::now() - Duration::from_secs(2));
+        drop(g);
+        assert_eq!(p.lags()[0].1, 0.0, "idle");
+        let recent = (now_ms() - 1_000) << 18;
+        p.received("a", true, 2, recent);
+        let lag = p.lags()[0].1;
+        assert!(
+            (0.9..5.0).contains(&lag),
+            "{lag}: not the 600 s since the previous message"
         );
     }
 }

@@ -111,6 +111,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// `(database, collection)` of a replicate-channel change that needs its
+    /// collection to exist (an index, a load), else None.
+    pub fn collection_scoped(&self) -> Option<(&str, &str)> {
+        match self {
+            EventKind::CreateIndex(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::LoadCollection(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::LoadPartitions(r) => Some((&r.db_name, &r.collection_name)),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

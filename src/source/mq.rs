@@ -65,7 +65,7 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// after its last sequence.
     fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>>;
 
-    /// Retention of `channel`.
+    /// Retention of `channel` (all zero if the channel does not exist yet).
     fn info(&self, channel: &str) -> BoxFuture<'_, Result<ChannelInfo, MqError>>;
 
     /// Names of existing channels starting with `prefix`, sorted.

@@ -90,6 +90,15 @@ impl NatsMq {
     }
 }
 
+/// Whether `e` says the stream does not exist.
+fn is_stream_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 impl MessageQueue for NatsMq {
     fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
         let channel = channel.to_string();
@@ -142,12 +151,19 @@ impl MessageQueue for NatsMq {
     fn info(&self, channel: &str) -> BoxFuture<'_, Result<ChannelInfo, MqError>> {
         let channel = channel.to_string();
         Box::pin(async move {
-            let mut stream = self
-                .bounded(
-                    &format!("get stream {channel}"),
-                    self.js.get_stream(&channel),
-                )
-                .await?;
+            let got = tokio::time::timeout(self.timeout, self.js.get_stream(&channel)).await;
+            let mut stream = match got {
+                Ok(Ok(s)) => s,
+                // Milvus creates a channel's stream at its first message.
+                Ok(Err(e)) if is_stream_not_found(&e) => return Ok(ChannelInfo::default()),
+                Ok(Err(e)) => return Err(self.err(&format!("get stream {channel}"), e)),
+                Err(_) => {
+                    return Err(self.err(
+                        &format!("get stream {channel}"),
+                        format!("no answer within {:?}", self.timeout),
+                    ))
+                }
+            };
             let info = self
                 .bounded(&format!("stream info {channel}"), stream.info())
                 .await?;
