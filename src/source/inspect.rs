@@ -102,12 +102,14 @@ pub fn event_json(event: &Event) -> Value {
         EventKind::DropCollection(d) => {
             json!({"db": d.db_name, "collection": d.collection_name, "collection_id": d.collection_id})
         }
-        EventKind::CreatePartition(p) => {
-            json!({"db": p.db_name, "collection": p.collection_name, "partition": p.partition_name})
-        }
-        EventKind::DropPartition(p) => {
-            json!({"db": p.db_name, "collection": p.collection_name, "partition": p.partition_name})
-        }
+        EventKind::CreatePartition(p) => json!({
+            "db": p.db_name, "collection": p.collection_name, "partition": p.partition_name,
+            "collection_id": p.collection_id, "partition_id": p.partition_id,
+        }),
+        EventKind::DropPartition(p) => json!({
+            "db": p.db_name, "collection": p.collection_name, "partition": p.partition_name,
+            "collection_id": p.collection_id, "partition_id": p.partition_id,
+        }),
         EventKind::Insert(i) => json!({
             "db": i.db_name,
             "collection": i.collection_name,

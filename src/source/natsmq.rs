@@ -5,9 +5,13 @@
 //! Each open channel is an ephemeral *ordered* pull consumer: the server
 //! delivers in sequence order, nothing is acknowledged (the source's stream is
 //! never modified), and async-nats recreates the consumer after a missed
-//! heartbeat at the last delivered sequence.
+//! heartbeat at the last delivered sequence. When the client reconnects (a
+//! source restart), every open stream ends and its reader reopens it after
+//! its last sequence at once.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
 
 use futures::{future::BoxFuture, StreamExt as _, TryStreamExt as _};
 
@@ -24,17 +28,36 @@ pub struct NatsMq {
     js: jetstream::Context,
     url: String,
     timeout: Duration,
+    /// Counts (re)connections. An open stream ends when it changes, so its
+    /// reader reopens at once after a source restart instead of waiting for
+    /// the ordered consumer's missed heartbeats (about 15 s).
+    connections: Arc<watch::Sender<u64>>,
+}
+
+/// Options shared by both ways to connect; `connections` counts connects.
+fn options(timeout: Duration, connections: &Arc<watch::Sender<u64>>) -> async_nats::ConnectOptions {
+    let connections = connections.clone();
+    async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let connections = connections.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    connections.send_modify(|n| *n += 1);
+                }
+            }
+        })
 }
 
 impl NatsMq {
     /// A client that connects (and reconnects, with backoff) in the
     /// background; calls fail with a timeout until the server answers.
     pub async fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, MqError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
+        let connections = Arc::new(watch::Sender::new(0));
+        let client = options(timeout, &connections)
             .connect(url)
             .await
             .map_err(|e| MqError::retriable(format!("natsmq {url}: {e}")))?;
@@ -42,6 +65,7 @@ impl NatsMq {
             js: jetstream::new(client),
             url: url.to_string(),
             timeout,
+            connections,
         })
     }
 
@@ -49,11 +73,8 @@ impl NatsMq {
     /// Afterwards the client reconnects by itself, with backoff.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, MqError> {
         let err = |message: String| MqError::retriable(format!("natsmq {url}: {message}"));
-        let opts = async_nats::ConnectOptions::new()
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout))
-            .retry_on_initial_connect()
-            .max_reconnects(None);
+        let connections = Arc::new(watch::Sender::new(0));
+        let opts = options(timeout, &connections);
         let client = match tokio::time::timeout(timeout, opts.connect(url)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(err(e.to_string())),
@@ -70,6 +91,7 @@ impl NatsMq {
             js: jetstream::new(client),
             url: url.to_string(),
             timeout,
+            connections,
         })
     }
 
@@ -103,6 +125,8 @@ impl MessageQueue for NatsMq {
     fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
         let channel = channel.to_string();
         Box::pin(async move {
+            let mut reconnected = self.connections.subscribe();
+            reconnected.mark_unchanged();
             let stream = self
                 .bounded(
                     &format!("get stream {channel}"),
@@ -143,6 +167,13 @@ impl MessageQueue for NatsMq {
                     sequence: info.stream_sequence,
                     payload: m.message.payload.clone(),
                 })
+            });
+            // Ends at the next (re)connection: the reader reopens after
+            // its last sequence.
+            let out = out.take_until(async move {
+                if reconnected.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             });
             Ok(out.boxed())
         })
