@@ -36,6 +36,19 @@ pub struct ChannelReader<Q: ?Sized> {
     start: StartAt,
     labels: ChannelLabels,
     metrics: Option<Metrics>,
+    lost: Option<mpsc::Sender<LostRange>>,
+}
+
+/// Messages of a channel that the queue no longer held when they were due
+/// (removed by retention): the reader goes on after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRange {
+    /// The channel.
+    pub channel: String,
+    /// First missing sequence.
+    pub first: u64,
+    /// Last missing sequence.
+    pub last: u64,
 }
 
 /// Why a reader stopped.
@@ -68,6 +81,26 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                 channel: channel.to_string(),
             },
             metrics: None,
+            lost: None,
+        }
+    }
+
+    /// Reports every [`LostRange`] it finds to `tx` (besides the log and
+    /// the `source_gaps` metric).
+    pub fn with_lost_ranges(mut self, tx: mpsc::Sender<LostRange>) -> Self {
+        self.lost = Some(tx);
+        self
+    }
+
+    fn report_lost(&self, first: u64, last: u64) {
+        self.count(|m, l| m.source_gaps.get_or_create(l).inc());
+        if let Some(tx) = &self.lost {
+            // Best effort: the log line and the metric always record it.
+            let _ = tx.try_send(LostRange {
+                channel: self.channel.to_string(),
+                first,
+                last,
+            });
         }
     }
 
@@ -100,7 +133,11 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                 None => self.start,
             };
             if first_open {
-                self.check_retention(start).await;
+                if let Some(lost_up_to) = self.check_retention(start).await {
+                    // Reported once here, not again as a gap on the read.
+                    last = Some(lost_up_to);
+                    continue;
+                }
             }
             let opened = tokio::select! {
                 () = cancel.cancelled() => return Stopped::Cancelled,
@@ -149,7 +186,7 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                     if msg.sequence > l + 1 {
                         error!(channel = %self.channel, after = l, next = msg.sequence,
                             "sequence gap: messages were removed from the source stream before they were read");
-                        self.count(|m, lb| m.source_gaps.get_or_create(lb).inc());
+                        self.report_lost(l + 1, msg.sequence - 1);
                     }
                 }
                 last = Some(msg.sequence);
@@ -195,23 +232,24 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
     }
 
     /// Warns when the queue no longer holds the messages right after the
-    /// start position (history lost to retention).
-    async fn check_retention(&self, start: StartAt) {
-        let Ok(info) = self.mq.info(&self.channel).await else {
-            return;
-        };
+    /// start position (history lost to retention); returns the last lost
+    /// sequence then.
+    async fn check_retention(&self, start: StartAt) -> Option<u64> {
+        let info = self.mq.info(&self.channel).await.ok()?;
         let wanted = match start {
             StartAt::After(s) => s + 1,
             // Replaying history: it is complete only if the stream still
             // holds its first message.
             StartAt::Earliest if info.last_sequence > 0 => 1,
-            _ => return,
+            _ => return None,
         };
         if info.first_sequence > wanted {
             error!(channel = %self.channel, wanted, first_retained = info.first_sequence,
                 "checkpoint is older than the retained stream: messages in between are lost");
-            self.count(|m, l| m.source_gaps.get_or_create(l).inc());
+            self.report_lost(wanted, info.first_sequence - 1);
+            return Some(info.first_sequence - 1);
         }
+        None
     }
 }
 
@@ -277,7 +315,11 @@ mod tests {
                 StartAt::Earliest => 0,
                 StartAt::Latest => self.messages.len(),
                 // Deliberately re-deliver the checkpointed message.
-                StartAt::After(s) => (s as usize).saturating_sub(1),
+                StartAt::After(s) => self
+                    .messages
+                    .iter()
+                    .position(|m| m.sequence >= s)
+                    .unwrap_or(self.messages.len()),
             };
             let items: Vec<Result<RawMessage, MqError>> = self
                 .messages
@@ -292,7 +334,7 @@ mod tests {
         }
         fn info(&self, _c: &str) -> BoxFuture<'_, Result<ChannelInfo, MqError>> {
             let info = ChannelInfo {
-                first_sequence: 1,
+                first_sequence: self.messages.first().map_or(0, |m| m.sequence),
                 last_sequence: self.messages.len() as u64,
             };
             Box::pin(async move { Ok(info) })
@@ -343,5 +385,35 @@ mod tests {
             .collect();
         let expected: Vec<u64> = whole.iter().map(|e| e.position.sequence).collect();
         assert_eq!(joined, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_history_is_reported_with_its_range() {
+        // Retention removed 1..=3, and 8 vanished mid-stream.
+        let mut mq = FakeMq::new(12, 100);
+        mq.messages.retain(|m| m.sequence > 3 && m.sequence != 8);
+        let mq = Arc::new(mq);
+        let (lost_tx, mut lost_rx) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            ChannelReader::new(mq, "c", StartAt::After(1))
+                .with_lost_ranges(lost_tx)
+                .run(tx, cancel.clone()),
+        );
+        let mut seqs = Vec::new();
+        while seqs.len() < 8 {
+            seqs.push(rx.recv().await.unwrap().position.sequence);
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(seqs, [4, 5, 6, 7, 9, 10, 11, 12]);
+        let range = |first, last| LostRange {
+            channel: "c".into(),
+            first,
+            last,
+        };
+        assert_eq!(lost_rx.recv().await.unwrap(), range(2, 3));
+        assert_eq!(lost_rx.recv().await.unwrap(), range(8, 8));
     }
 }

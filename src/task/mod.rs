@@ -140,17 +140,66 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Source history this task could not read (removed by the stream's
+    /// retention before it was read): the target may lack those changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history_gaps: Vec<HistoryGap>,
+}
+
+/// Messages of a source channel that were gone before the task read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryGap {
+    /// The source channel (stream).
+    pub channel: String,
+    /// First lost sequence.
+    pub first_lost: u64,
+    /// Last lost sequence.
+    pub last_lost: u64,
+    /// When it was found, milliseconds since the Unix epoch.
+    pub detected_at_ms: u64,
+    /// Source collections (`database.name`) that use this channel when the
+    /// gap was found: their data on the target may be incomplete.
+    pub collections: Vec<String>,
 }
 
 impl TaskRecord {
-    /// The task as the API returns it: the official field names, no secrets.
+    /// The task as the API returns it: the official field names, no secrets;
+    /// `history_gaps` only when the task has lost source history.
     pub fn public_view(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "task_id": self.task_id,
             "milvus_connect_param": self.milvus_connect_param.redacted(),
             "collection_infos": self.collection_infos,
             "state": self.state,
-        })
+        });
+        if !self.history_gaps.is_empty() {
+            v["history_gaps"] = serde_json::json!(self.history_gaps);
+        }
+        v
+    }
+
+    /// Records `gap`, merged with a known one of the same channel that it
+    /// overlaps or touches. False if it was already fully known.
+    pub fn add_history_gap(&mut self, gap: HistoryGap) -> bool {
+        if let Some(known) = self.history_gaps.iter_mut().find(|g| {
+            g.channel == gap.channel
+                && gap.first_lost <= g.last_lost.saturating_add(1)
+                && g.first_lost <= gap.last_lost.saturating_add(1)
+        }) {
+            if known.first_lost <= gap.first_lost && gap.last_lost <= known.last_lost {
+                return false;
+            }
+            known.first_lost = known.first_lost.min(gap.first_lost);
+            known.last_lost = known.last_lost.max(gap.last_lost);
+            for c in gap.collections {
+                if !known.collections.contains(&c) {
+                    known.collections.push(c);
+                }
+            }
+            return true;
+        }
+        self.history_gaps.push(gap);
+        true
     }
 }
 
@@ -196,6 +245,7 @@ mod tests {
             collection_infos: vec![CollectionInfo { name: "*".into() }],
             state: TaskState::Running,
             created_at_ms: 1,
+            history_gaps: Vec::new(),
         };
         let text = rec.public_view().to_string();
         assert!(!text.contains("Milvus\""), "{text}");
@@ -204,5 +254,47 @@ mod tests {
         assert!(!text.contains("password"), "{text}");
         assert!(text.contains("\"state\":\"Running\""), "{text}");
         assert!(text.contains("\"connect_timeout\":10"), "{text}");
+    }
+
+    #[test]
+    fn history_gaps_merge_and_show() {
+        let mut rec: TaskRecord = serde_json::from_value(serde_json::json!({
+            "task_id": TaskId::generate(),
+            "milvus_connect_param": {"uri": "http://t:19530"},
+            "collection_infos": [{"name": "*"}],
+            "state": "Running",
+            "created_at_ms": 1
+        }))
+        .expect("records stored before gaps existed still load");
+        assert!(rec.public_view().get("history_gaps").is_none());
+        let gap = |first, last, c: &str| HistoryGap {
+            channel: "dml_0".into(),
+            first_lost: first,
+            last_lost: last,
+            detected_at_ms: 5,
+            collections: vec![c.into()],
+        };
+        assert!(rec.add_history_gap(gap(1, 9, "default.a")));
+        assert!(
+            !rec.add_history_gap(gap(2, 5, "default.a")),
+            "already known"
+        );
+        assert!(
+            rec.add_history_gap(gap(10, 20, "default.b")),
+            "touching: merged"
+        );
+        assert_eq!(rec.history_gaps.len(), 1);
+        assert_eq!(
+            (
+                rec.history_gaps[0].first_lost,
+                rec.history_gaps[0].last_lost
+            ),
+            (1, 20)
+        );
+        assert_eq!(rec.history_gaps[0].collections, ["default.a", "default.b"]);
+        assert!(rec.add_history_gap(gap(30, 31, "default.a")));
+        assert_eq!(rec.history_gaps.len(), 2);
+        let view = rec.public_view();
+        assert_eq!(view["history_gaps"][0]["channel"], "dml_0");
     }
 }

@@ -146,6 +146,7 @@ impl TaskService {
             collection_infos: req.collection_infos,
             state: TaskState::Running,
             created_at_ms: now_ms(),
+            history_gaps: Vec::new(),
         };
         self.store.create_task(&record, self.max_tasks).await?;
         info!(task_id = %record.task_id, target = %addr.url, "task created");

@@ -156,6 +156,11 @@ class Agent:
         self.stop(signal.SIGKILL)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that destroy the source's stream history run last."""
+    items.sort(key=lambda item: item.get_closest_marker("destroys_history") is not None)
+
+
 @pytest.fixture
 def etcd_root():
     return f"milvus-cdc-test/{uuid.uuid4().hex[:12]}"
