@@ -243,12 +243,17 @@ pub struct HaConfig {
     /// Lease time-to-live.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// Whether a new leader replays each task's takeover window once,
+    /// `2 · lease_ttl + 2s` after it took over (covers a deposed leader that
+    /// was frozen inside a target write and completed it late).
+    pub takeover_replay: bool,
 }
 
 impl Default for HaConfig {
     fn default() -> Self {
         Self {
             lease_ttl: Duration::from_secs(5),
+            takeover_replay: true,
         }
     }
 }
@@ -285,6 +290,12 @@ pub struct ReplicateConfig {
     /// streams) are compared with the source and synced.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// How often the target collections written since the last time are
+    /// flushed; checkpoints only record positions whose rows the target has
+    /// flushed (a killed Milvus 2.3.5 can lose unflushed rows it had
+    /// acknowledged). `0s`: checkpoint as soon as the target acknowledged.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 impl Default for ReplicateConfig {
@@ -295,6 +306,7 @@ impl Default for ReplicateConfig {
             batch_wait: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(1),
             reconcile_interval: Duration::from_secs(10),
+            flush_interval: Duration::from_secs(10),
         }
     }
 }

@@ -98,6 +98,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics,
         advertise_url: advertise_url.clone(),
         ttl: cfg.ha.lease_ttl,
+        takeover_replay: cfg.ha.takeover_replay,
         request_timeout: cfg.etcd.request_timeout,
     };
     let stop_election = CancellationToken::new();

@@ -126,6 +126,8 @@ pub struct Election {
     pub advertise_url: String,
     /// Lease TTL.
     pub ttl: Duration,
+    /// `ha.takeover_replay`.
+    pub takeover_replay: bool,
     /// Per-request timeout for etcd.
     pub request_timeout: Duration,
 }
@@ -344,11 +346,16 @@ impl Election {
         };
         let store = self.store.fenced(fence);
         let deposed = CancellationToken::new();
+        // A deposed leader frozen inside a target write completes it when it
+        // thaws; a replay of the takeover window covers thaws within
+        // 2 · TTL + 2 s of the takeover.
         self.engine.set_leadership(
             create_revision,
             store.clone(),
             guard.clone(),
             deposed.clone(),
+            self.takeover_replay
+                .then(|| self.ttl * 2 + Duration::from_secs(2)),
         );
         info!(lease = lease_id, term = create_revision, "became leader");
         self.metrics.is_leader.set(1);

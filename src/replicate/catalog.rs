@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
 use tracing::info;
 
 use crate::{
@@ -39,6 +39,30 @@ pub struct LiveCollection {
     pub meta: TargetCollection,
     /// Partitions known to exist on the target.
     partitions: Mutex<HashSet<String>>,
+    /// True once a newer source collection took this name on the target.
+    /// Row writes hold it shared ([`LiveCollection::write_gate`]) and the
+    /// replacement holds it exclusively, so no write of this collection
+    /// can land in its successor.
+    replaced: RwLock<bool>,
+}
+
+impl LiveCollection {
+    fn new(db: String, name: String, meta: TargetCollection) -> Self {
+        Self {
+            db,
+            name,
+            meta,
+            partitions: Mutex::new(HashSet::new()),
+            replaced: RwLock::new(false),
+        }
+    }
+
+    /// Held while a row write to this collection is in flight; None if a
+    /// newer source collection has replaced it on the target (skip the write).
+    pub async fn write_gate(&self) -> Option<RwLockReadGuard<'_, bool>> {
+        let gate = self.replaced.read().await;
+        (!*gate).then_some(gate)
+    }
 }
 
 /// A source collection as the target sees it.
@@ -58,6 +82,8 @@ pub struct Catalog {
     locations: Arc<Mutex<HashMap<i64, (String, String)>>>,
     source: MilvusTarget,
     writer: TargetWriter,
+    /// Serializes creating, replacing and registering target collections.
+    creating: Arc<Mutex<()>>,
 }
 
 impl Catalog {
@@ -69,6 +95,7 @@ impl Catalog {
             locations: Arc::new(Mutex::new(HashMap::new())),
             source,
             writer,
+            creating: Arc::new(Mutex::new(())),
         }
     }
 
@@ -97,6 +124,22 @@ impl Catalog {
         let mut locations = self.locations.lock().await;
         *locations = found;
         Ok(locations.get(&id).cloned())
+    }
+
+    /// Source collections (`database.name`) whose shards use physical
+    /// channel `channel` now.
+    pub async fn source_collections_on(&self, channel: &str) -> Result<Vec<String>, TargetError> {
+        let mut out = Vec::new();
+        for db in self.source.list_databases().await? {
+            for (_, name) in self.source.show_collections(&db).await? {
+                if let Some(d) = self.source.describe_collection(&db, &name).await? {
+                    if d.physical_channel_names.iter().any(|c| c == channel) {
+                        out.push(format!("{db}.{name}"));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every collection known to exist on the target.
@@ -162,26 +205,54 @@ impl Catalog {
             consistency_level: desc.as_ref().map_or(0, |d| d.consistency_level),
             num_partitions: desc.as_ref().map_or(0, |d| d.num_partitions),
         };
+        let _creating = self.creating.lock().await;
         self.create(&spec).await
     }
 
+    /// Creates (or replaces) the target collection of `spec` and registers
+    /// it. The caller holds `creating`.
     async fn create(&self, spec: &CollectionSpec) -> Result<Applied, TargetError> {
         // A same-named target collection of another source collection is
         // replaced: that one was dropped on the source (the name is free
-        // there), so pipelines still holding its rows must skip them.
+        // there), so pipelines still holding its rows must skip them, and
+        // its writes in flight finish first.
+        let same_name: Vec<(i64, Arc<LiveCollection>)> = self
+            .entries
+            .lock()
+            .await
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Live(l)
+                    if *id < spec.source_id && l.db == spec.db && l.name == spec.name =>
+                {
+                    Some((*id, l.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (old_id, old) in same_name {
+            *old.replaced.write().await = true;
+            self.set_dropped(old_id).await;
+        }
         if let Some(old) = self.writer.describe(&spec.db, &spec.name).await? {
-            if let Some(old_id) = old.source_id.filter(|id| *id != spec.source_id) {
-                self.set_dropped(old_id).await;
+            match old.source_id {
+                // Milvus allocates collection ids in increasing order: the
+                // target already holds a later collection of this name, so
+                // this one was dropped on the source (its drop follows).
+                Some(newer) if newer > spec.source_id => {
+                    self.set_dropped(spec.source_id).await;
+                    return Ok(Applied::Skipped(format!(
+                        "a newer source collection ({newer}) holds the name {} on the target",
+                        spec.name
+                    )));
+                }
+                Some(older) if older != spec.source_id => self.set_dropped(older).await,
+                _ => {}
             }
         }
         let applied = self.writer.create_collection(spec).await?;
         if let Some(meta) = self.writer.describe(&spec.db, &spec.name).await? {
-            let live = LiveCollection {
-                db: spec.db.clone(),
-                name: spec.name.clone(),
-                meta,
-                partitions: Mutex::new(HashSet::new()),
-            };
+            let live = LiveCollection::new(spec.db.clone(), spec.name.clone(), meta);
             self.entries
                 .lock()
                 .await
@@ -203,18 +274,17 @@ impl Catalog {
         if let Some(e) = self.known(id).await {
             return Ok(e);
         }
+        let _creating = self.creating.lock().await;
+        if let Some(e) = self.known(id).await {
+            return Ok(e);
+        }
         let Some((db, name)) = self.source_location(id).await? else {
             self.set_dropped(id).await;
             return Ok(Entry::Dropped);
         };
         if let Some(meta) = self.writer.describe(&db, &name).await? {
             if meta.source_id == Some(id) || meta.source_id.is_none() {
-                let live = Arc::new(LiveCollection {
-                    db,
-                    name,
-                    meta,
-                    partitions: Mutex::new(HashSet::new()),
-                });
+                let live = Arc::new(LiveCollection::new(db, name, meta));
                 self.entries
                     .lock()
                     .await

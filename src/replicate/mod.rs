@@ -9,7 +9,9 @@
 //! - [`pipeline`]: the per-channel apply loop;
 //! - [`batch`]: insert batching;
 //! - [`catalog`]: source collection id → target collection;
-//! - [`progress`]: applied positions, the DDL watermark and lag;
+//! - [`progress`]: applied and durable positions, the DDL watermark and lag;
+//! - `durable`: periodic target flushes that make applied positions durable;
+//! - `history`: source history lost to retention, recorded in the task;
 //! - [`reconcile`]: aliases and empty partitions, which the stream lacks.
 
 pub mod batch;
@@ -18,9 +20,15 @@ pub mod pipeline;
 pub mod progress;
 pub mod reconcile;
 
+mod durable;
+mod history;
+
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -29,7 +37,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument as _};
 
-use self::{catalog::Catalog, pipeline::Pipeline, progress::TaskProgress};
+use self::{catalog::Catalog, durable::Durability, pipeline::Pipeline, progress::TaskProgress};
 use crate::{
     config::{ReplicateConfig, SourceConfig},
     ha::LeaseGuard,
@@ -74,6 +82,9 @@ pub struct Leadership {
     pub guard: LeaseGuard,
     /// Fired on a fencing refusal.
     pub deposed: CancellationToken,
+    /// When tasks started under this leadership replay, once, from the
+    /// checkpoints they started from (None: never). See [`Run::Replay`].
+    pub replay_at: Option<tokio::time::Instant>,
 }
 
 impl Leadership {
@@ -90,6 +101,10 @@ impl Leadership {
 
 struct Running {
     cancel: CancellationToken,
+    /// Set before `cancel` when the stop must be quick (shutdown, lost
+    /// leadership): no final flush, the checkpoint stays at the last
+    /// flushed position and the next leader replays a little more.
+    quick: Arc<AtomicBool>,
     handle: JoinHandle<()>,
 }
 
@@ -116,6 +131,7 @@ impl Engine {
                     store,
                     guard: LeaseGuard::always_valid(),
                     deposed: CancellationToken::new(),
+                    replay_at: None,
                 }),
                 metrics,
                 tasks: Mutex::new(HashMap::new()),
@@ -123,19 +139,25 @@ impl Engine {
         }
     }
 
-    /// Runs tasks started from now on under this leadership.
+    /// Runs tasks started from now on under this leadership. Tasks started
+    /// within `takeover_replay` replay their first window once when it has
+    /// passed: a deposed leader that was paused inside a target write may
+    /// have completed that write after this leader's (a write cannot be
+    /// fenced on the target), and the replay puts the newer data back.
     pub fn set_leadership(
         &self,
         term: i64,
         store: TaskStore,
         guard: LeaseGuard,
         deposed: CancellationToken,
+        takeover_replay: Option<Duration>,
     ) {
         *lock(&self.inner.leadership) = Leadership {
             term,
             store,
             guard,
             deposed,
+            replay_at: takeover_replay.map(|d| tokio::time::Instant::now() + d),
         };
     }
 
@@ -159,6 +181,7 @@ impl Engine {
     pub async fn stop_all(&self) {
         let all: Vec<(TaskId, Running)> = lock(&self.inner.tasks).drain().collect();
         for (_, r) in &all {
+            r.quick.store(true, Ordering::SeqCst);
             r.cancel.cancel();
         }
         for (id, r) in all {
@@ -179,12 +202,26 @@ impl TaskWorkers for Engine {
             return;
         }
         let cancel = CancellationToken::new();
+        let quick = Arc::new(AtomicBool::new(false));
         let term = lock(&self.inner.leadership).term;
         let span = tracing::info_span!(parent: None, "task", task_id = %task.task_id, term);
         let handle = tokio::spawn(
-            run_task(self.inner.clone(), task.clone(), cancel.clone()).instrument(span),
+            run_task(
+                self.inner.clone(),
+                task.clone(),
+                cancel.clone(),
+                quick.clone(),
+            )
+            .instrument(span),
         );
-        tasks.insert(task.task_id.clone(), Running { cancel, handle });
+        tasks.insert(
+            task.task_id.clone(),
+            Running {
+                cancel,
+                quick,
+                handle,
+            },
+        );
     }
 
     fn stop(&self, id: &TaskId) -> BoxFuture<'static, ()> {
@@ -270,18 +307,60 @@ async fn connect(param: &MilvusConnectParam) -> Result<MilvusTarget, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken) {
-    let id = task.task_id.clone();
+async fn run_task(
+    inner: Arc<Inner>,
+    task: TaskRecord,
+    cancel: CancellationToken,
+    quick: Arc<AtomicBool>,
+) {
     info!("starting task workers");
+    let mut from = None;
+    loop {
+        match run_workers(&inner, &task, &cancel, &quick, from.take()).await {
+            Run::Done => return,
+            Run::Rewind => {
+                warn!("the target was unreachable: replaying from the last flushed checkpoints, which a restarted target may have lost rows after");
+                error_counter(&inner, &task.task_id, "target_rewind").inc();
+            }
+            Run::Replay(checkpoints) => {
+                info!("takeover grace period over: replaying once from the checkpoints the previous leader left");
+                from = Some(checkpoints);
+            }
+        }
+    }
+}
+
+/// How one run of a task's workers ended.
+enum Run {
+    /// Stopped for good (task stopped, deposed, or removed).
+    Done,
+    /// The target was unreachable and answers again: start over from the
+    /// durable checkpoints, since it may have lost unflushed rows.
+    Rewind,
+    /// The takeover grace period has passed: start over from the
+    /// checkpoints this run started from (see [`Engine::set_leadership`]).
+    Replay(Checkpoints),
+}
+
+/// Connects, starts one reader and pipeline per channel from the task's
+/// checkpoints, and saves durable positions until stopped.
+async fn run_workers(
+    inner: &Arc<Inner>,
+    task: &TaskRecord,
+    cancel: &CancellationToken,
+    quick: &AtomicBool,
+    from: Option<Checkpoints>,
+) -> Run {
+    let id = task.task_id.clone();
     let Some(target) = until_ok(
-        &cancel,
+        cancel,
         "connect to target",
-        &error_counter(&inner, &id, "target_unreachable"),
+        &error_counter(inner, &id, "target_unreachable"),
         || connect(&task.milvus_connect_param),
     )
     .await
     else {
-        return;
+        return Run::Done;
     };
     let source_param = MilvusConnectParam {
         uri: Some(inner.source.milvus_uri.clone()),
@@ -290,32 +369,50 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
         ..Default::default()
     };
     let Some(source) = until_ok(
-        &cancel,
+        cancel,
         "connect to source Milvus",
-        &error_counter(&inner, &id, "source_unreachable"),
+        &error_counter(inner, &id, "source_unreachable"),
         || connect(&source_param),
     )
     .await
     else {
-        return;
+        return Run::Done;
     };
     let leadership = lock(&inner.leadership).clone();
     let store = leadership.store.clone();
-    let Some(checkpoints) = until_ok(
-        &cancel,
-        "load checkpoints",
-        &error_counter(&inner, &id, "checkpoint"),
-        || store.load_checkpoints(&id),
-    )
-    .await
-    else {
-        return;
+    let replay_at = leadership
+        .replay_at
+        .filter(|t| from.is_none() && *t > tokio::time::Instant::now());
+    let checkpoints = match from {
+        Some(c) => c,
+        None => {
+            let Some(c) = until_ok(
+                cancel,
+                "load checkpoints",
+                &error_counter(inner, &id, "checkpoint"),
+                || store.load_checkpoints(&id),
+            )
+            .await
+            else {
+                return Run::Done;
+            };
+            c
+        }
     };
     let writer = crate::target::writer::TargetWriter::new(target);
     let catalog = Catalog::new(source, writer.clone());
     let progress = TaskProgress::default();
     let workers = cancel.child_token();
-    let mut handles = Vec::new();
+    let rewind = CancellationToken::new();
+    let (lost_tx, lost_rx) = mpsc::channel(64);
+    let mut handles = vec![tokio::spawn(history::record_lost_history(
+        id.clone(),
+        catalog.clone(),
+        leadership.clone(),
+        lost_rx,
+        workers.clone(),
+    ))
+    .abort_handle()];
     let mut channels: Vec<(String, bool)> = inner
         .source
         .dml_channels()
@@ -329,7 +426,8 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
         let start = cp.map_or(StartAt::Earliest, |c| StartAt::After(c.sequence));
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER);
         let reader = ChannelReader::new(inner.mq.clone(), &channel, start)
-            .with_metrics(inner.metrics.clone(), id.as_str());
+            .with_metrics(inner.metrics.clone(), id.as_str())
+            .with_lost_ranges(lost_tx.clone());
         handles.push(tokio::spawn(reader.run(tx, workers.clone())).abort_handle());
         let pipeline = Pipeline {
             channel: channel.as_str().into(),
@@ -344,6 +442,7 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
             },
             cfg: inner.replicate.clone(),
             leadership: leadership.clone(),
+            rewind: rewind.clone(),
         };
         let pipe_handle = tokio::spawn(pipeline.run(rx, workers.clone()));
         handles.push(pipe_handle.abort_handle());
@@ -361,6 +460,13 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
         ))
         .abort_handle(),
     );
+    let durability = Durability::new(
+        writer.clone(),
+        progress.clone(),
+        inner.replicate.flush_interval,
+        error_counter(inner, &id, "target_flush"),
+    );
+    handles.push(tokio::spawn(durability.clone().run(workers.clone())).abort_handle());
     let mut last_save = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(
         inner
@@ -369,9 +475,11 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
             .min(Duration::from_secs(1)),
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let outcome = loop {
         tokio::select! {
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled() => break Run::Done,
+            () = rewind.cancelled() => break Run::Rewind,
+            () = sleep_until_opt(replay_at) => break Run::Replay(checkpoints.clone()),
             _ = tick.tick() => {}
         }
         for (channel, lag) in progress.lags() {
@@ -384,32 +492,26 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
                 })
                 .set(lag);
         }
+        durability.without_flushes();
         if last_save.elapsed() >= inner.replicate.checkpoint_interval {
-            match save(&inner, &leadership, &id, &progress).await {
+            match save(inner, &leadership, &id, &progress).await {
                 Ok(()) => last_save = tokio::time::Instant::now(),
                 Err(StoreError::Fenced) => {
                     leadership.refuse(&inner.metrics, "checkpoint");
                     workers.cancel();
                     wait_stopped(&handles).await;
-                    forget_gauges(&inner, &id, &progress);
-                    return;
+                    forget_gauges(inner, &id, &progress);
+                    return Run::Done;
                 }
                 Err(StoreError::NotFound(_)) => {
                     warn!("task removed from the store; stopping its workers");
                     workers.cancel();
                     wait_stopped(&handles).await;
-                    forget_gauges(&inner, &id, &progress);
-                    return;
+                    forget_gauges(inner, &id, &progress);
+                    return Run::Done;
                 }
                 Err(e) => {
-                    inner
-                        .metrics
-                        .apply_errors
-                        .get_or_create(&ErrorLabels {
-                            task_id: id.to_string(),
-                            kind: "checkpoint".into(),
-                        })
-                        .inc();
+                    error_counter(inner, &id, "checkpoint").inc();
                     warn!(error = %e, "cannot save checkpoints, will retry");
                 }
             }
@@ -418,19 +520,37 @@ async fn run_task(inner: Arc<Inner>, task: TaskRecord, cancel: CancellationToken
             .metrics
             .checkpoint_age
             .get_or_create(&task_labels)
-            .set(last_save.elapsed().as_secs_f64());
-    }
+            .set(last_save.elapsed().max(durability.age()).as_secs_f64());
+    };
     // Stop: pipelines finish their current write (or give up its retry),
-    // then the final checkpoint records exactly what the target has.
+    // then what the target has is flushed (not after a rewind: the target
+    // was away; not on a quick stop) and the final checkpoint records it.
     workers.cancel();
     wait_stopped(&handles).await;
-    forget_gauges(&inner, &id, &progress);
-    match save(&inner, &leadership, &id, &progress).await {
-        Ok(()) => info!("task workers stopped after a final checkpoint"),
-        Err(StoreError::Fenced) => leadership.refuse(&inner.metrics, "final checkpoint"),
-        Err(e) => {
-            warn!(error = %e, "final checkpoint not saved; the next leader replays from the previous one")
+    if matches!(outcome, Run::Done) {
+        forget_gauges(inner, &id, &progress);
+        if !quick.load(Ordering::SeqCst) {
+            durability.final_flush().await;
         }
+    }
+    match save(inner, &leadership, &id, &progress).await {
+        Ok(()) => info!("task workers stopped after a final checkpoint"),
+        Err(StoreError::Fenced) => {
+            leadership.refuse(&inner.metrics, "final checkpoint");
+            return Run::Done;
+        }
+        Err(e) => {
+            warn!(error = %e, "final checkpoint not saved; the next run replays from the previous one")
+        }
+    }
+    outcome
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,10 @@ pub struct Pipeline {
     pub cfg: ReplicateConfig,
     /// Checked before every target write.
     pub leadership: super::Leadership,
+    /// Fired when a write succeeds after the target was unreachable: the
+    /// task replays from its durable checkpoints (the target may have lost
+    /// unflushed rows while it was away).
+    pub rewind: CancellationToken,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -262,6 +266,12 @@ impl Pipeline {
                         self.catalog
                             .ensure_partition(batch.collection_id, &batch.partition)
                             .await?;
+                        let Some(_gate) = live.write_gate().await else {
+                            return Ok(Applied::Skipped(format!(
+                                "collection {} was replaced by a newer one",
+                                batch.collection
+                            )));
+                        };
                         self.still_leading()?;
                         let target = TargetCollectionRef {
                             name: &live.name,
@@ -381,7 +391,7 @@ impl Pipeline {
             return false;
         }
         if let Some((db, name)) = kind.collection_scoped() {
-            if !self.wait_for_collection(db, name, cancel).await {
+            if !self.wait_for_collection(db, name, ts, cancel).await {
                 return false;
             }
         }
@@ -424,19 +434,29 @@ impl Pipeline {
         true
     }
 
-    /// A replicate-channel change of a collection that the source has but
-    /// the target does not have yet waits (up to 60 s) for a DML channel to
-    /// create it: "gone" must mean gone on the source, or e.g. an index
-    /// replayed by a new leader before the collection would be lost.
-    async fn wait_for_collection(&self, db: &str, name: &str, cancel: &CancellationToken) -> bool {
+    /// A replicate-channel change (time `ts`) of a collection that the
+    /// source has (created before `ts`, so the same collection, not a later
+    /// one with the same name) but the target does not have yet waits (up
+    /// to 60 s) for a DML channel to create it: "gone" must mean gone on the
+    /// source, or e.g. an index replayed by a new leader before the
+    /// collection would be lost.
+    async fn wait_for_collection(
+        &self,
+        db: &str,
+        name: &str,
+        ts: u64,
+        cancel: &CancellationToken,
+    ) -> bool {
         let started = Instant::now();
         loop {
             let on_target = self.writer.describe(db, name).await;
             if !matches!(on_target, Ok(None)) {
                 return true; // present, or an error the write itself will retry
             }
-            if !matches!(self.catalog.describe_source(db, name).await, Ok(Some(_))) {
-                return true; // gone on the source too: the write skips it
+            match self.catalog.describe_source(db, name).await {
+                Ok(Some(c)) if c.created_timestamp <= ts => {}
+                // Gone on the source too (or replaced): the write skips it.
+                _ => return true,
             }
             if started.elapsed() > std::time::Duration::from_secs(60) {
                 warn!(
@@ -513,6 +533,11 @@ impl Pipeline {
                             name: &live.name,
                             meta: &live.meta,
                         };
+                        let Some(_gate) = live.write_gate().await else {
+                            return Ok(Applied::Skipped(
+                                "collection was replaced by a newer one".into(),
+                            ));
+                        };
                         self.still_leading()?;
                         // Partition id -1: the delete applies to every partition.
                         let partition = if d.partition_id > 0 {
@@ -554,6 +579,7 @@ impl Pipeline {
     {
         let mut delays = retry_delays();
         let mut attempt = 0u32;
+        let mut unreachable = false;
         loop {
             if !self.leadership.guard.is_valid() {
                 self.leadership.refuse(&self.metrics, what);
@@ -568,10 +594,14 @@ impl Pipeline {
                     if attempt > 0 {
                         info!(what, attempt, "write succeeded after retries");
                     }
+                    if unreachable {
+                        self.rewind.cancel();
+                    }
                     return Some(a);
                 }
                 Err(e) => {
                     attempt += 1;
+                    unreachable |= matches!(e, TargetError::Unreachable { .. });
                     let kind = match &e {
                         TargetError::Unreachable { .. } => "target_unreachable",
                         TargetError::Unauthenticated { .. } => "target_auth",

@@ -29,6 +29,9 @@ pub struct ChannelProgress {
     pub idle: bool,
     /// Whether a received message is still being applied.
     pub busy: bool,
+    /// Last position the target has made durable (flushed); what
+    /// checkpoints record.
+    pub durable: Option<(u64, u64)>,
     /// Checkpoint last written for this channel.
     pub saved: Option<(u64, u64)>,
     /// The stream's last sequence when the task started: until the
@@ -78,6 +81,7 @@ impl TaskProgress {
             let p = m.entry(channel.to_string()).or_default();
             p.dml = dml;
             p.applied = checkpoint.map(|c| (c.sequence, c.timestamp));
+            p.durable = p.applied;
             p.saved = p.applied;
             p.received_seq = checkpoint.map_or(0, |c| c.sequence);
             p.catch_up_to = catch_up_to.unwrap_or(u64::MAX);
@@ -141,14 +145,45 @@ impl TaskProgress {
         })
     }
 
-    /// Positions applied since the last save, to be checkpointed.
+    /// Every channel's applied position now (to be marked durable once the
+    /// target has flushed what was applied).
+    pub fn applied_snapshot(&self) -> BTreeMap<String, (u64, u64)> {
+        self.with(|m| {
+            m.iter()
+                .filter_map(|(c, p)| p.applied.map(|a| (c.clone(), a)))
+                .collect()
+        })
+    }
+
+    /// Whether anything was applied after `snapshot` was taken.
+    pub fn applied_since(&self, snapshot: &BTreeMap<String, (u64, u64)>) -> bool {
+        self.with(|m| {
+            m.iter()
+                .any(|(c, p)| p.applied.is_some() && p.applied != snapshot.get(c).copied())
+        })
+    }
+
+    /// Records that the target has made everything up to `snapshot` durable.
+    pub fn mark_durable(&self, snapshot: &BTreeMap<String, (u64, u64)>) {
+        self.with(|m| {
+            for (c, pos) in snapshot {
+                if let Some(p) = m.get_mut(c) {
+                    if p.durable.is_none_or(|(seq, _)| seq < pos.0) {
+                        p.durable = Some(*pos);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Durable positions not saved yet, to be checkpointed.
     pub fn unsaved(&self) -> Checkpoints {
         let now = now_ms();
         self.with(|m| {
             m.iter()
-                .filter(|(_, p)| p.applied.is_some() && p.applied != p.saved)
+                .filter(|(_, p)| p.durable.is_some() && p.durable != p.saved)
                 .filter_map(|(c, p)| {
-                    p.applied.map(|(sequence, timestamp)| {
+                    p.durable.map(|(sequence, timestamp)| {
                         (
                             c.clone(),
                             Checkpoint {
@@ -238,6 +273,11 @@ mod tests {
         );
         assert!(p.unsaved().is_empty());
         p.applied("a", 4, 10);
+        assert!(p.unsaved().is_empty(), "applied but not durable yet");
+        let snap = p.applied_snapshot();
+        p.applied("a", 5, 11);
+        assert!(p.applied_since(&snap));
+        p.mark_durable(&snap);
         let u = p.unsaved();
         assert_eq!(u["a"].sequence, 4);
         p.mark_saved(&u);

@@ -12,7 +12,11 @@
 //!   property [`SOURCE_ID_PROPERTY`], so a replayed drop of an older
 //!   collection never drops a newer one that reuses its name.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tonic::Status;
 
@@ -116,6 +120,17 @@ fn kv(key: &str, value: &str) -> KeyValuePair {
 #[derive(Clone)]
 pub struct TargetWriter {
     target: MilvusTarget,
+    /// Collections written since their last flush: `(database, name)` →
+    /// write generation (a flush forgets an entry only if no write came
+    /// after the flush started).
+    unflushed: Arc<Mutex<Unflushed>>,
+}
+
+/// Collections with writes not flushed yet.
+#[derive(Default)]
+struct Unflushed {
+    generation: u64,
+    written: BTreeMap<(String, String), u64>,
 }
 
 /// A Milvus status that is not success, kept for classification.
@@ -136,7 +151,26 @@ fn status_failed(st: Option<&common::Status>) -> Option<(i32, String)> {
 impl TargetWriter {
     /// A writer over `target`.
     pub fn new(target: MilvusTarget) -> Self {
-        Self { target }
+        Self {
+            target,
+            unflushed: Arc::default(),
+        }
+    }
+
+    /// Records that `db.name` is about to get rows that are not flushed yet
+    /// (before the request is sent, so every acknowledged write is known).
+    fn touch(&self, db: &str, name: &str) {
+        let mut u = self.unflushed();
+        u.generation += 1;
+        let generation = u.generation;
+        u.written
+            .insert((db.to_string(), name.to_string()), generation);
+    }
+
+    fn unflushed(&self) -> std::sync::MutexGuard<'_, Unflushed> {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The connection.
@@ -146,6 +180,22 @@ impl TargetWriter {
 
     fn grpc(&self, s: Status) -> TargetError {
         self.target.status_error(s)
+    }
+
+    /// [`check`](Self::check), but a missing collection or database
+    /// (codes 100, 800) is `Ok(true)` instead of an error.
+    fn collection_gone(
+        &self,
+        what: &'static str,
+        st: Option<&common::Status>,
+    ) -> Result<bool, TargetError> {
+        match self.check(what, st) {
+            Ok(()) => Ok(false),
+            Err(TargetError::Rejected {
+                code: 100 | 800, ..
+            }) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     fn check(&self, what: &'static str, st: Option<&common::Status>) -> Result<(), TargetError> {
@@ -461,6 +511,7 @@ impl TargetWriter {
         } else {
             partition.to_string()
         };
+        self.touch(db, collection.name);
         let resp = self
             .target
             .client()
@@ -492,6 +543,7 @@ impl TargetWriter {
         } else {
             partition.to_string()
         };
+        self.touch(db, collection.name);
         for expr in keys.exprs(&collection.meta.pk_field, DELETE_CHUNK) {
             let resp = self
                 .target
@@ -753,6 +805,88 @@ impl TargetWriter {
             .into_inner();
         self.check("Flush", resp.status.as_ref())?;
         Ok(Applied::Done)
+    }
+
+    /// Flushes every collection written since its last flush and waits, up
+    /// to `wait` per collection, until the flush is persisted
+    /// (`GetFlushState`, as pymilvus' `Collection.flush` does). Rows a
+    /// killed Milvus 2.3.5 can lose are unflushed ("growing") ones:
+    /// positions applied before this returns `Ok` are safe to checkpoint.
+    /// On error the collections not flushed stay marked for the next call.
+    pub async fn flush_written(&self, wait: std::time::Duration) -> Result<usize, TargetError> {
+        let pending: Vec<((String, String), u64)> = self
+            .unflushed()
+            .written
+            .iter()
+            .map(|(k, g)| (k.clone(), *g))
+            .collect();
+        for ((db, name), generation) in &pending {
+            self.flush_one(db, name, wait).await?;
+            let mut u = self.unflushed();
+            let key = (db.clone(), name.clone());
+            if u.written.get(&key) == Some(generation) {
+                u.written.remove(&key);
+            }
+        }
+        Ok(pending.len())
+    }
+
+    /// Flushes one collection and waits for it; a collection that is gone
+    /// has nothing to lose.
+    async fn flush_one(
+        &self,
+        db: &str,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<(), TargetError> {
+        let resp = self
+            .target
+            .client()
+            .flush(pb::FlushRequest {
+                base: None,
+                db_name: db.to_string(),
+                collection_names: vec![name.to_string()],
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if self.collection_gone("Flush", resp.status.as_ref())? {
+            return Ok(());
+        }
+        let segment_ids = resp
+            .coll_seg_i_ds
+            .get(name)
+            .map(|l| l.data.clone())
+            .unwrap_or_default();
+        let flush_ts = resp.coll_flush_ts.get(name).copied().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let state = self
+                .target
+                .client()
+                .get_flush_state(pb::GetFlushStateRequest {
+                    segment_i_ds: segment_ids.clone(),
+                    flush_ts,
+                    db_name: db.to_string(),
+                    collection_name: name.to_string(),
+                })
+                .await
+                .map_err(|s| self.grpc(s))?
+                .into_inner();
+            if self.collection_gone("GetFlushState", state.status.as_ref())? {
+                return Ok(());
+            }
+            if state.flushed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TargetError::Unreachable {
+                    url: self.target.url().to_string(),
+                    message: format!("flush of {db}.{name} not persisted within {wait:?}"),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// Creates an alias, or moves it if it exists.

@@ -185,6 +185,12 @@ def test_target_down_for_30s_then_catches_up(agent):
     bg.stop()
     assert bg.error is None, bg.error
     wait_verified([bg.name], limit=480)
+    # The restarted target may have lost unflushed rows it had acknowledged:
+    # the task must have replayed from its last flushed checkpoints.
+    _, text, _ = http("GET", agent.url + "/metrics")
+    assert any(l.startswith("milvus_cdc_apply_errors_total{") and 'kind="target_rewind"' in l
+               and float(l.rsplit(" ", 1)[1]) >= 1 for l in text.splitlines()), \
+        [l for l in text.splitlines() if "apply_errors" in l]
 
 
 def stack_env_for_restart(stack):
