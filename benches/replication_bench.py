@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from conftest import STACK, TARGET_TOKEN, Agent, create_body, http  # noqa: E402
+from conftest import BIN, STACK, TARGET_TOKEN, Agent, create_body, http  # noqa: E402
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema  # noqa: E402
 from workload import connect  # noqa: E402
 
@@ -99,6 +99,29 @@ def replication(agent, rows, batch, tag):
     return rows / dt, rows / t_src
 
 
+def backlog(agent, task_id, rows, batch, tag):
+    """The agent's own apply rate: the source is written while the task is
+    paused, then the task is resumed; rows/s from the resume until the target
+    has every row (what a catch-up after an outage or a failover runs at)."""
+    alias = connect(f"bench-bl-{tag}", STACK["CDC_SOURCE_URI"])
+    c = Collection(f"bench_backlog_{tag}", schema(), using=alias, shards_num=2)
+    time.sleep(2)  # let the agent create the target collection first
+    status, body = agent.cdc({"request_type": "pause", "request_data": {"task_id": task_id}})
+    assert status == 200, body
+    base = metric(agent, "milvus_cdc_applied_rows_total", 'kind="insert"')
+    for b in batches(rows, batch, seed=2):
+        c.insert(b)
+    t0 = time.time()
+    status, body = agent.cdc({"request_type": "resume", "request_data": {"task_id": task_id}})
+    assert status == 200, body
+    deadline = time.time() + 600
+    while metric(agent, "milvus_cdc_applied_rows_total", 'kind="insert"') - base < rows:
+        if time.time() > deadline:
+            raise RuntimeError("the backlog was not applied within 600 s")
+        time.sleep(0.05)
+    return rows / (time.time() - t0)
+
+
 def lag_at_rate(agent, rate, seconds, tag):
     alias = connect(f"bench-lag-{tag}", STACK["CDC_SOURCE_URI"])
     c = Collection(f"bench_lag_{tag}", schema(), using=alias, shards_num=2)
@@ -150,6 +173,7 @@ def main():
         cpu0, _ = proc_stats(agent.proc.pid)
         direct = ceiling(args.rows, args.batch, tag)
         repl, src_rate = replication(agent, args.rows, args.batch, tag)
+        drain = backlog(agent, body["data"]["task_id"], args.rows, args.batch, tag)
         p50, p99, n = lag_at_rate(agent, direct / 2, args.lag_seconds, tag)
         cpu1, rss = proc_stats(agent.proc.pid)
     finally:
@@ -159,6 +183,8 @@ def main():
         ("pymilvus insert into the source", f"{src_rate:,.0f} rows/s"),
         ("replication source → target, end to end", f"{repl:,.0f} rows/s"),
         ("ratio replication / ceiling (goal ≥ 0.9)", f"{repl / direct:.2f}"),
+        ("backlog applied after a resume (agent's apply rate)", f"{drain:,.0f} rows/s"),
+        ("ratio backlog / ceiling", f"{drain / direct:.2f}"),
         (f"lag p50 at {direct / 2:,.0f} rows/s ({n} samples)", f"{p50:.2f} s"),
         ("lag p99 (goal < 1 s)", f"{p99:.2f} s"),
         ("agent CPU time during the bench", f"{cpu1 - cpu0:.1f} s"),
@@ -170,15 +196,19 @@ def main():
     out = f"{header}\n{table}"
     print(out)
     if args.write_docs:
-        cmd = (f"CDC_RUN_DIR=.run/test-stack .venv/bin/python benches/replication_bench.py "
+        release = "release" in str(BIN)
+        build = "release build: `cargo build --release`" if release else "debug build: `cargo build`"
+        cmd = (("cargo build --release && CDC_BIN=target/release/milvus-cdc " if release else "")
+               + f"CDC_RUN_DIR=.run/test-stack .venv/bin/python benches/replication_bench.py "
                f"--rows {args.rows} --batch {args.batch} --lag-seconds {args.lag_seconds}")
         doc = REPO / "docs" / "benchmarks.md"
         text = doc.read_text() if doc.exists() else "# Benchmarks\n"
         marker = "## Replication throughput and lag"
         section = (f"{marker}\n\n{args.rows:,} rows (int64 key, VarChar, float vector dim {DIM}), "
                    f"inserted in batches of {args.batch:,} into 2-shard collections; one agent "
-                   f"(debug build: `cargo build`), source and target Milvus 2.3.5 on the same "
-                   f"2-core machine.\n\n```\n{cmd}\n```\n\n{out}\n")
+                   f"({build}), source and target Milvus 2.3.5 on the same "
+                   f"2-core machine, {time.strftime('%Y-%m-%d', time.gmtime())}."
+                   f"\n\n```\n{cmd}\n```\n\n{out}\n")
         if marker in text:
             before = text.split(marker)[0]
             after = text.split(marker)[1]
