@@ -3,11 +3,12 @@
 # end-to-end suite on a real stack (etcd + source and target Milvus 2.3.5) that
 # this script installs, starts on its own ports, and stops again.
 #
-#   scripts/test.sh          everything (what CI runs)
+#   scripts/test.sh          everything (what CI runs): unit, e2e, chaos
 #   scripts/test.sh unit     cargo fmt/clippy/test only (no servers)
 #   scripts/test.sh e2e      the end-to-end suite only (extra args go to pytest)
-#   scripts/test.sh chaos    the fault-injection suite, short profile (not yet
-#                            part of "all": see issue #8; chaos-tests/run.sh long)
+#   scripts/test.sh chaos    the fault-injection suite, short profile: every
+#                            scenario once on its own stack and three replicas
+#                            (chaos-tests/run.sh long runs each 10 times)
 #
 # The test stack uses other ports than the demo (etcd 12379, source 29530,
 # natsmq 14222, target 29540, run folder .run/test-stack), so both can run at
@@ -66,7 +67,7 @@ chaos() {
 }
 
 case "$MODE" in
-  all) unit; e2e "$@" ;;
+  all) unit; e2e "$@"; chaos ;;
   unit) unit ;;
   e2e) e2e "$@" ;;
   chaos) chaos ;;

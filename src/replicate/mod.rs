@@ -314,10 +314,18 @@ async fn run_task(
     quick: Arc<AtomicBool>,
 ) {
     info!("starting task workers");
+    // Progress outlives each run, so the lag gauges keep being reported
+    // (and keep rising) while a run reconnects after a rewind or a replay.
+    let progress = TaskProgress::default();
+    let reporter = tokio::spawn(report_lag(
+        inner.clone(),
+        task.task_id.clone(),
+        progress.clone(),
+    ));
     let mut from = None;
     loop {
-        match run_workers(&inner, &task, &cancel, &quick, from.take()).await {
-            Run::Done => return,
+        match run_workers(&inner, &task, &cancel, &quick, &progress, from.take()).await {
+            Run::Done => break,
             Run::Rewind => {
                 warn!("the target was unreachable: replaying from the last flushed checkpoints, which a restarted target may have lost rows after");
                 error_counter(&inner, &task.task_id, "target_rewind").inc();
@@ -326,6 +334,28 @@ async fn run_task(
                 info!("takeover grace period over: replaying once from the checkpoints the previous leader left");
                 from = Some(checkpoints);
             }
+        }
+    }
+    reporter.abort();
+    let _ = reporter.await; // cancelled: it can no longer set a gauge
+    forget_gauges(&inner, &task.task_id, &progress);
+}
+
+/// Publishes every channel's lag once a second for the task's whole life.
+async fn report_lag(inner: Arc<Inner>, id: TaskId, progress: TaskProgress) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (channel, lag) in progress.lags() {
+            inner
+                .metrics
+                .replication_lag
+                .get_or_create(&ChannelLabels {
+                    task_id: id.to_string(),
+                    channel,
+                })
+                .set(lag);
         }
     }
 }
@@ -349,9 +379,48 @@ async fn run_workers(
     task: &TaskRecord,
     cancel: &CancellationToken,
     quick: &AtomicBool,
+    progress: &TaskProgress,
     from: Option<Checkpoints>,
 ) -> Run {
     let id = task.task_id.clone();
+    let leadership = lock(&inner.leadership).clone();
+    let store = leadership.store.clone();
+    let replay_at = leadership
+        .replay_at
+        .filter(|t| from.is_none() && *t > tokio::time::Instant::now());
+    let checkpoints = match from {
+        Some(c) => c,
+        None => {
+            let Some(c) = until_ok(
+                cancel,
+                "load checkpoints",
+                &error_counter(inner, &id, "checkpoint"),
+                || store.load_checkpoints(&id),
+            )
+            .await
+            else {
+                return Run::Done;
+            };
+            c
+        }
+    };
+    // Registered before connecting: a task whose target is down shows its
+    // backlog's lag, rising, from the start.
+    let mut channels: Vec<(String, bool)> = inner
+        .source
+        .dml_channels()
+        .into_iter()
+        .map(|c| (c, true))
+        .collect();
+    channels.push((inner.source.replicate_channel(), false));
+    for (channel, dml) in &channels {
+        progress.register(
+            channel,
+            *dml,
+            checkpoints.get(channel),
+            backlog_end(&inner.mq, channel).await,
+        );
+    }
     let Some(target) = until_ok(
         cancel,
         "connect to target",
@@ -378,30 +447,8 @@ async fn run_workers(
     else {
         return Run::Done;
     };
-    let leadership = lock(&inner.leadership).clone();
-    let store = leadership.store.clone();
-    let replay_at = leadership
-        .replay_at
-        .filter(|t| from.is_none() && *t > tokio::time::Instant::now());
-    let checkpoints = match from {
-        Some(c) => c,
-        None => {
-            let Some(c) = until_ok(
-                cancel,
-                "load checkpoints",
-                &error_counter(inner, &id, "checkpoint"),
-                || store.load_checkpoints(&id),
-            )
-            .await
-            else {
-                return Run::Done;
-            };
-            c
-        }
-    };
     let writer = crate::target::writer::TargetWriter::new(target);
     let catalog = Catalog::new(source, writer.clone());
-    let progress = TaskProgress::default();
     let workers = cancel.child_token();
     let rewind = CancellationToken::new();
     let (lost_tx, lost_rx) = mpsc::channel(64);
@@ -413,16 +460,8 @@ async fn run_workers(
         workers.clone(),
     ))
     .abort_handle()];
-    let mut channels: Vec<(String, bool)> = inner
-        .source
-        .dml_channels()
-        .into_iter()
-        .map(|c| (c, true))
-        .collect();
-    channels.push((inner.source.replicate_channel(), false));
     for (channel, dml) in channels {
         let cp = checkpoints.get(&channel);
-        progress.register(&channel, dml, cp, backlog_end(&inner.mq, &channel).await);
         let start = cp.map_or(StartAt::Earliest, |c| StartAt::After(c.sequence));
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER);
         let reader = ChannelReader::new(inner.mq.clone(), &channel, start)
@@ -482,32 +521,20 @@ async fn run_workers(
             () = sleep_until_opt(replay_at) => break Run::Replay(checkpoints.clone()),
             _ = tick.tick() => {}
         }
-        for (channel, lag) in progress.lags() {
-            inner
-                .metrics
-                .replication_lag
-                .get_or_create(&ChannelLabels {
-                    task_id: id.to_string(),
-                    channel,
-                })
-                .set(lag);
-        }
         durability.without_flushes();
         if last_save.elapsed() >= inner.replicate.checkpoint_interval {
-            match save(inner, &leadership, &id, &progress).await {
+            match save(inner, &leadership, &id, progress).await {
                 Ok(()) => last_save = tokio::time::Instant::now(),
                 Err(StoreError::Fenced) => {
                     leadership.refuse(&inner.metrics, "checkpoint");
                     workers.cancel();
                     wait_stopped(&handles).await;
-                    forget_gauges(inner, &id, &progress);
                     return Run::Done;
                 }
                 Err(StoreError::NotFound(_)) => {
                     warn!("task removed from the store; stopping its workers");
                     workers.cancel();
                     wait_stopped(&handles).await;
-                    forget_gauges(inner, &id, &progress);
                     return Run::Done;
                 }
                 Err(e) => {
@@ -527,13 +554,10 @@ async fn run_workers(
     // was away; not on a quick stop) and the final checkpoint records it.
     workers.cancel();
     wait_stopped(&handles).await;
-    if matches!(outcome, Run::Done) {
-        forget_gauges(inner, &id, &progress);
-        if !quick.load(Ordering::SeqCst) {
-            durability.final_flush().await;
-        }
+    if matches!(outcome, Run::Done) && !quick.load(Ordering::SeqCst) {
+        durability.final_flush().await;
     }
-    match save(inner, &leadership, &id, &progress).await {
+    match save(inner, &leadership, &id, progress).await {
         Ok(()) => info!("task workers stopped after a final checkpoint"),
         Err(StoreError::Fenced) => {
             leadership.refuse(&inner.metrics, "final checkpoint");

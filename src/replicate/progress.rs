@@ -78,16 +78,27 @@ impl TaskProgress {
         catch_up_to: Option<u64>,
     ) {
         self.with(|m| {
-            let p = m.entry(channel.to_string()).or_default();
-            p.dml = dml;
-            p.applied = checkpoint.map(|c| (c.sequence, c.timestamp));
-            p.durable = p.applied;
-            p.saved = p.applied;
-            p.received_seq = checkpoint.map_or(0, |c| c.sequence);
-            p.catch_up_to = catch_up_to.unwrap_or(u64::MAX);
-            if p.catch_up_to <= p.received_seq {
-                p.catch_up_to = 0;
-            }
+            // A fresh state: a run that starts over (rewind, replay) has
+            // applied nothing after its checkpoint yet.
+            let applied = checkpoint.map(|c| (c.sequence, c.timestamp));
+            let received_seq = checkpoint.map_or(0, |c| c.sequence);
+            let catch_up_to = catch_up_to.unwrap_or(u64::MAX);
+            m.insert(
+                channel.to_string(),
+                ChannelProgress {
+                    applied,
+                    dml,
+                    durable: applied,
+                    saved: applied,
+                    received_seq,
+                    catch_up_to: if catch_up_to <= received_seq {
+                        0
+                    } else {
+                        catch_up_to
+                    },
+                    ..ChannelProgress::default()
+                },
+            );
         });
     }
 
