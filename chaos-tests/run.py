@@ -910,7 +910,7 @@ PROFILES = {
     "short": {"reps": 1, "warmup": (2.0, 4.0), "after": (1.5, 2.5), "converge": 90,
               "max_keys": 12000,
               "max_minutes": 20, "seed": 1},
-    "long": {"reps": 10, "warmup": (2.0, 10.0), "after": (3.0, 8.0), "converge": 120,
+    "long": {"reps": 10, "warmup": (2.0, 7.0), "after": (2.0, 5.0), "converge": 120,
              "max_keys": 30000,
              "max_minutes": 240, "seed": None},
 }

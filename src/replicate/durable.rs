@@ -62,8 +62,9 @@ impl Durability {
     }
 
     /// Flushes every `interval` until `cancel` fires (nothing to do when the
-    /// interval is zero). A flush is never interrupted half-way; the run
-    /// ends at the next tick after `cancel`.
+    /// interval is zero). A flush in progress is abandoned on `cancel`, so a
+    /// hand-over never waits for it: nothing is marked durable then, and the
+    /// collections not flushed stay marked.
     pub async fn run(self, cancel: CancellationToken) {
         if self.interval.is_zero() {
             return;
@@ -76,7 +77,10 @@ impl Durability {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            self.flush_once(FLUSH_WAIT).await;
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = self.flush_once(FLUSH_WAIT) => {}
+            }
         }
     }
 
