@@ -33,15 +33,15 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(super) struct Durability {
     /// The task's target writer (knows which collections were written).
-    pub writer: TargetWriter,
+    writer: TargetWriter,
     /// The task's progress.
-    pub progress: TaskProgress,
+    progress: TaskProgress,
     /// `replicate.flush_interval`; zero: applied positions are durable.
-    pub interval: Duration,
+    interval: Duration,
     /// Counts failed flushes.
-    pub errors: Counter,
+    errors: Counter,
     /// When durable positions last caught up with a snapshot.
-    pub last_ok: Arc<Mutex<Instant>>,
+    last_ok: Arc<Mutex<Instant>>,
 }
 
 impl Durability {

@@ -60,7 +60,6 @@ pub(super) async fn record_lost_history(
 /// Adds `gap` to the stored task (fenced, compare-and-swap, retried on a
 /// concurrent change).
 async fn save(id: &TaskId, leadership: &Leadership, gap: HistoryGap) -> Result<(), StoreError> {
-    let mut last = None;
     for _ in 0..ATTEMPTS {
         let stored = leadership.store.get_task(id).await?;
         let mut record = stored.value;
@@ -68,9 +67,9 @@ async fn save(id: &TaskId, leadership: &Leadership, gap: HistoryGap) -> Result<(
             return Ok(());
         }
         match leadership.store.update_task(&record, stored.revision).await {
-            Err(StoreError::Conflict(c)) => last = Some(StoreError::Conflict(c)),
+            Err(StoreError::Conflict(_)) => {}
             r => return r,
         }
     }
-    Err(last.unwrap_or(StoreError::Conflict(id.clone())))
+    Err(StoreError::Conflict(id.clone()))
 }

@@ -37,7 +37,12 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument as _};
 
-use self::{catalog::Catalog, durable::Durability, pipeline::Pipeline, progress::TaskProgress};
+use self::{
+    catalog::Catalog,
+    durable::Durability,
+    pipeline::{sleep_until_opt, Pipeline},
+    progress::TaskProgress,
+};
 use crate::{
     config::{ReplicateConfig, SourceConfig},
     ha::LeaseGuard,
@@ -568,14 +573,6 @@ async fn run_workers(
         }
     }
     outcome
-}
-
-/// Sleeps until `at`, or forever without it.
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The channel's last sequence now (what a starting pipeline must read

@@ -166,14 +166,6 @@ impl TaskProgress {
         })
     }
 
-    /// Whether anything was applied after `snapshot` was taken.
-    pub fn applied_since(&self, snapshot: &BTreeMap<String, (u64, u64)>) -> bool {
-        self.with(|m| {
-            m.iter()
-                .any(|(c, p)| p.applied.is_some() && p.applied != snapshot.get(c).copied())
-        })
-    }
-
     /// Records that the target has made everything up to `snapshot` durable.
     pub fn mark_durable(&self, snapshot: &BTreeMap<String, (u64, u64)>) {
         self.with(|m| {
@@ -248,6 +240,14 @@ impl TaskProgress {
 mod tests {
     use super::*;
 
+    /// Pretends `channel` last received something `secs` seconds ago.
+    fn received_ago(p: &TaskProgress, channel: &str, secs: u64) {
+        p.with(|m| {
+            m.get_mut(channel).unwrap().last_received =
+                Some(Instant::now() - Duration::from_secs(secs));
+        });
+    }
+
     #[test]
     fn watermark_ignores_idle_channels() {
         let p = TaskProgress::default();
@@ -287,7 +287,6 @@ mod tests {
         assert!(p.unsaved().is_empty(), "applied but not durable yet");
         let snap = p.applied_snapshot();
         p.applied("a", 5, 11);
-        assert!(p.applied_since(&snap));
         p.mark_durable(&snap);
         let u = p.unsaved();
         assert_eq!(u["a"].sequence, 4);
@@ -306,9 +305,7 @@ mod tests {
         p.received("a", true, 2, old);
         let lag = p.lags()[0].1;
         assert!(lag >= 5.0, "{lag}");
-        let mut g = p.inner.lock().unwrap();
-        g.get_mut("a").unwrap().last_received = Some(Instant::now() - Duration::from_secs(60));
-        drop(g);
+        received_ago(&p, "a", 60);
         assert!(
             p.lags()[0].1 >= 5.0,
             "still busy long after: lag must not reset"
@@ -327,9 +324,7 @@ mod tests {
         assert_eq!(p.dml_watermark(), 100);
         p.received("a", true, 10, 200);
         p.applied("a", 10, 200);
-        let mut g = p.inner.lock().unwrap();
-        g.get_mut("a").unwrap().last_received = Some(Instant::now() - Duration::from_secs(2));
-        drop(g);
+        received_ago(&p, "a", 2);
         assert_eq!(p.dml_watermark(), u64::MAX, "caught up and idle");
     }
 
@@ -358,9 +353,7 @@ mod tests {
         let long_ago = (now_ms() - 600_000) << 18;
         p.received("a", true, 1, long_ago);
         p.applied("a", 1, long_ago);
-        let mut g = p.inner.lock().unwrap();
-        g.get_mut("a").unwrap().last_received = Some(Instant::now() - Duration::from_secs(2));
-        drop(g);
+        received_ago(&p, "a", 2);
         assert_eq!(p.lags()[0].1, 0.0, "idle");
         let recent = (now_ms() - 1_000) << 18;
         p.received("a", true, 2, recent);

@@ -257,15 +257,26 @@ impl MilvusTarget {
             .await
             .map_err(|s| self.status_error(s))?
             .into_inner();
-        match self.check("ShowPartitions", resp.status.as_ref()) {
-            Ok(()) => {}
-            // 100: collection not found; 800: database not found.
-            Err(TargetError::Rejected {
-                code: 100 | 800, ..
-            }) => return Ok(None),
-            Err(e) => return Err(e),
+        if self.collection_gone("ShowPartitions", resp.status.as_ref())? {
+            return Ok(None);
         }
         Ok(Some(resp.partition_names))
+    }
+
+    /// [`check`](Self::check), but a missing collection or database
+    /// (codes 100, 800) is `Ok(true)` instead of an error.
+    pub fn collection_gone(
+        &self,
+        what: &'static str,
+        status: Option<&common::Status>,
+    ) -> Result<bool, TargetError> {
+        match self.check(what, status) {
+            Ok(()) => Ok(false),
+            Err(TargetError::Rejected {
+                code: 100 | 800, ..
+            }) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Maps a gRPC status to a [`TargetError`].

@@ -182,22 +182,6 @@ impl TargetWriter {
         self.target.status_error(s)
     }
 
-    /// [`check`](Self::check), but a missing collection or database
-    /// (codes 100, 800) is `Ok(true)` instead of an error.
-    fn collection_gone(
-        &self,
-        what: &'static str,
-        st: Option<&common::Status>,
-    ) -> Result<bool, TargetError> {
-        match self.check(what, st) {
-            Ok(()) => Ok(false),
-            Err(TargetError::Rejected {
-                code: 100 | 800, ..
-            }) => Ok(true),
-            Err(e) => Err(e),
-        }
-    }
-
     fn check(&self, what: &'static str, st: Option<&common::Status>) -> Result<(), TargetError> {
         self.target.check(what, st)
     }
@@ -813,7 +797,7 @@ impl TargetWriter {
     /// killed Milvus 2.3.5 can lose are unflushed ("growing") ones:
     /// positions applied before this returns `Ok` are safe to checkpoint.
     /// On error the collections not flushed stay marked for the next call.
-    pub async fn flush_written(&self, wait: std::time::Duration) -> Result<usize, TargetError> {
+    pub async fn flush_written(&self, wait: Duration) -> Result<usize, TargetError> {
         let pending: Vec<((String, String), u64)> = self
             .unflushed()
             .written
@@ -833,12 +817,7 @@ impl TargetWriter {
 
     /// Flushes one collection and waits for it; a collection that is gone
     /// has nothing to lose.
-    async fn flush_one(
-        &self,
-        db: &str,
-        name: &str,
-        wait: std::time::Duration,
-    ) -> Result<(), TargetError> {
+    async fn flush_one(&self, db: &str, name: &str, wait: Duration) -> Result<(), TargetError> {
         let resp = self
             .target
             .client()
@@ -850,7 +829,7 @@ impl TargetWriter {
             .await
             .map_err(|s| self.grpc(s))?
             .into_inner();
-        if self.collection_gone("Flush", resp.status.as_ref())? {
+        if self.target.collection_gone("Flush", resp.status.as_ref())? {
             return Ok(());
         }
         let segment_ids = resp
@@ -873,7 +852,10 @@ impl TargetWriter {
                 .await
                 .map_err(|s| self.grpc(s))?
                 .into_inner();
-            if self.collection_gone("GetFlushState", state.status.as_ref())? {
+            if self
+                .target
+                .collection_gone("GetFlushState", state.status.as_ref())?
+            {
                 return Ok(());
             }
             if state.flushed {
