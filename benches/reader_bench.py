@@ -17,8 +17,8 @@ peak memory of the Rust `ChannelReader` on a real Milvus 2.3.5 (natsmq).
 3. Prints a table (median of `--repeat` runs; peak RSS is the maximum).
 
 Usage (a stack of its own, on its own ports):
-    export CDC_RUN_DIR=$PWD/.run/bench-stack CDC_ETCD_PORT=22379 \
-           CDC_SOURCE_PORT=39530 CDC_NATS_PORT=24222 CDC_TARGET_PORT=39540
+    export CDC_RUN_DIR=$PWD/.run/bench-stack CDC_ETCD_PORT=27379 \
+           CDC_SOURCE_PORT=27530 CDC_NATS_PORT=27222 CDC_TARGET_PORT=27540
     scripts/setup.sh && scripts/stack.sh start
     .venv/bin/python benches/reader_bench.py            # pre-fill + measure
     .venv/bin/python benches/reader_bench.py --reuse    # measure again only

@@ -7,6 +7,7 @@ signal handlers of run.py).
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -28,13 +29,27 @@ def log(msg):
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# Ports for agents, their etcd and the delay proxy: below Linux's ephemeral
+# range (32768-60999), which outgoing connections use at random, and above the
+# fixed stack ports (all below 30000). Only the chaos suite uses 28000-30000.
+FREE_PORT_RANGE = (28000, 29500)
+
+
 def free_port(avoid=()):
-    while True:
+    """A port nothing listens on now, chosen in FREE_PORT_RANGE."""
+    rng = random.Random()
+    for _ in range(500):
+        p = rng.randrange(*FREE_PORT_RANGE)
+        if p in avoid:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p not in avoid:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
             return p
+    raise RuntimeError(f"no free port in {FREE_PORT_RANGE}")
 
 
 def port_open(port, host="127.0.0.1"):

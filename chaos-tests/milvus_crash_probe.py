@@ -48,10 +48,10 @@ def main():
     e = os.environ.get
     stack = Stack({"CDC_RUN_DIR": e("CHAOS_RUN_DIR", str(Path(__file__).resolve().parents[1]
                                                         / ".run/chaos-stack")),
-                   "CDC_ETCD_PORT": e("CHAOS_ETCD_PORT", "42379"),
-                   "CDC_SOURCE_PORT": e("CHAOS_SOURCE_PORT", "59530"),
-                   "CDC_NATS_PORT": e("CHAOS_NATS_PORT", "44222"),
-                   "CDC_TARGET_PORT": e("CHAOS_TARGET_PORT", "59540"), "CDC_TARGET_AUTH": "1",
+                   "CDC_ETCD_PORT": e("CHAOS_ETCD_PORT", "22379"),
+                   "CDC_SOURCE_PORT": e("CHAOS_SOURCE_PORT", "25530"),
+                   "CDC_NATS_PORT": e("CHAOS_NATS_PORT", "24222"),
+                   "CDC_TARGET_PORT": e("CHAOS_TARGET_PORT", "25540"), "CDC_TARGET_AUTH": "1",
                    "CDC_START_TIMEOUT": "240"})
     if not stack.status_ok():
         stack.start()

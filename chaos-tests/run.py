@@ -935,13 +935,13 @@ def main():
     ap.add_argument("--stack-dir", default=os.environ.get(
         "CHAOS_RUN_DIR", str(REPO / ".run" / "chaos-stack")))
     ap.add_argument("--stack-etcd-port", type=int, default=int(os.environ.get(
-        "CHAOS_ETCD_PORT", 42379)))
+        "CHAOS_ETCD_PORT", 22379)))
     ap.add_argument("--source-port", type=int, default=int(os.environ.get(
-        "CHAOS_SOURCE_PORT", 59530)))
+        "CHAOS_SOURCE_PORT", 25530)))
     ap.add_argument("--nats-port", type=int, default=int(os.environ.get(
-        "CHAOS_NATS_PORT", 44222)))
+        "CHAOS_NATS_PORT", 24222)))
     ap.add_argument("--target-port", type=int, default=int(os.environ.get(
-        "CHAOS_TARGET_PORT", 59540)))
+        "CHAOS_TARGET_PORT", 25540)))
     ap.add_argument("--recovery-timeout", type=float, default=240,
                     help="seconds allowed to catch up after a fault")
     ap.add_argument("--initial-catchup", type=float, default=900,

@@ -73,11 +73,13 @@ start_agents() {
 
 case "${1:-start}" in
   start)
+    log "1/4 installing what is missing (scripts/setup.sh)"
     scripts/setup.sh
-    command -v curl >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q curl; }
-    log "building milvus-cdc (release)"
-    cargo build --release --quiet
+    log "2/4 building milvus-cdc (release; a few minutes the first time)"
+    cargo build --release
+    log "3/4 starting etcd, the source and the target Milvus (scripts/stack.sh start)"
     scripts/stack.sh start
+    log "4/4 starting $REPLICAS agent replica(s) on :$AGENT_PORT and up"
     start_agents
     # shellcheck disable=SC1091
     . "$CDC_RUN_DIR/stack.env"

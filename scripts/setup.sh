@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Install what the real test stack (scripts/stack.sh) needs on Debian 12.
+# Install what the build and the real test stack (scripts/stack.sh) need on
+# Debian 12. The Rust toolchain (cargo) is the one prerequisite it does not
+# install.
 #
 # Idempotent and cheap when everything is already there (no apt, no pip):
-#   - apt: etcd-server, etcd-client, python3-venv -- only the missing ones
-#     (as root, or through sudo when not root);
+#   - apt: protobuf-compiler + libprotobuf-dev (etcd-client's build script
+#     runs protoc on protos that import the well-known types),
+#     etcd-server, etcd-client, python3-venv, curl, iproute2 (ss) -- only the
+#     missing ones (as root, or through sudo when not root);
 #   - a virtualenv at ${CDC_VENV:-<repo>/.venv} with the pinned Python packages
 #     below; pip runs only when the marker file <venv>/.cdc-requirements does not
 #     list exactly the same requirements.
@@ -50,6 +54,12 @@ as_root() {
 
 install_system_packages() {
   local missing=()
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  # protoc's well-known types (google/protobuf/descriptor.proto, ...), which
+  # etcd-client's protos import; a recommendation of protobuf-compiler only.
+  [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
   if ! command -v "$PYTHON" >/dev/null 2>&1; then
@@ -59,7 +69,7 @@ install_system_packages() {
     missing+=(python3-venv)
   fi
   if [ "${#missing[@]}" -eq 0 ]; then
-    log "system packages present (etcd, etcdctl, $PYTHON with venv)"
+    log "system packages present (protoc, etcd, etcdctl, curl, ss, $PYTHON with venv)"
     return
   fi
   command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get here"
@@ -74,6 +84,13 @@ install_system_packages() {
     fi
   done
   command -v etcd >/dev/null 2>&1 || die "etcd still not found after apt-get install"
+  command -v protoc >/dev/null 2>&1 || die "protoc still not found after apt-get install (package protobuf-compiler)"
+  [ -f /usr/include/google/protobuf/descriptor.proto ] || die "google/protobuf/descriptor.proto still missing after apt-get install (package libprotobuf-dev)"
+}
+
+check_rust() {
+  command -v cargo >/dev/null 2>&1 && return
+  die "cargo not found: install the Rust toolchain (https://rustup.rs, 1.85 or newer) and run this again"
 }
 
 venv_ok() {
@@ -109,8 +126,10 @@ assert milvus.__version__ == "2.3.5", milvus.__version__
 }
 
 main() {
+  check_rust
   install_system_packages
   install_venv
+  log "protoc: $(protoc --version 2>/dev/null)"
   log "etcd: $(etcd --version 2>/dev/null | head -n 1)"
   log "python: $VENV/bin/python ($("$VENV/bin/python" --version 2>&1))"
 }

@@ -6,6 +6,7 @@
 #   scripts/stack.sh status   print each part and its address; exit 0 iff all healthy
 #   scripts/stack.sh env      print the addresses as shell assignments
 #   scripts/stack.sh reset    stop, then delete the run folder (all data and logs)
+#   scripts/stack.sh ports    print every port this configuration binds (PORT LABEL)
 #
 # Everything (pids, logs, data, configs, the unpacked Milvus binary) lives in
 # one run folder. Needs scripts/setup.sh first.
@@ -58,6 +59,8 @@ STOP_GRACE=${CDC_STOP_GRACE:-15}
 # Milvus listens on proxy port + 0..9 (see PORT_OFFSETS in milvus_server.py);
 # +9 is the webservice port (/healthz, /metrics).
 MILVUS_PORT_SPAN=10
+# Lowest port of Linux's default ephemeral range (net.ipv4.ip_local_port_range).
+EPHEMERAL_LOW=32768
 SOURCE_WEB_PORT=$((SOURCE_PORT + 9))
 TARGET_WEB_PORT=$((TARGET_PORT + 9))
 
@@ -250,6 +253,11 @@ check_config() {
       label=${port#*:}
       port=${port%%:*}
       if [ "$port" -le 0 ] || [ "$port" -ge 65536 ]; then die "$label port $port out of range"; fi
+      # Linux hands out 32768-60999 to outgoing connections: a server port
+      # there may be taken by any client socket (or its TIME-WAIT) at random.
+      if [ "$port" -ge "$EPHEMERAL_LOW" ] && [ "${CDC_ALLOW_EPHEMERAL_PORTS:-0}" != 1 ]; then
+        die "$label port $port lies in the ephemeral port range (>= $EPHEMERAL_LOW), where outgoing connections collide with it; choose ports below $EPHEMERAL_LOW (or set CDC_ALLOW_EPHEMERAL_PORTS=1)"
+      fi
       if [ -n "${seen[$port]:-}" ]; then
         die "port $port is used twice (${seen[$port]} and $label); the Milvus proxy ports must be >= $MILVUS_PORT_SPAN apart and not overlap the etcd/NATS ports"
       fi
@@ -478,6 +486,14 @@ cmd_status() {
   return "$rc"
 }
 
+cmd_ports() {
+  local p port
+  check_config
+  for p in "${PARTS[@]}"; do
+    for port in $(part_ports "$p"); do printf '%s %s\n' "${port%%:*}" "${port#*:}"; done
+  done
+}
+
 cmd_env() {
   [ -f "$RUN_DIR/stack.env" ] || die "stack not started ($RUN_DIR/stack.env missing)"
   grep -v '^#' "$RUN_DIR/stack.env"
@@ -495,8 +511,9 @@ cmd_reset() {
 main() {
   local action=${1:-}
   case $action in
+    ports) cmd_ports; return ;;
     start | stop | status | env | reset) ;;
-    *) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
   case $MILVUS_STOP_SIGNAL in
     TERM | QUIT | INT | KILL) ;;

@@ -4,7 +4,7 @@
 # this script installs, starts on its own ports, and stops again.
 #
 #   scripts/test.sh          everything (what CI runs): unit, e2e, chaos
-#   scripts/test.sh unit     cargo fmt/clippy/test only (no servers)
+#   scripts/test.sh unit     scripts checks, cargo fmt/clippy/test (no servers)
 #   scripts/test.sh e2e      the end-to-end suite only (extra args go to pytest)
 #   scripts/test.sh chaos    the fault-injection suite, short profile: every
 #                            scenario once on its own stack and three replicas
@@ -31,6 +31,9 @@ export CDC_TARGET_PORT=${CDC_TEST_TARGET_PORT:-29540}
 export CDC_TARGET_AUTH=${CDC_TEST_TARGET_AUTH:-1}
 
 unit() {
+  scripts/setup.sh
+  log "pytest tests/scripts (the port plan and the set-up of the README's two commands)"
+  "$REPO/.venv/bin/python" -m pytest tests/scripts -q -p no:cacheprovider
   log "cargo fmt --check"
   cargo fmt --check
   log "cargo clippy --all-targets -- -D warnings"

@@ -10,6 +10,7 @@ tests never see each other's tasks.
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,10 +45,28 @@ BIN = Path(os.environ.get("CDC_BIN", REPO / "target" / "debug" / "milvus-cdc"))
 TARGET_TOKEN = "root:Milvus" if STACK.get("CDC_TARGET_AUTH") == "1" else None
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports for agents and helper servers that tests start: below Linux's
+# ephemeral range (32768-60999), which outgoing connections use at random, and
+# away from the fixed stack ports (2379-29549 blocks of the demo, the test and
+# the chaos stacks lie below 30000).
+FREE_PORT_RANGE = (30000, 32700)
+
+
+def free_port(avoid=()):
+    """A port nothing listens on now, chosen in FREE_PORT_RANGE."""
+    rng = random.Random()
+    for _ in range(500):
+        p = rng.randrange(*FREE_PORT_RANGE)
+        if p in avoid:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return p
+    raise RuntimeError(f"no free port in {FREE_PORT_RANGE}")
 
 
 def http(method, url, body=None, headers=None, timeout=60):
