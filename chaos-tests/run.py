@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/e2e/writers.py: the concurrent writers (not the e2e conftest).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
 from cluster import (REGISTRY, REPO, Agent, DelayProxy, Etcd, Stack, free_port,  # noqa: E402
                      log, wait_for)
@@ -46,6 +48,11 @@ VERIFY_SAMPLE = 1_000_000    # compare the values of every row
 
 SCENARIOS = ["kill9_leader", "sigstop_leader", "sigterm_leader", "kill9_follower",
              "etcd_restart", "target_restart", "source_restart", "slow_target", "etcd_delay"]
+
+# Scenarios in which four concurrent clients also write shared keys of a
+# collection of their own (the source must stay up for them: every other
+# scenario). Their rows must be on the target exactly as on the source.
+CONCURRENT_WRITERS = [s for s in SCENARIOS if s != "source_restart"]
 
 DESCRIPTIONS = {
     "kill9_leader": "kill -9 the leader at a random moment",
@@ -467,6 +474,7 @@ class ChaosRun:
         t_begin = time.time()
         t_mono0 = time.monotonic()
         wl = None
+        cw = None
         try:
             self.ensure_cluster()
             # Start from a caught-up replica, so the lag measured below is
@@ -477,6 +485,12 @@ class ChaosRun:
             wl = ChaosWorkload(self.source_uri, tag, seed, max_keys=prof["max_keys"],
                                log=lambda m: log(m))
             wl.setup()
+            if name in CONCURRENT_WRITERS:
+                from writers import ConcurrentWriters, create_collection
+                create_collection(self.source_uri, "concurrent", 2, db_name=wl.db)
+                cw = ConcurrentWriters(self.source_uri, "concurrent", clients=4, rounds=10**6,
+                                       upserts=20, inserts=10, deletes=3, seed=seed,
+                                       pause=0.2, db_name=wl.db).start()
             wl.start()
             time.sleep(rng.uniform(*prof["warmup"]))
             if wl.error:
@@ -489,6 +503,10 @@ class ChaosRun:
             log(f"  caught up {res['caught_up_s']:.1f}s after the fault")
             time.sleep(rng.uniform(*prof["after"]))
             wl.stop()
+            if cw is not None:
+                cw.stop()
+                if cw.errors:
+                    raise ScenarioFailed(f"concurrent writers failed: {cw.errors}")
             if wl.error:
                 raise ScenarioFailed(f"workload failed: {wl.error!r}")
             wl.finish()
@@ -514,6 +532,14 @@ class ChaosRun:
             problems = wl.compare(tgt, "target")
             if problems:
                 raise ScenarioFailed("model check of the target: " + "; ".join(problems))
+            if cw is not None:
+                from writers import wait_equal
+                rows = wait_equal(self.source_uri, self.target_uri, "concurrent", TARGET_TOKEN,
+                                  timeout=prof["converge"], db_name=wl.db)
+                res["concurrent_rows"] = len(rows)
+                res["concurrent_requests"] = cw.requests
+                log(f"  concurrent writers: {cw.requests} requests, {len(rows)} rows equal "
+                    "on both sides")
             self.record_lag(res)
             problem = self.term_problem()
             if problem:
@@ -538,6 +564,8 @@ class ChaosRun:
                 problem = f"term check failed: {e2}"
             if problem:
                 res["error"] += f" -- and {problem}"
+            if cw is not None:
+                cw._stop.set()  # its threads end after their current request
             if wl is not None:
                 res["rows"] = wl.stats["rows"]
                 if wl.is_alive():

@@ -118,6 +118,9 @@ pub struct Metrics {
     pub applied_rows: Family<KindLabels, Counter>,
     /// Payload bytes applied.
     pub applied_bytes: Family<ChannelLabels, Counter>,
+    /// Inserted rows never written because a later change in the same
+    /// window replaced or deleted them.
+    pub reduced_rows: Family<TaskLabels, Counter>,
     /// Messages skipped (not replicated, undecodable, or for dropped collections).
     pub skipped_messages: Family<KindLabels, Counter>,
     /// Time to apply one write to the target.
@@ -217,6 +220,12 @@ impl Metrics {
             "Insert payload bytes applied to the target",
             applied_bytes.clone(),
         );
+        let reduced_rows = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "reduced_rows",
+            "Inserted rows not written because a later change of the same window replaced or deleted them",
+            reduced_rows.clone(),
+        );
         let skipped_messages = Family::<KindLabels, Counter>::default();
         registry.register(
             "skipped_messages",
@@ -310,6 +319,7 @@ impl Metrics {
             applied_messages,
             applied_rows,
             applied_bytes,
+            reduced_rows,
             skipped_messages,
             apply_latency,
             apply_errors,

@@ -29,8 +29,6 @@ pub struct InsertBatch {
     pub bytes: usize,
     /// Source messages merged.
     pub messages: u64,
-    /// Whether these are an upsert's rows (held until its delete).
-    pub upsert: bool,
 }
 
 impl InsertBatch {
@@ -45,7 +43,6 @@ impl InsertBatch {
             rows: msg.num_rows,
             bytes,
             messages: 1,
-            upsert: false,
         }
     }
 

@@ -14,13 +14,18 @@
 //! - `history`: source history lost to retention, recorded in the task;
 //! - [`reconcile`]: aliases and empty partitions, which the stream lacks.
 
+pub mod apply;
 pub mod batch;
 pub mod catalog;
 pub mod pipeline;
 pub mod progress;
 pub mod reconcile;
+pub mod reduce;
+pub mod window;
 
 mod durable;
+#[cfg(test)]
+mod exactness_tests;
 mod history;
 
 use std::{
@@ -487,6 +492,10 @@ async fn run_workers(
             cfg: inner.replicate.clone(),
             leadership: leadership.clone(),
             rewind: rewind.clone(),
+            start: cp.map_or_else(window::Cut::default, |c| window::Cut {
+                resume_after: c.sequence,
+                through_ts: c.timestamp,
+            }),
         };
         let pipe_handle = tokio::spawn(pipeline.run(rx, workers.clone()));
         handles.push(pipe_handle.abort_handle());

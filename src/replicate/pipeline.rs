@@ -1,6 +1,10 @@
-//! One channel's pipeline: events in channel order from the reader, inserts
-//! batched, each change applied to the target with retries, progress
-//! recorded only after the target acknowledged.
+//! One channel's pipeline. A DML channel's changes are held until a time
+//! tick closes their window ([`super::window`]), then applied in the
+//! source's timestamp order, reduced to their net effect
+//! ([`super::reduce`]), through the target sink ([`TargetSink`]), which
+//! retries every write until it succeeds. The replicate channel's changes
+//! are applied one by one in stream order. Progress is recorded only after
+//! the target acknowledged, at window boundaries.
 
 use std::{sync::Arc, time::Instant};
 
@@ -9,16 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
 use super::{
+    apply::{apply_window, Sink},
     batch::InsertBatch,
     catalog::{Catalog, Entry},
     progress::TaskProgress,
+    reduce::{DeleteStep, Limits, Scope},
+    window::{approx_bytes, Cut, Windows},
 };
 use crate::{
     config::ReplicateConfig,
     metrics::{ChannelLabels, Metrics},
     source::event::{Event, EventKind, Position},
     target::{
-        writer::{retry_delays, Applied, PrimaryKeys, TargetCollectionRef, TargetWriter},
+        writer::{retry_delays, Applied, TargetCollectionRef, TargetWriter},
         TargetError,
     },
 };
@@ -41,6 +48,9 @@ pub struct Pipeline {
     pub labels: ChannelLabels,
     /// Batching limits.
     pub cfg: ReplicateConfig,
+    /// Where this run starts on the channel (its checkpoint): changes at or
+    /// before its timestamp were applied by an earlier run.
+    pub start: Cut,
     /// Checked before every target write.
     pub leadership: super::Leadership,
     /// Fired when a write succeeds after the target was unreachable: the
@@ -57,204 +67,161 @@ pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// A batch waiting to be written, with the position it completes.
-struct Pending {
-    batch: InsertBatch,
-    last: Position,
-    last_ts: u64,
-    deadline: tokio::time::Instant,
-}
-
-impl Pending {
-    fn new(batch: InsertBatch, last: Position, last_ts: u64, wait: std::time::Duration) -> Self {
-        Self {
-            batch,
-            last,
-            last_ts,
-            deadline: tokio::time::Instant::now() + wait,
-        }
+/// Rows an event carries (inserted rows, deleted keys).
+fn rows_of(ev: &Event) -> u64 {
+    match &ev.kind {
+        EventKind::Insert(m) => m.num_rows,
+        EventKind::Delete(m) => u64::try_from(m.num_rows).unwrap_or(0),
+        _ => 0,
     }
 }
 
-/// Rows not yet written: consecutive plain inserts, and an upsert's rows
-/// held until its delete.
-#[derive(Default)]
-struct Batches {
-    normal: Option<Pending>,
-    held: Vec<Pending>,
-}
+/// A DML channel that has received nothing (not even a time tick) for this
+/// long releases what it holds: no tick will come for it.
+const SILENT_RELEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Pipeline {
     /// Applies events from `rx` until `cancel` fires or the reader stops.
-    ///
-    /// Upserts: Milvus 2.3.5 writes an upsert as inserts of the new rows (with
-    /// no message timestamp; one per partition) followed by a delete of the
-    /// same keys with the same timestamp, which on the source removes only
-    /// the *older* versions, in any partition. The target gives every write a
-    /// new timestamp, so the pipeline holds an upsert's rows until its delete
-    /// arrives, applies the delete first and then the rows: the target ends
-    /// with exactly the new versions. Nothing is checkpointed in between.
-    pub async fn run(self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
+    pub async fn run(self, rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
         let span = tracing::info_span!("pipeline", task_id = %self.labels.task_id, channel = %self.channel, term = self.leadership.term);
-        async move {
-            let mut b = Batches::default();
-            loop {
-                // An upsert's rows wait for its delete, not for a deadline.
-                let deadline = b.normal.as_ref().map(|p| p.deadline);
-                let next = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    ev = rx.recv() => ev,
-                    () = sleep_until_opt(deadline) => {
-                        if !self.flush_normal(&mut b, &cancel).await { return; }
-                        continue;
+        if self.dml {
+            self.run_windows(rx, cancel).instrument(span).await;
+        } else {
+            self.run_ordered(rx, cancel).instrument(span).await;
+        }
+    }
+
+    /// The replicate channel: each change in stream order, once the DML
+    /// channels have applied everything before it.
+    async fn run_ordered(&self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                () = cancel.cancelled() => return,
+                ev = rx.recv() => ev,
+            };
+            let Some(ev) = next else { return };
+            self.progress.received(
+                &self.channel,
+                rx.is_empty(),
+                ev.position.sequence,
+                ev.timestamp,
+            );
+            if !self
+                .apply(ev.position, ev.timestamp, ev.kind, &cancel)
+                .await
+            {
+                return;
+            }
+        }
+    }
+
+    /// A DML channel: changes held until a time tick closes their window,
+    /// then applied in timestamp order, reduced to their net effect. While a
+    /// backlog is queued, consecutive windows are applied together (up to the
+    /// batch limits); progress is recorded at window boundaries only.
+    async fn run_windows(&self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
+        let mut windows = Windows::new(self.start);
+        let mut ready: Vec<Event> = Vec::new();
+        let mut ready_bytes = 0usize;
+        let mut ready_rows = 0u64;
+        let mut reached: Option<Cut> = None;
+        let mut last_received = tokio::time::Instant::now();
+        loop {
+            let silent = (windows.held() > 0).then_some(last_received + SILENT_RELEASE);
+            let next = tokio::select! {
+                () = cancel.cancelled() => return,
+                ev = rx.recv() => ev,
+                () = sleep_until_opt(silent) => {
+                    warn!(held = windows.held(), "no time tick for {SILENT_RELEASE:?}: applying the held changes in timestamp order");
+                    let rel = windows.release_all();
+                    ready.extend(rel.events);
+                    if !self.apply_released(std::mem::take(&mut ready), rel.cut, &cancel).await {
+                        return;
                     }
-                };
-                let Some(ev) = next else { return };
-                self.progress.received(
-                    &self.channel,
-                    rx.is_empty(),
-                    ev.position.sequence,
-                    ev.timestamp,
-                );
-                if !self.handle(ev, &mut b, rx.is_empty(), &cancel).await {
+                    ready_bytes = 0;
+                    ready_rows = 0;
+                    reached = None;
+                    continue;
+                }
+            };
+            let Some(ev) = next else { return };
+            last_received = tokio::time::Instant::now();
+            self.progress.received(
+                &self.channel,
+                rx.is_empty(),
+                ev.position.sequence,
+                ev.timestamp,
+            );
+            if let Some(rel) = windows.push(ev) {
+                ready_bytes += rel.events.iter().map(approx_bytes).sum::<usize>();
+                ready_rows += rel.events.iter().map(rows_of).sum::<u64>();
+                ready.extend(rel.events);
+                reached = Some(rel.cut);
+            }
+            let Some(cut) = reached else { continue };
+            let full =
+                ready_rows >= self.cfg.batch_rows as u64 || ready_bytes >= self.cfg.batch_bytes;
+            if full || rx.is_empty() {
+                if !self
+                    .apply_released(std::mem::take(&mut ready), cut, &cancel)
+                    .await
+                {
                     return;
                 }
+                ready_bytes = 0;
+                ready_rows = 0;
+                reached = None;
             }
         }
-        .instrument(span)
-        .await;
     }
 
-    async fn flush_normal(&self, b: &mut Batches, cancel: &CancellationToken) -> bool {
-        match b.normal.take() {
-            Some(p) => self.flush(p, cancel).await,
-            None => true,
-        }
-    }
-
-    /// Writes every held batch (upsert rows); false if cancelled first.
-    async fn flush_held(&self, b: &mut Batches, cancel: &CancellationToken) -> bool {
-        for p in std::mem::take(&mut b.held) {
-            if !self.flush(p, cancel).await {
+    /// Applies released windows and records the cut they reach; false if
+    /// stopped first.
+    async fn apply_released(
+        &self,
+        events: Vec<Event>,
+        cut: Cut,
+        cancel: &CancellationToken,
+    ) -> bool {
+        if !events.is_empty() {
+            let started = Instant::now();
+            let messages = events.len();
+            let sink = TargetSink {
+                pipeline: self,
+                cancel,
+            };
+            let limits = Limits {
+                rows: self.cfg.batch_rows as u64,
+                bytes: self.cfg.batch_bytes,
+            };
+            let Some(done) = apply_window(&sink, events, limits).await else {
                 return false;
+            };
+            if done.rows_in > 0 {
+                self.metrics
+                    .reduced_rows
+                    .get_or_create(&self.task_labels())
+                    .inc_by(done.rows_in.saturating_sub(done.rows_written));
             }
+            debug!(
+                messages,
+                rows_in = done.rows_in,
+                rows_written = done.rows_written,
+                keys_deleted = done.keys_deleted,
+                through_ts = cut.through_ts,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "window applied"
+            );
         }
+        self.progress
+            .applied(&self.channel, cut.resume_after, cut.through_ts);
         true
     }
 
-    /// Handles one event; false if cancelled first.
-    async fn handle(
-        &self,
-        ev: Event,
-        b: &mut Batches,
-        queue_empty: bool,
-        cancel: &CancellationToken,
-    ) -> bool {
-        let Event {
-            position,
-            timestamp,
-            kind,
-        } = ev;
-        match kind {
-            EventKind::Insert(msg) if msg.base.as_ref().is_none_or(|b| b.timestamp == 0) => {
-                // An upsert's rows: held until its delete.
-                let bytes = prost::Message::encoded_len(msg.as_ref());
-                if !self.flush_normal(b, cancel).await {
-                    return false;
-                }
-                match b.held.iter_mut().find(|p| p.batch.accepts(&msg)) {
-                    Some(p) => {
-                        p.batch.push(*msg, bytes);
-                        p.last = position;
-                        p.last_ts = timestamp;
-                    }
-                    None => {
-                        let mut batch = InsertBatch::new(*msg, bytes);
-                        batch.upsert = true;
-                        b.held.push(Pending::new(
-                            batch,
-                            position,
-                            timestamp,
-                            self.cfg.batch_wait,
-                        ));
-                    }
-                }
-                true
-            }
-            EventKind::Insert(msg) => {
-                let bytes = prost::Message::encoded_len(msg.as_ref());
-                if !b.held.is_empty() && !self.flush_held(b, cancel).await {
-                    return false;
-                }
-                match &mut b.normal {
-                    Some(p) if p.batch.accepts(&msg) => {
-                        p.batch.push(*msg, bytes);
-                        p.last = position;
-                        p.last_ts = timestamp;
-                    }
-                    _ => {
-                        if !self.flush_normal(b, cancel).await {
-                            return false;
-                        }
-                        let batch = InsertBatch::new(*msg, bytes);
-                        b.normal = Some(Pending::new(
-                            batch,
-                            position,
-                            timestamp,
-                            self.cfg.batch_wait,
-                        ));
-                    }
-                }
-                let full = b.normal.as_ref().is_some_and(|p| {
-                    p.batch.rows >= self.cfg.batch_rows as u64
-                        || p.batch.bytes >= self.cfg.batch_bytes
-                });
-                // Flush when full, or when nothing else is queued and waiting
-                // would only add latency.
-                if full || queue_empty && self.cfg.batch_wait.is_zero() {
-                    return self.flush_normal(b, cancel).await;
-                }
-                true
-            }
-            EventKind::Delete(d)
-                if b.held
-                    .iter()
-                    .any(|p| p.batch.collection_id == d.collection_id) =>
-            {
-                // The delete half of an upsert: delete every older version
-                // first, then write the new rows, then record both.
-                if !self.flush_normal(b, cancel).await {
-                    return false;
-                }
-                if !self
-                    .apply_unrecorded(&position, timestamp, EventKind::Delete(d), cancel)
-                    .await
-                {
-                    return false;
-                }
-                if !self.flush_held(b, cancel).await {
-                    return false;
-                }
-                self.progress
-                    .applied(&self.channel, position.sequence, timestamp);
-                true
-            }
-            // Recording a tick would checkpoint past held rows.
-            EventKind::TimeTick if !b.held.is_empty() => true,
-            kind => {
-                if !self.flush_normal(b, cancel).await || !self.flush_held(b, cancel).await {
-                    return false;
-                }
-                self.apply(position, timestamp, kind, cancel).await
-            }
-        }
-    }
-
-    /// Writes a batch; false if cancelled first.
-    async fn flush(&self, p: Pending, cancel: &CancellationToken) -> bool {
-        let rows = p.batch.rows;
+    /// Writes a batch of rows; false if stopped first.
+    async fn write_rows(&self, batch: &InsertBatch, cancel: &CancellationToken) -> bool {
+        let rows = batch.rows;
         let started = Instant::now();
-        let batch = &p.batch;
         let result = self
             .retry(cancel, "insert", || async move {
                 match self.catalog.resolve(batch.collection_id).await? {
@@ -295,17 +262,57 @@ impl Pipeline {
             .apply_latency
             .get_or_create(&self.task_labels())
             .observe(started.elapsed().as_secs_f64());
-        debug!(rows, sequence = p.last.sequence, "batch applied");
-        self.count_applied(
-            "insert",
-            &applied,
-            rows,
-            p.batch.bytes as u64,
-            p.batch.messages,
-        );
-        self.progress
-            .applied(&self.channel, p.last.sequence, p.last_ts);
+        self.count_applied("insert", &applied, rows, batch.bytes as u64, batch.messages);
         true
+    }
+
+    /// Deletes keys in a scope; false if stopped first.
+    async fn write_delete(&self, step: &DeleteStep, cancel: &CancellationToken) -> bool {
+        let started = Instant::now();
+        let partition = match &step.scope {
+            Scope::All => "",
+            Scope::Partition(p) => p.as_str(),
+        };
+        let result = self
+            .retry(cancel, "delete", || async move {
+                match self.catalog.resolve(step.collection_id).await? {
+                    Entry::Live(live) => {
+                        let target = TargetCollectionRef {
+                            name: &live.name,
+                            meta: &live.meta,
+                        };
+                        let Some(_gate) = live.write_gate().await else {
+                            return Ok(Applied::Skipped(
+                                "collection was replaced by a newer one".into(),
+                            ));
+                        };
+                        self.still_leading()?;
+                        self.writer
+                            .delete(&live.db, &target, partition, &step.keys)
+                            .await
+                    }
+                    Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+                }
+            })
+            .await;
+        let Some(applied) = result else { return false };
+        self.metrics
+            .apply_latency
+            .get_or_create(&self.task_labels())
+            .observe(started.elapsed().as_secs_f64());
+        self.count_applied("delete", &applied, step.keys.len() as u64, 0, 1);
+        true
+    }
+
+    /// The primary key field of a source collection (None inside: gone).
+    async fn pk_field_of(&self, id: i64, cancel: &CancellationToken) -> Option<Option<String>> {
+        let entry = self
+            .retry(cancel, "resolve collection", || self.catalog.resolve(id))
+            .await?;
+        Some(match entry {
+            Entry::Live(live) => Some(live.meta.pk_field.clone()),
+            Entry::Dropped => None,
+        })
     }
 
     fn task_labels(&self) -> crate::metrics::TaskLabels {
@@ -350,10 +357,11 @@ impl Pipeline {
         kind: EventKind,
         cancel: &CancellationToken,
     ) -> bool {
-        if !self.apply_unrecorded(&pos, ts, kind, cancel).await {
+        let sequence = pos.sequence;
+        if !self.apply_unrecorded(pos, ts, kind, cancel).await {
             return false;
         }
-        self.progress.applied(&self.channel, pos.sequence, ts);
+        self.progress.applied(&self.channel, sequence, ts);
         true
     }
 
@@ -361,7 +369,7 @@ impl Pipeline {
     /// cancelled first.
     async fn apply_unrecorded(
         &self,
-        pos: &Position,
+        pos: Position,
         ts: u64,
         kind: EventKind,
         cancel: &CancellationToken,
@@ -522,34 +530,6 @@ impl Pipeline {
                 }
                 Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
             },
-            EventKind::Delete(d) => {
-                let keys = PrimaryKeys::from_ids(d.primary_keys.as_ref(), &d.int64_primary_keys);
-                if keys.is_empty() {
-                    return Ok(Applied::Skipped("delete without keys".into()));
-                }
-                match self.catalog.resolve(d.collection_id).await? {
-                    Entry::Live(live) => {
-                        let target = TargetCollectionRef {
-                            name: &live.name,
-                            meta: &live.meta,
-                        };
-                        let Some(_gate) = live.write_gate().await else {
-                            return Ok(Applied::Skipped(
-                                "collection was replaced by a newer one".into(),
-                            ));
-                        };
-                        self.still_leading()?;
-                        // Partition id -1: the delete applies to every partition.
-                        let partition = if d.partition_id > 0 {
-                            d.partition_name.as_str()
-                        } else {
-                            ""
-                        };
-                        w.delete(&live.db, &target, partition, &keys).await
-                    }
-                    Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
-                }
-            }
             EventKind::CreateDatabase(r) => w.ensure_database(&r.db_name).await,
             EventKind::DropDatabase(r) => w.drop_database(&r.db_name).await,
             EventKind::CreateIndex(r) => w.create_index(r.clone()).await,
@@ -562,7 +542,9 @@ impl Pipeline {
             EventKind::CreateAlias(r) => w.create_alias(r.clone()).await,
             EventKind::DropAlias(r) => w.drop_alias(r.clone()).await,
             EventKind::AlterAlias(r) => w.alter_alias(r.clone()).await,
+            // Row changes go through the windows (`run_windows`).
             EventKind::Insert(_)
+            | EventKind::Delete(_)
             | EventKind::TimeTick
             | EventKind::Unsupported { .. }
             | EventKind::Undecodable(_) => Ok(Applied::AlreadyThere),
@@ -572,10 +554,10 @@ impl Pipeline {
     /// Runs `op` until it succeeds, with backoff; None if cancelled first.
     /// Every failure is counted and logged: nothing is skipped on error, so
     /// nothing is lost, and the lag shows that the channel is stuck.
-    async fn retry<F, Fut>(&self, cancel: &CancellationToken, what: &str, op: F) -> Option<Applied>
+    async fn retry<T, F, Fut>(&self, cancel: &CancellationToken, what: &str, op: F) -> Option<T>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Applied, TargetError>>,
+        Fut: std::future::Future<Output = Result<T, TargetError>>,
     {
         let mut delays = retry_delays();
         let mut attempt = 0u32;
@@ -624,5 +606,35 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// The target side of a DML pipeline: the [`Sink`] that the windows are
+/// applied through. Every write is retried until it succeeds, and checked
+/// against the lease right before it is sent.
+struct TargetSink<'a> {
+    pipeline: &'a Pipeline,
+    cancel: &'a CancellationToken,
+}
+
+impl Sink for TargetSink<'_> {
+    fn pk_field(
+        &self,
+        collection_id: i64,
+    ) -> impl std::future::Future<Output = Option<Option<String>>> + Send {
+        self.pipeline.pk_field_of(collection_id, self.cancel)
+    }
+
+    fn delete(&self, step: &DeleteStep) -> impl std::future::Future<Output = bool> + Send {
+        self.pipeline.write_delete(step, self.cancel)
+    }
+
+    fn upsert(&self, batch: &InsertBatch) -> impl std::future::Future<Output = bool> + Send {
+        self.pipeline.write_rows(batch, self.cancel)
+    }
+
+    fn apply(&self, event: Event) -> impl std::future::Future<Output = bool> + Send {
+        self.pipeline
+            .apply_unrecorded(event.position, event.timestamp, event.kind, self.cancel)
     }
 }

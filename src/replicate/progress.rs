@@ -171,7 +171,9 @@ impl TaskProgress {
         self.with(|m| {
             for (c, pos) in snapshot {
                 if let Some(p) = m.get_mut(c) {
-                    if p.durable.is_none_or(|(seq, _)| seq < pos.0) {
+                    // A window cut may keep its sequence (a held message)
+                    // while its time moves on: compare both.
+                    if p.durable.is_none_or(|d| d < *pos) {
                         p.durable = Some(*pos);
                     }
                 }

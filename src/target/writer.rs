@@ -514,7 +514,8 @@ impl TargetWriter {
         Ok(Applied::Done)
     }
 
-    /// Deletes rows by primary key.
+    /// Deletes rows by primary key, in `partition` ("" = every partition;
+    /// always every partition when a partition key routes the rows).
     pub async fn delete(
         &self,
         db: &str,
@@ -522,7 +523,7 @@ impl TargetWriter {
         partition: &str,
         keys: &PrimaryKeys,
     ) -> Result<Applied, TargetError> {
-        let partition_name = if collection.meta.has_partition_key || partition == "_default" {
+        let partition_name = if collection.meta.has_partition_key {
             String::new()
         } else {
             partition.to_string()

@@ -1,0 +1,415 @@
+//! Reduction of a run of inserts and deletes, in timestamp order, to the
+//! writes that leave the target as Milvus shows the source afterwards.
+//!
+//! Milvus's semantics, per collection and primary key:
+//! - an insert adds a version of the key in its partition; the newest
+//!   version in a partition is what queries return;
+//! - a delete at `T` removes the versions older than `T`, in its partition
+//!   (or in all of them when it names none);
+//! - an upsert is an insert and a delete with the same `T`: its delete spares
+//!   its own rows (the window puts the delete first).
+//!
+//! The target stamps writes with its own clock, so the net effect is
+//! written as deletes first (every key whose older versions some delete
+//! removed, in the delete's scope) and then upserts of the surviving newest
+//! version of each key and partition. A key written ten times is written
+//! once; applying the same writes twice changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::{
+    proto::{
+        msg::{DeleteRequest, InsertRequest},
+        schema::{
+            field_data::Field, scalar_field::Data as Scalar, vector_field::Data as Vector,
+            FieldData,
+        },
+    },
+    replicate::batch::InsertBatch,
+    target::writer::PrimaryKeys,
+};
+
+/// A row change of a DML channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Rows inserted (or an upsert's new rows).
+    Insert(Box<InsertRequest>),
+    /// Keys deleted (or an upsert's delete).
+    Delete(Box<DeleteRequest>),
+}
+
+impl Change {
+    /// Source collection id.
+    pub fn collection_id(&self) -> i64 {
+        match self {
+            Change::Insert(m) => m.collection_id,
+            Change::Delete(m) => m.collection_id,
+        }
+    }
+}
+
+/// A primary key value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pk {
+    /// Int64 key.
+    Int(i64),
+    /// VarChar key.
+    Str(String),
+}
+
+/// Which partitions a delete covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Every partition of the collection.
+    All,
+    /// One partition, by name.
+    Partition(String),
+}
+
+/// Keys to delete in one collection and scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteStep {
+    /// Source collection id.
+    pub collection_id: i64,
+    /// Where the older versions are removed.
+    pub scope: Scope,
+    /// The keys.
+    pub keys: PrimaryKeys,
+}
+
+/// The writes of a reduced run: every delete, then every upsert.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Deletes, to be written before the upserts.
+    pub deletes: Vec<DeleteStep>,
+    /// Surviving rows, batched by collection and partition.
+    pub upserts: Vec<InsertBatch>,
+    /// Rows the run's inserts carried (before reduction).
+    pub rows_in: u64,
+}
+
+/// Batch limits of the upserts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most rows in one upsert.
+    pub rows: u64,
+    /// Most bytes in one upsert (approximate).
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+struct KeyState {
+    /// A delete covered every partition.
+    cleared_all: bool,
+    /// Partitions a partition-scoped delete covered.
+    cleared: BTreeSet<String>,
+    /// Newest version of the run per partition: (insert index, row).
+    newest: HashMap<String, (usize, usize)>,
+}
+
+/// Reduces `changes` (in timestamp order, deletes first at equal
+/// timestamps) to their net writes. `pk_field` names each collection's
+/// primary key field; rows of a collection it does not know are written as
+/// they are, unreduced.
+pub fn reduce(
+    changes: Vec<Change>,
+    pk_field: impl Fn(i64) -> Option<String>,
+    limits: Limits,
+) -> Plan {
+    let mut keys: HashMap<(i64, Pk), KeyState> = HashMap::new();
+    let mut inserts: Vec<(InsertRequest, Option<Vec<Pk>>)> = Vec::new();
+    let mut rows_in = 0;
+    for change in changes {
+        match change {
+            Change::Insert(m) => {
+                rows_in += m.num_rows;
+                let pks = pk_field(m.collection_id)
+                    .and_then(|f| insert_keys(&m, &f))
+                    .filter(|p| p.len() as u64 == m.num_rows);
+                let idx = inserts.len();
+                if let Some(pks) = &pks {
+                    for (row, pk) in pks.iter().enumerate() {
+                        keys.entry((m.collection_id, pk.clone()))
+                            .or_default()
+                            .newest
+                            .insert(m.partition_name.clone(), (idx, row));
+                    }
+                }
+                inserts.push((*m, pks));
+            }
+            Change::Delete(m) => {
+                let scope = delete_scope(&m);
+                for pk in delete_keys(&m) {
+                    let st = keys.entry((m.collection_id, pk)).or_default();
+                    match &scope {
+                        Scope::All => {
+                            st.cleared_all = true;
+                            st.cleared.clear();
+                            st.newest.clear();
+                        }
+                        Scope::Partition(p) => {
+                            st.newest.remove(p);
+                            if !st.cleared_all {
+                                st.cleared.insert(p.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Plan {
+        deletes: delete_steps(&keys),
+        upserts: upsert_batches(inserts, &keys, limits),
+        rows_in,
+    }
+}
+
+/// A delete with a partition id covers that partition; -1 (or no name)
+/// covers them all.
+fn delete_scope(m: &DeleteRequest) -> Scope {
+    if m.partition_id > 0 && !m.partition_name.is_empty() {
+        Scope::Partition(m.partition_name.clone())
+    } else {
+        Scope::All
+    }
+}
+
+fn delete_keys(m: &DeleteRequest) -> Vec<Pk> {
+    match PrimaryKeys::from_ids(m.primary_keys.as_ref(), &m.int64_primary_keys) {
+        PrimaryKeys::Int(v) => v.into_iter().map(Pk::Int).collect(),
+        PrimaryKeys::Str(v) => v.into_iter().map(Pk::Str).collect(),
+    }
+}
+
+/// The primary key of each row of an insert, or None if the column is
+/// missing or of another type.
+fn insert_keys(m: &InsertRequest, pk_field: &str) -> Option<Vec<Pk>> {
+    let col = m.fields_data.iter().find(|f| f.field_name == pk_field)?;
+    match &col.field {
+        Some(Field::Scalars(s)) => match &s.data {
+            Some(Scalar::LongData(l)) => Some(l.data.iter().copied().map(Pk::Int).collect()),
+            Some(Scalar::StringData(v)) => Some(v.data.iter().cloned().map(Pk::Str).collect()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn delete_steps(keys: &HashMap<(i64, Pk), KeyState>) -> Vec<DeleteStep> {
+    let mut groups: BTreeMap<(i64, Scope), Vec<&Pk>> = BTreeMap::new();
+    for ((coll, pk), st) in keys {
+        if st.cleared_all {
+            groups.entry((*coll, Scope::All)).or_default().push(pk);
+        } else {
+            for p in &st.cleared {
+                groups
+                    .entry((*coll, Scope::Partition(p.clone())))
+                    .or_default()
+                    .push(pk);
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((collection_id, scope), mut pks)| {
+            pks.sort();
+            DeleteStep {
+                collection_id,
+                scope,
+                keys: to_primary_keys(&pks),
+            }
+        })
+        .collect()
+}
+
+fn to_primary_keys(pks: &[&Pk]) -> PrimaryKeys {
+    // One collection has one key type.
+    if pks.iter().all(|p| matches!(p, Pk::Int(_))) {
+        PrimaryKeys::Int(
+            pks.iter()
+                .filter_map(|p| match p {
+                    Pk::Int(i) => Some(*i),
+                    Pk::Str(_) => None,
+                })
+                .collect(),
+        )
+    } else {
+        PrimaryKeys::Str(
+            pks.iter()
+                .filter_map(|p| match p {
+                    Pk::Str(s) => Some(s.clone()),
+                    Pk::Int(_) => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+fn upsert_batches(
+    inserts: Vec<(InsertRequest, Option<Vec<Pk>>)>,
+    keys: &HashMap<(i64, Pk), KeyState>,
+    limits: Limits,
+) -> Vec<InsertBatch> {
+    let mut done: Vec<InsertBatch> = Vec::new();
+    let mut open: Vec<InsertBatch> = Vec::new();
+    for (idx, (mut m, pks)) in inserts.into_iter().enumerate() {
+        let total = m.num_rows;
+        if total == 0 {
+            continue;
+        }
+        let bytes = prost::Message::encoded_len(&m);
+        if let Some(pks) = pks {
+            let keep: Vec<bool> = pks
+                .iter()
+                .enumerate()
+                .map(|(row, pk)| {
+                    keys.get(&(m.collection_id, pk.clone()))
+                        .and_then(|st| st.newest.get(&m.partition_name))
+                        == Some(&(idx, row))
+                })
+                .collect();
+            let kept = keep.iter().filter(|k| **k).count() as u64;
+            if kept == 0 {
+                continue;
+            }
+            if kept < total {
+                let Some(fields) = filter_rows(&m.fields_data, &keep) else {
+                    // A column this agent cannot slice: write every row.
+                    push_batch(&mut open, &mut done, m, bytes, limits);
+                    continue;
+                };
+                m.fields_data = fields;
+                m.num_rows = kept;
+            }
+        }
+        let bytes = usize::try_from(bytes as u128 * u128::from(m.num_rows) / u128::from(total))
+            .unwrap_or(usize::MAX);
+        push_batch(&mut open, &mut done, m, bytes, limits);
+    }
+    done.extend(open);
+    done
+}
+
+fn push_batch(
+    open: &mut Vec<InsertBatch>,
+    done: &mut Vec<InsertBatch>,
+    m: InsertRequest,
+    bytes: usize,
+    limits: Limits,
+) {
+    match open.iter_mut().position(|b| b.accepts(&m)) {
+        Some(i) => {
+            open[i].push(m, bytes);
+            if open[i].rows >= limits.rows || open[i].bytes >= limits.bytes {
+                done.push(open.swap_remove(i));
+            }
+        }
+        None => {
+            let b = InsertBatch::new(m, bytes);
+            if b.rows >= limits.rows || b.bytes >= limits.bytes {
+                done.push(b);
+            } else {
+                open.push(b);
+            }
+        }
+    }
+}
+
+/// The columns with only the rows where `keep` is true; None if a column's
+/// length does not divide into the rows (nothing is dropped then).
+pub fn filter_rows(fields: &[FieldData], keep: &[bool]) -> Option<Vec<FieldData>> {
+    fields.iter().map(|f| filter_field(f, keep)).collect()
+}
+
+fn filter_field(f: &FieldData, keep: &[bool]) -> Option<FieldData> {
+    use crate::proto::schema::{
+        BoolArray, BytesArray, DoubleArray, FloatArray, IntArray, JsonArray, LongArray,
+        ScalarField, StringArray, VectorField,
+    };
+    let field = match &f.field {
+        Some(Field::Scalars(s)) => Field::Scalars(ScalarField {
+            data: Some(match &s.data {
+                Some(Scalar::BoolData(a)) => Scalar::BoolData(BoolArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::IntData(a)) => Scalar::IntData(IntArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::LongData(a)) => Scalar::LongData(LongArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::FloatData(a)) => Scalar::FloatData(FloatArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::DoubleData(a)) => Scalar::DoubleData(DoubleArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::StringData(a)) => Scalar::StringData(StringArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::BytesData(a)) => Scalar::BytesData(BytesArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                Some(Scalar::ArrayData(a)) => {
+                    let mut out = a.clone();
+                    out.data = pick(&a.data, keep)?;
+                    Scalar::ArrayData(out)
+                }
+                Some(Scalar::JsonData(a)) => Scalar::JsonData(JsonArray {
+                    data: pick(&a.data, keep)?,
+                }),
+                None => return Some(f.clone()),
+            }),
+        }),
+        Some(Field::Vectors(v)) => Field::Vectors(VectorField {
+            dim: v.dim,
+            data: Some(match &v.data {
+                Some(Vector::FloatVector(a)) => Vector::FloatVector(FloatArray {
+                    data: pick_strided(&a.data, keep)?,
+                }),
+                Some(Vector::BinaryVector(b)) => Vector::BinaryVector(pick_strided(b, keep)?),
+                Some(Vector::Float16Vector(b)) => Vector::Float16Vector(pick_strided(b, keep)?),
+                Some(Vector::Bfloat16Vector(b)) => Vector::Bfloat16Vector(pick_strided(b, keep)?),
+                None => return Some(f.clone()),
+            }),
+        }),
+        None => return Some(f.clone()),
+    };
+    Some(FieldData {
+        r#type: f.r#type,
+        field_name: f.field_name.clone(),
+        field: Some(field),
+        field_id: f.field_id,
+        is_dynamic: f.is_dynamic,
+    })
+}
+
+/// The kept elements of a one-value-per-row column.
+fn pick<T: Clone>(data: &[T], keep: &[bool]) -> Option<Vec<T>> {
+    (data.len() == keep.len()).then(|| {
+        data.iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| v.clone())
+            .collect()
+    })
+}
+
+/// The kept rows of a column of fixed-width rows (vectors).
+fn pick_strided<T: Clone>(data: &[T], keep: &[bool]) -> Option<Vec<T>> {
+    if keep.is_empty() || data.len() % keep.len() != 0 {
+        return None;
+    }
+    let stride = data.len() / keep.len();
+    if stride == 0 {
+        return Some(Vec::new());
+    }
+    Some(
+        data.chunks(stride)
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .flat_map(|(row, _)| row.iter().cloned())
+            .collect(),
+    )
+}
