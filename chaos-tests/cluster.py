@@ -52,6 +52,14 @@ def free_port(avoid=()):
     raise RuntimeError(f"no free port in {FREE_PORT_RANGE}")
 
 
+def queue_env(stack):
+    """The agent's MILVUS_CDC_SOURCE__* variables for the stack's queue."""
+    if stack.get("CDC_SOURCE_MQ", "natsmq") == "kafka":
+        return {"MILVUS_CDC_SOURCE__MQ_TYPE": "kafka",
+                "MILVUS_CDC_SOURCE__KAFKA__BROKERS": json.dumps([stack["CDC_KAFKA_BROKERS"]])}
+    return {"MILVUS_CDC_SOURCE__NATS_URL": stack["CDC_NATS_URL"]}
+
+
 def port_open(port, host="127.0.0.1"):
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -300,7 +308,7 @@ class Agent(Child):
             "MILVUS_CDC_ETCD__ENDPOINTS": json.dumps([etcd_endpoint]),
             "MILVUS_CDC_ETCD__ROOT": root,
             "MILVUS_CDC_SOURCE__MILVUS_URI": stack["CDC_SOURCE_URI"],
-            "MILVUS_CDC_SOURCE__NATS_URL": stack["CDC_NATS_URL"],
+            **queue_env(stack),
             "MILVUS_CDC_HA__LEASE_TTL": f'"{ttl_s}s"',
             "MILVUS_CDC_LOG__LEVEL": "milvus_cdc=debug,info",
         }
@@ -308,6 +316,7 @@ class Agent(Child):
                 "MILVUS_CDC_SERVER__LISTEN", "MILVUS_CDC_SERVER__ADVERTISE",
                 "MILVUS_CDC_ETCD__ENDPOINTS", "MILVUS_CDC_ETCD__ROOT",
                 "MILVUS_CDC_SOURCE__MILVUS_URI", "MILVUS_CDC_SOURCE__NATS_URL",
+                "MILVUS_CDC_SOURCE__MQ_TYPE", "MILVUS_CDC_SOURCE__KAFKA__BROKERS",
                 "MILVUS_CDC_HA__LEASE_TTL", "MILVUS_CDC_LOG__LEVEL")]:
             del env[k]  # nothing from the caller's environment changes the agents
         super().__init__(f"agent-{index}", [str(bin_path), "serve"], log_dir, env)

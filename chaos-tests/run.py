@@ -213,6 +213,7 @@ class ChaosRun:
             "CDC_ETCD_PORT": str(args.stack_etcd_port),
             "CDC_SOURCE_PORT": str(args.source_port),
             "CDC_NATS_PORT": str(args.nats_port),
+            "CDC_SOURCE_MQ": args.source_mq,
             "CDC_TARGET_PORT": str(args.target_port),
             "CDC_TARGET_AUTH": "1",
             "CDC_SOURCE_AUTH": "0",
@@ -966,6 +967,10 @@ def main():
         "CHAOS_ETCD_PORT", 22379)))
     ap.add_argument("--source-port", type=int, default=int(os.environ.get(
         "CHAOS_SOURCE_PORT", 25530)))
+    ap.add_argument("--source-mq", choices=["natsmq", "kafka"],
+                    default=os.environ.get("CHAOS_SOURCE_MQ", "natsmq"),
+                    help="the source Milvus's queue (kafka: on a tansu broker, which takes "
+                         "the natsmq port)")
     ap.add_argument("--nats-port", type=int, default=int(os.environ.get(
         "CHAOS_NATS_PORT", 24222)))
     ap.add_argument("--target-port", type=int, default=int(os.environ.get(

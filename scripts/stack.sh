@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real test stack: etcd + source Milvus 2.3.5 (natsmq) + target Milvus 2.3.5.
+# The real test stack: etcd + source Milvus 2.3.5 (natsmq, or Kafka on a tansu
+# broker) + target Milvus 2.3.5.
 #
 #   scripts/stack.sh start    start what is not running, wait until all is healthy
 #   scripts/stack.sh stop     stop everything this stack started (TERM, then KILL)
@@ -19,6 +20,9 @@
 #   CDC_SOURCE_PORT      source proxy port; the source also uses the next 9 ports
 #                        (proxy internal, coords, nodes; +9 = /healthz)   [19530]
 #   CDC_NATS_PORT        source natsmq (NATS JetStream) port      [4222]
+#   CDC_SOURCE_MQ        the source's queue: natsmq or kafka      [natsmq]
+#   CDC_KAFKA_PORT       with kafka: the broker's port (tansu, a Kafka-compatible
+#                        broker from PyPI, in memory)             [CDC_NATS_PORT]
 #   CDC_TARGET_PORT      target proxy port, plus the next 9       [19540]
 #   CDC_SOURCE_ROOT_PATH / CDC_TARGET_ROOT_PATH  etcd.rootPath    [source / target]
 #   CDC_SOURCE_AUTH / CDC_TARGET_AUTH  1 = common.security.authorizationEnabled
@@ -46,6 +50,11 @@ ETCD_PEER_PORT=${CDC_ETCD_PEER_PORT:-$((ETCD_PORT + 1))}
 SOURCE_PORT=${CDC_SOURCE_PORT:-19530}
 TARGET_PORT=${CDC_TARGET_PORT:-19540}
 NATS_PORT=${CDC_NATS_PORT:-4222}
+SOURCE_MQ=${CDC_SOURCE_MQ:-natsmq}
+# The broker takes the natsmq port by default, so a stack's port plan is the
+# same whichever queue its source uses.
+KAFKA_PORT=${CDC_KAFKA_PORT:-$NATS_PORT}
+KAFKA_TOOLS=${CDC_KAFKA_TOOLS:-$VENV/kafka}
 SOURCE_ROOT_PATH=${CDC_SOURCE_ROOT_PATH:-source}
 TARGET_ROOT_PATH=${CDC_TARGET_ROOT_PATH:-target}
 SOURCE_AUTH=${CDC_SOURCE_AUTH:-0}
@@ -64,7 +73,11 @@ EPHEMERAL_LOW=32768
 SOURCE_WEB_PORT=$((SOURCE_PORT + 9))
 TARGET_WEB_PORT=$((TARGET_PORT + 9))
 
-PARTS=(etcd source target)
+case $SOURCE_MQ in
+  natsmq) PARTS=(etcd source target) ;;
+  kafka) PARTS=(etcd broker source target) ;;
+  *) printf '[stack] error: CDC_SOURCE_MQ must be natsmq or kafka, got %s\n' "$SOURCE_MQ" >&2; exit 1 ;;
+esac
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -206,7 +219,10 @@ healthy_nats() {
 healthy() {
   case $1 in
     etcd) healthy_etcd ;;
-    source) healthy_milvus source "$SOURCE_WEB_PORT" "$SOURCE_PORT" && healthy_nats ;;
+    broker) part_pid broker >/dev/null && port_in_use "$KAFKA_PORT" ;;
+    source)
+      healthy_milvus source "$SOURCE_WEB_PORT" "$SOURCE_PORT" || return 1
+      [ "$SOURCE_MQ" = kafka ] || healthy_nats ;;
     target) healthy_milvus target "$TARGET_WEB_PORT" "$TARGET_PORT" ;;
   esac
 }
@@ -217,7 +233,13 @@ address() {
   [ "$TARGET_AUTH" = 1 ] && tgt_auth=", auth root:Milvus"
   case $1 in
     etcd) echo "http://127.0.0.1:$ETCD_PORT" ;;
-    source) echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, natsmq nats://127.0.0.1:$NATS_PORT, etcd rootPath $SOURCE_ROOT_PATH$src_auth)" ;;
+    broker) echo "kafka 127.0.0.1:$KAFKA_PORT (tansu, in memory)" ;;
+    source)
+      if [ "$SOURCE_MQ" = kafka ]; then
+        echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, kafka 127.0.0.1:$KAFKA_PORT, etcd rootPath $SOURCE_ROOT_PATH$src_auth)"
+      else
+        echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, natsmq nats://127.0.0.1:$NATS_PORT, etcd rootPath $SOURCE_ROOT_PATH$src_auth)"
+      fi ;;
     target) echo "127.0.0.1:$TARGET_PORT (healthz http://127.0.0.1:$TARGET_WEB_PORT/healthz, etcd rootPath $TARGET_ROOT_PATH$tgt_auth)" ;;
   esac
 }
@@ -229,9 +251,10 @@ part_ports() {
   local i
   case $1 in
     etcd) echo "$ETCD_PORT:etcd-client $ETCD_PEER_PORT:etcd-peer" ;;
+    broker) echo "$KAFKA_PORT:kafka" ;;
     source)
       for ((i = 0; i < MILVUS_PORT_SPAN; i++)); do printf '%s:source+%s ' $((SOURCE_PORT + i)) "$i"; done
-      echo "$NATS_PORT:source-natsmq" ;;
+      if [ "$SOURCE_MQ" = kafka ]; then echo; else echo "$NATS_PORT:source-natsmq"; fi ;;
     target)
       for ((i = 0; i < MILVUS_PORT_SPAN; i++)); do printf '%s:target+%s ' $((TARGET_PORT + i)) "$i"; done
       echo ;;
@@ -241,7 +264,7 @@ part_ports() {
 check_config() {
   local v p port label
   local -A seen=()
-  for v in ETCD_PORT ETCD_PEER_PORT SOURCE_PORT TARGET_PORT NATS_PORT START_TIMEOUT STOP_GRACE; do
+  for v in ETCD_PORT ETCD_PEER_PORT SOURCE_PORT TARGET_PORT NATS_PORT KAFKA_PORT START_TIMEOUT STOP_GRACE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "CDC_$v must be a number, got '${!v}'"
   done
   for v in SOURCE_AUTH TARGET_AUTH; do
@@ -279,11 +302,19 @@ part_cmd() {
         --initial-cluster "cdc-test=http://127.0.0.1:$ETCD_PEER_PORT" \
         --logger zap --log-outputs stderr
       ;;
+    broker)
+      printf '%s\n' "$KAFKA_TOOLS/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
+      ;;
     source)
       printf '%s\n' "$PY" "$REPO/scripts/milvus_server.py" --name source \
         --base-dir "$RUN_DIR/source" --bin-root "$RUN_DIR" --proxy-port "$SOURCE_PORT" \
-        --etcd-endpoints "127.0.0.1:$ETCD_PORT" --etcd-root-path "$SOURCE_ROOT_PATH" \
-        --mq natsmq --nats-port "$NATS_PORT"
+        --etcd-endpoints "127.0.0.1:$ETCD_PORT" --etcd-root-path "$SOURCE_ROOT_PATH"
+      if [ "$SOURCE_MQ" = kafka ]; then
+        printf '%s\n' --mq kafka --kafka-brokers "127.0.0.1:$KAFKA_PORT" --rdkafka-dir "$KAFKA_TOOLS/rdkafka"
+      else
+        printf '%s\n' --mq natsmq --nats-port "$NATS_PORT"
+      fi
       [ "$SOURCE_AUTH" = 1 ] && echo --auth
       for kv in $SOURCE_EXTRA; do printf '%s\n' --set "$kv"; done
       ;;
@@ -387,7 +418,9 @@ CDC_SOURCE_URI=http://127.0.0.1:$SOURCE_PORT
 CDC_SOURCE_HEALTHZ=http://127.0.0.1:$SOURCE_WEB_PORT/healthz
 CDC_SOURCE_ETCD_ROOT=$SOURCE_ROOT_PATH
 CDC_SOURCE_AUTH=$SOURCE_AUTH
+CDC_SOURCE_MQ=$SOURCE_MQ
 CDC_NATS_URL=nats://127.0.0.1:$NATS_PORT
+CDC_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 CDC_TARGET_ADDR=127.0.0.1:$TARGET_PORT
 CDC_TARGET_URI=http://127.0.0.1:$TARGET_PORT
 CDC_TARGET_HEALTHZ=http://127.0.0.1:$TARGET_WEB_PORT/healthz
@@ -405,7 +438,7 @@ cmd_start() {
   [ -f "$REPO/scripts/milvus_server.py" ] || die "missing $REPO/scripts/milvus_server.py"
 
   # parts running with another configuration are restarted (dependents first)
-  for part in target source etcd; do
+  for part in target source broker etcd; do
     if part_group "$part" >/dev/null && ! { part_pid "$part" >/dev/null && same_cmd "$part"; }; then
       log "$part runs with a different configuration (or its leader died): restarting it"
       stop_part "$part"
@@ -421,6 +454,26 @@ cmd_start() {
     started+=(etcd)
   fi
   wait_healthy etcd $(($(now_ms) + START_TIMEOUT * 1000)) || { cleanup_started "${started[@]}"; return 1; }
+  if [ "$SOURCE_MQ" = kafka ]; then
+    [ -x "$KAFKA_TOOLS/tansu" ] && [ -f "$KAFKA_TOOLS/rdkafka/librdkafka.so.1" ] ||
+      die "no Kafka test broker in $KAFKA_TOOLS; run scripts/setup.sh"
+    if part_pid broker >/dev/null; then
+      log "broker already running"
+    else
+      # In-memory broker: a new one has no topics, so the source's metadata
+      # (which names positions in them) must start empty too.
+      if [ -d "$RUN_DIR/source" ]; then
+        log "new (empty) broker: the source starts from empty data too"
+        stop_part source
+        rm -rf "$RUN_DIR/source"
+        ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" del --prefix "$SOURCE_ROOT_PATH/" >/dev/null ||
+          die "cannot clear the source's metadata in etcd"
+      fi
+      launch broker || { cleanup_started "${started[@]}"; return 1; }
+      started+=(broker)
+    fi
+    wait_healthy broker $(($(now_ms) + START_TIMEOUT * 1000)) || { cleanup_started "${started[@]}"; return 1; }
+  fi
 
   for part in source target; do
     if part_pid "$part" >/dev/null; then
@@ -465,6 +518,7 @@ cmd_stop() {
   stop_part source & pid_s=$!
   wait "$pid_t" || rc=1
   wait "$pid_s" || rc=1
+  if [ -f "$(pidfile broker)" ]; then stop_part broker || rc=1; fi
   stop_part etcd || rc=1
   rm -f "$RUN_DIR/stack.env"
   return "$rc"

@@ -3,12 +3,17 @@
 # end-to-end suite on a real stack (etcd + source and target Milvus 2.3.5) that
 # this script installs, starts on its own ports, and stops again.
 #
-#   scripts/test.sh          everything (what CI runs): unit, e2e, chaos
-#   scripts/test.sh unit     scripts checks, cargo fmt/clippy/test (no servers)
-#   scripts/test.sh e2e      the end-to-end suite only (extra args go to pytest)
-#   scripts/test.sh chaos    the fault-injection suite, short profile: every
-#                            scenario once on its own stack and three replicas
-#                            (chaos-tests/run.sh long runs each 10 times)
+#   scripts/test.sh            everything (what CI runs): unit, e2e, chaos
+#   scripts/test.sh unit       scripts checks, cargo fmt/clippy/test (no servers)
+#   scripts/test.sh e2e        the end-to-end suite: all of it with a natsmq source,
+#                              then the queue-dependent part with a Kafka source
+#                              (extra args go to pytest and select natsmq only)
+#   scripts/test.sh e2e-kafka  the Kafka part only (extra args go to pytest)
+#   scripts/test.sh chaos      the fault-injection suite, short profile: every
+#                              scenario once on its own stack and three replicas
+#                              (natsmq), then kill -9 and SIGSTOP of the leader
+#                              with a Kafka source (chaos-tests/run.sh long runs
+#                              each 10 times)
 #
 # The test stack uses other ports than the demo (etcd 12379, source 29530,
 # natsmq 14222, target 29540, run folder .run/test-stack), so both can run at
@@ -42,38 +47,74 @@ unit() {
   cargo test --quiet
 }
 
-e2e() {
+# The queue-dependent tests, run again with a Kafka source: replication,
+# concurrent writers, positions, the source reader and high availability.
+# (The task API, bad input and CLI tests do not depend on the queue.)
+KAFKA_TESTS=(tests/e2e/test_replication.py tests/e2e/test_concurrent_writers.py
+  tests/e2e/test_positions.py tests/e2e/test_source_reader.py tests/e2e/test_ha.py)
+
+build() {
   scripts/setup.sh
   log "cargo build (agent binary for the e2e suite)"
   cargo build --quiet
+}
+
+# e2e_on MQ RUN_DIR PYTEST_ARGS...: a fresh stack whose source uses MQ.
+e2e_on() {
+  local mq=$1 dir=$2
+  shift 2
+  export CDC_SOURCE_MQ=$mq CDC_RUN_DIR=$dir
   trap 'log "stopping the test stack"; scripts/stack.sh stop || true' EXIT
   # Always from empty servers: every new task replays the source's whole
   # stream, so history left by earlier runs would only slow the suite down.
   scripts/stack.sh reset
   scripts/stack.sh start
-  log "pytest tests/e2e"
+  log "pytest ($mq source) $*"
   # Tests marked quarantine fail for a known, documented reason (an open
   # issue); run them with: scripts/test.sh e2e -m quarantine
   local select=(-m "not quarantine")
   for a in "$@"; do [ "$a" = -m ] && select=(); done
-  CDC_BIN="$REPO/target/debug/milvus-cdc" "$REPO/.venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider -rfE "${select[@]}" "$@"
+  CDC_BIN="$REPO/target/debug/milvus-cdc" "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider -rfE "${select[@]}" "$@"
   log "stopping the test stack"
   scripts/stack.sh stop
   trap - EXIT
 }
 
+e2e() {
+  build
+  if [ $# -gt 0 ]; then
+    e2e_on natsmq "$CDC_RUN_DIR" tests/e2e "$@"
+    return
+  fi
+  e2e_on natsmq "$CDC_RUN_DIR" tests/e2e
+  e2e_kafka
+}
+
+e2e_kafka() {
+  [ "${1:-}" = --build ] && { shift; build; }
+  if [ $# -gt 0 ]; then
+    e2e_on kafka "$CDC_RUN_DIR-kafka" "$@"
+  else
+    e2e_on kafka "$CDC_RUN_DIR-kafka" "${KAFKA_TESTS[@]}"
+  fi
+}
+
 chaos() {
   scripts/setup.sh
-  log "chaos-tests/run.sh short"
   cargo build --quiet
+  log "chaos-tests/run.sh short (natsmq source)"
   CHAOS_SKIP_BUILD=1 chaos-tests/run.sh short --no-doc
+  log "chaos-tests/run.sh short kill9_leader sigstop_leader (Kafka source)"
+  CHAOS_SKIP_BUILD=1 chaos-tests/run.sh short kill9_leader sigstop_leader --no-doc \
+    --source-mq kafka --stack-dir "$REPO/.run/chaos-stack-kafka"
 }
 
 case "$MODE" in
   all) unit; e2e "$@"; chaos ;;
   unit) unit ;;
   e2e) e2e "$@" ;;
+  e2e-kafka) e2e_kafka --build "$@" ;;
   chaos) chaos ;;
-  *) echo "usage: scripts/test.sh [all|unit|e2e [pytest args]|chaos]" >&2; exit 2 ;;
+  *) echo "usage: scripts/test.sh [all|unit|e2e [pytest args]|e2e-kafka [pytest args]|chaos]" >&2; exit 2 ;;
 esac
 log "all tests passed"

@@ -1,14 +1,11 @@
 //! `milvus-cdc check`: connects to every dependency of the configuration (the
-//! agent's etcd, the source's natsmq and Milvus, optionally a target Milvus)
+//! agent's etcd, the source's message queue and Milvus, optionally a target Milvus)
 //! and reports what answered, so a wrong address shows up before `serve`.
 
 use std::fmt::Write as _;
 
 use crate::{
-    config::Config,
-    source::{mq::MessageQueue as _, natsmq::NatsMq},
-    store,
-    target::MilvusTarget,
+    config::Config, config::MqType, source::open_queue, store, target::MilvusTarget,
     task::MilvusConnectParam,
 };
 
@@ -45,7 +42,7 @@ pub async fn run(
         result: etcd,
     });
     let prefix = format!("{}-", cfg.source.channel_prefix);
-    let nats = match NatsMq::connect(&cfg.source.nats_url, cfg.source.connect_timeout).await {
+    let queue = match open_queue(&cfg.source, false).await {
         Ok(mq) => mq
             .channels(&prefix)
             .await
@@ -60,8 +57,11 @@ pub async fn run(
         Err(e) => Err(e.to_string()),
     };
     lines.push(CheckLine {
-        what: "source natsmq".into(),
-        result: nats,
+        what: match cfg.source.mq_type {
+            MqType::Natsmq => "source natsmq".into(),
+            MqType::Kafka => "source kafka".into(),
+        },
+        result: queue,
     });
     lines.push(CheckLine {
         what: "source milvus".into(),

@@ -185,6 +185,99 @@ pub enum MqType {
     /// NATS JetStream, Milvus's `natsmq`.
     #[default]
     Natsmq,
+    /// Apache Kafka (or a compatible broker), `mq.type: kafka`.
+    Kafka,
+}
+
+/// `security.protocol` of the source's Kafka, spelled as in Milvus's
+/// `kafka.securityProtocol`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum KafkaSecurityProtocol {
+    /// No TLS, no SASL.
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// TLS, no SASL.
+    #[serde(rename = "SSL")]
+    Ssl,
+    /// SASL without TLS.
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    /// SASL over TLS.
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+/// SASL mechanism of the source's Kafka (Milvus's `kafka.saslMechanisms`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum KafkaSaslMechanism {
+    /// `PLAIN`.
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// `[source.kafka]`: the source's Kafka, as Milvus's own `kafka:` section
+/// describes it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port` (Milvus's `kafka.brokerList`).
+    pub brokers: Vec<String>,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub security_protocol: KafkaSecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a SASL protocol).
+    pub sasl_mechanism: KafkaSaslMechanism,
+    /// SASL user name.
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    pub sasl_password: Option<String>,
+    /// CA certificates (PEM) that sign the brokers' certificates; the
+    /// system's roots when unset.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for brokers that require one.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Client certificate's private key (PEM).
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".into()],
+            security_protocol: KafkaSecurityProtocol::default(),
+            sasl_mechanism: KafkaSaslMechanism::default(),
+            sasl_username: None,
+            sasl_password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
 }
 
 /// `[source]`: the Milvus instance that is replicated.
@@ -195,10 +288,13 @@ pub struct SourceConfig {
     pub milvus_uri: String,
     /// Token (`user:password` or API key) for the source Milvus, if auth is on.
     pub milvus_token: Option<String>,
-    /// Message queue type.
+    /// Message queue type (`natsmq` or `kafka`; key `mq` works too).
+    #[serde(alias = "mq")]
     pub mq_type: MqType,
     /// NATS server URL of the source's natsmq.
     pub nats_url: String,
+    /// The source's Kafka (with `mq_type = "kafka"`).
+    pub kafka: KafkaConfig,
     /// Milvus channel name prefix (`msgChannel.chanNamePrefix.cluster`).
     pub channel_prefix: String,
     /// Number of DML channels (`rootCoord.dmlChannelNum`).
@@ -215,6 +311,7 @@ impl Default for SourceConfig {
             milvus_token: None,
             mq_type: MqType::Natsmq,
             nats_url: "nats://127.0.0.1:4222".into(),
+            kafka: KafkaConfig::default(),
             channel_prefix: "by-dev".into(),
             dml_channel_num: 16,
             connect_timeout: Duration::from_secs(5),
@@ -455,27 +552,36 @@ fn apply_env(
             continue;
         }
         let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        let [section, key] = parts.as_slice() else {
-            return Err(ConfigError::Env {
-                var,
-                message: "expected MILVUS_CDC_<SECTION>__<KEY>".into(),
-            });
+        // SECTION__KEY, or SECTION__SUBSECTION__KEY (`[source.kafka]`).
+        let (tables, key) = match parts.as_slice() {
+            [s, k] => (vec![s.clone()], k),
+            [s, sub, k] => (vec![s.clone(), sub.clone()], k),
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected MILVUS_CDC_<SECTION>__<KEY> or MILVUS_CDC_<SECTION>__<SUBSECTION>__<KEY>".into(),
+                })
+            }
         };
         let parsed = format!("v = {value}")
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
-        let section_table = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(section_table) = section_table.as_table_mut() else {
-            return Err(ConfigError::Env {
-                var,
-                message: format!("`{section}` is not a section"),
-            });
-        };
-        section_table.insert(key.clone(), parsed);
+        let mut at = &mut *table;
+        for name in &tables {
+            let entry = at
+                .entry(name.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = entry.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("`{name}` is not a section"),
+                });
+            };
+            at = t;
+        }
+        at.insert(key.clone(), parsed);
     }
     Ok(())
 }
@@ -547,9 +653,31 @@ mod tests {
         )];
         let err = Config::load(None, env, &ConfigOverrides::default()).unwrap_err();
         assert!(err.to_string().contains("tasks.max_tasks"), "{err}");
-        let env = vec![("MILVUS_CDC_A__B__C".to_string(), "1".to_string())];
+        let env = vec![("MILVUS_CDC_A__B__C__D".to_string(), "1".to_string())];
         let err = Config::load(None, env, &ConfigOverrides::default()).unwrap_err();
-        assert!(err.to_string().contains("MILVUS_CDC_A__B__C"), "{err}");
+        assert!(err.to_string().contains("MILVUS_CDC_A__B__C__D"), "{err}");
+        // A subsection: [source.kafka].
+        let env = vec![
+            (
+                "MILVUS_CDC_SOURCE__MQ_TYPE".to_string(),
+                "kafka".to_string(),
+            ),
+            (
+                "MILVUS_CDC_SOURCE__KAFKA__BROKERS".to_string(),
+                r#"["k1:9092", "k2:9092"]"#.to_string(),
+            ),
+            (
+                "MILVUS_CDC_SOURCE__KAFKA__SASL_PASSWORD".to_string(),
+                "s3cret".to_string(),
+            ),
+        ];
+        let cfg = Config::load(None, env, &ConfigOverrides::default()).unwrap();
+        assert_eq!(cfg.source.mq_type, MqType::Kafka);
+        assert_eq!(cfg.source.kafka.brokers, vec!["k1:9092", "k2:9092"]);
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "secrets are redacted"
+        );
         // CLI variables (no `__`) are not configuration keys.
         let env = vec![("MILVUS_CDC_TARGET_TOKEN".to_string(), "x".to_string())];
         assert!(Config::load(None, env, &ConfigOverrides::default()).is_ok());

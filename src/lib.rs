@@ -24,4 +24,5 @@ pub mod store;
 pub mod target;
 pub mod task;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;

@@ -29,7 +29,7 @@ enum Command {
     /// Load and validate the configuration, then print it with defaults
     /// filled in (secrets hidden). Exit code 2 if it is invalid.
     Config(ConfigArgs),
-    /// Connect to the agent's etcd, the source's natsmq and Milvus (and a
+    /// Connect to the agent's etcd, the source's message queue and Milvus (and a
     /// target Milvus with --target) and report what answered.
     Check {
         #[command(flatten)]
@@ -217,8 +217,8 @@ fn main() -> ExitCode {
 async fn source_command(cmd: SourceCommand) -> ExitCode {
     use milvus_cdc::source::{
         inspect::{dump, DumpOptions},
-        mq::{MessageQueue as _, StartAt},
-        natsmq::NatsMq,
+        mq::StartAt,
+        open_queue,
     };
     let config = match &cmd {
         SourceCommand::Channels(c) | SourceCommand::Dump { config: c, .. } => c,
@@ -228,8 +228,8 @@ async fn source_command(cmd: SourceCommand) -> ExitCode {
         Err(code) => return code,
     };
     milvus_cdc::telemetry::init(&cfg.log);
-    let mq = match NatsMq::connect(&cfg.source.nats_url, cfg.source.connect_timeout).await {
-        Ok(m) => std::sync::Arc::new(m),
+    let mq = match open_queue(&cfg.source, false).await {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("milvus-cdc: {e}");
             return ExitCode::FAILURE;

@@ -19,7 +19,6 @@ use crate::{
     ha::Election,
     metrics::Metrics,
     replicate::Engine,
-    source::natsmq::NatsMq,
     store::{self, TaskStore},
     task::service::TaskService,
 };
@@ -51,13 +50,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start without the agent's etcd")?;
     let store = TaskStore::new(&client, &cfg.etcd.root, cfg.etcd.request_timeout);
-    let mq = NatsMq::connect_lazy(&cfg.source.nats_url, cfg.source.connect_timeout)
+    let mq = crate::source::open_queue(&cfg.source, true)
         .await
-        .context("invalid source.nats_url")?;
+        .context("invalid source message-queue settings")?;
     let engine = Engine::new(
         cfg.source.clone(),
         cfg.replicate.clone(),
-        Arc::new(mq),
+        mq,
         store.clone(),
         metrics.clone(),
     );
@@ -66,7 +65,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.tasks.max_tasks,
         metrics.clone(),
         Arc::new(engine.clone()),
-    );
+    )
+    .with_source(&cfg.source);
     let advertise_url = cfg.server.advertise_url();
     let (role_tx, role_rx) = watch::channel(Role::Unknown);
     let running = engine.clone();

@@ -21,6 +21,8 @@ pub enum CdcRequest {
     Resume(TaskId),
     /// Delete a task.
     Delete(TaskId),
+    /// A task's checkpoints per channel (an extension of the official server).
+    Position(TaskId),
 }
 
 impl CdcRequest {
@@ -33,6 +35,7 @@ impl CdcRequest {
             CdcRequest::Pause(_) => "pause",
             CdcRequest::Resume(_) => "resume",
             CdcRequest::Delete(_) => "delete",
+            CdcRequest::Position(_) => "position",
         }
     }
 }
@@ -61,7 +64,7 @@ impl ApiError {
     }
 }
 
-const REQUEST_TYPES: &str = "create, list, get, pause, resume, delete";
+const REQUEST_TYPES: &str = "create, list, get, pause, resume, delete, position";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +159,7 @@ pub fn parse(body: &[u8]) -> Result<CdcRequest, ApiError> {
         "pause" => Ok(CdcRequest::Pause(task_id(data)?)),
         "resume" => Ok(CdcRequest::Resume(task_id(data)?)),
         "delete" => Ok(CdcRequest::Delete(task_id(data)?)),
+        "position" => Ok(CdcRequest::Position(task_id(data)?)),
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(ApiError::bad_request(format!(
@@ -183,6 +187,24 @@ pub fn listed(tasks: &[TaskRecord]) -> Value {
 /// `get`'s answer (note the capital `Task`, part of the contract).
 pub fn got(task: &TaskRecord) -> Value {
     ok(json!({"Task": task.public_view()}))
+}
+
+/// `position`'s answer: per channel, the checkpoint as a base64 Milvus
+/// `MsgPosition` (`msg_id`), its source timestamp (`tt`) and that time in
+/// ms since the epoch (`time`), as the official server shapes it.
+pub fn positioned(positions: &[(String, String, u64)]) -> Value {
+    let list: Vec<Value> = positions
+        .iter()
+        .map(|(channel, b64, ts)| {
+            json!({
+                "channel_name": channel,
+                "msg_id": b64,
+                "tt": ts,
+                "time": crate::replicate::progress::physical_ms(*ts),
+            })
+        })
+        .collect();
+    ok(json!({ "positions": list }))
 }
 
 /// The empty answer of pause, resume and delete.

@@ -325,6 +325,7 @@ async fn execute(service: &TaskService, req: CdcRequest) -> Result<Value, ApiErr
             .await
             .map(|()| cdc::done()),
         CdcRequest::Delete(id) => service.delete(&id).await.map(|()| cdc::done()),
+        CdcRequest::Position(id) => service.positions(&id).await.map(|p| cdc::positioned(&p)),
     }
     .map_err(to_api)
 }

@@ -190,7 +190,7 @@ pub struct DumpOptions {
 
 /// Reads the channels with the production reader and writes one JSON line
 /// per event to `out`. Returns the number of events written.
-pub async fn dump<Q: super::mq::MessageQueue>(
+pub async fn dump<Q: super::mq::MessageQueue + ?Sized>(
     mq: std::sync::Arc<Q>,
     opts: &DumpOptions,
     out: &mut (dyn std::io::Write + Send),

@@ -188,9 +188,15 @@ impl TaskStore {
         })
     }
 
-    /// Stores a new task if fewer than `max_tasks` exist. The caller
-    /// serializes creates (only the leader writes), so count-then-put is safe.
-    pub async fn create_task(&self, record: &TaskRecord, max_tasks: usize) -> Result<()> {
+    /// Stores a new task, with its start checkpoints, in one transaction if
+    /// fewer than `max_tasks` exist. The caller serializes creates (only the
+    /// leader writes), so count-then-put is safe.
+    pub async fn create_task(
+        &self,
+        record: &TaskRecord,
+        max_tasks: usize,
+        start: &Checkpoints,
+    ) -> Result<()> {
         let mut kv = self.kv.clone();
         let prefix = self.tasks_prefix();
         let count = bounded(
@@ -207,11 +213,18 @@ impl TaskStore {
             return Err(StoreError::LimitReached(max_tasks));
         }
         let key = self.task_key(&record.task_id);
+        let prefix = self.positions_prefix(&record.task_id);
+        let mut ops = vec![TxnOp::put(key.as_str(), Self::encode(record), None)];
+        ops.extend(
+            start.iter().map(|(channel, cp)| {
+                TxnOp::put(format!("{prefix}{channel}"), Self::encode(cp), None)
+            }),
+        );
         let ok = self
             .txn(
                 "create task",
                 vec![Compare::version(key.as_str(), CompareOp::Equal, 0)],
-                vec![TxnOp::put(key.as_str(), Self::encode(record), None)],
+                ops,
             )
             .await?;
         if ok {

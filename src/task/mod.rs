@@ -242,7 +242,10 @@ mod tests {
                 connect_timeout: Some(10),
                 ..Default::default()
             },
-            collection_infos: vec![CollectionInfo { name: "*".into() }],
+            collection_infos: vec![CollectionInfo {
+                name: "*".into(),
+                positions: Default::default(),
+            }],
             state: TaskState::Running,
             created_at_ms: 1,
             history_gaps: Vec::new(),

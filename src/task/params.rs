@@ -51,6 +51,12 @@ pub struct MilvusConnectParam {
 pub struct CollectionInfo {
     /// Collection name; only `*` (every collection) is supported.
     pub name: String,
+    /// Where to start, per channel (a virtual channel name as the official
+    /// milvus-cdc takes it, or a physical one) → base64 of a serialized
+    /// Milvus `MsgPosition`; the task reads on after that message. Channels
+    /// without one start at the earliest retained message.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub positions: std::collections::BTreeMap<String, String>,
 }
 
 /// A `create` parameter that cannot be accepted. The message is shown to the

@@ -12,8 +12,10 @@ use super::{
     Transition,
 };
 use crate::{
+    config::SourceConfig,
     metrics::Metrics,
-    store::{now_ms, StoreError, TaskStore},
+    source::position::{self, SourcePosition},
+    store::{now_ms, Checkpoint, Checkpoints, StoreError, TaskStore},
     target::{MilvusTarget, TargetError},
 };
 
@@ -89,6 +91,7 @@ pub struct TaskService {
     metrics: Metrics,
     workers: Arc<dyn TaskWorkers>,
     write_lock: Arc<Mutex<()>>,
+    source: Arc<SourceConfig>,
 }
 
 impl TaskService {
@@ -105,7 +108,76 @@ impl TaskService {
             metrics,
             workers,
             write_lock: Arc::new(Mutex::new(())),
+            source: Arc::new(SourceConfig::default()),
         }
+    }
+
+    /// The same service for the source `cfg` describes (its queue type and
+    /// channels, to read and write positions).
+    pub fn with_source(mut self, cfg: &SourceConfig) -> Self {
+        self.source = Arc::new(cfg.clone());
+        self
+    }
+
+    /// The start checkpoints that `create`'s positions ask for, by
+    /// physical channel.
+    fn start_checkpoints(&self, infos: &[CollectionInfo]) -> Result<Checkpoints, ServiceError> {
+        let mut known = self.source.dml_channels();
+        known.push(self.source.replicate_channel());
+        let mut out = Checkpoints::new();
+        for (key, b64) in infos.iter().flat_map(|i| &i.positions) {
+            let channel = position::physical_channel(key);
+            if !known.iter().any(|k| k == channel) {
+                return Err(ServiceError::BadRequest(format!(
+                    "collection_infos.positions: {key:?} is not a channel of the source (expected \
+                     {}_<n> for n < {} or {}, or a virtual channel of them)",
+                    format_args!("{}-rootcoord-dml", self.source.channel_prefix),
+                    self.source.dml_channel_num,
+                    self.source.replicate_channel()
+                )));
+            }
+            let SourcePosition {
+                sequence,
+                timestamp,
+            } = position::decode(self.source.mq_type, b64).map_err(|e| {
+                ServiceError::BadRequest(format!("collection_infos.positions[{key:?}]: {e}"))
+            })?;
+            let cp = Checkpoint {
+                sequence,
+                timestamp,
+                written_at_ms: now_ms(),
+            };
+            if let Some(other) = out.get(channel) {
+                if (other.sequence, other.timestamp) != (sequence, timestamp) {
+                    return Err(ServiceError::BadRequest(format!(
+                        "collection_infos.positions: two different positions for channel {channel}"
+                    )));
+                }
+            }
+            out.insert(channel.to_string(), cp);
+        }
+        Ok(out)
+    }
+
+    /// A task's checkpoints in Milvus's encoding: `(channel, base64
+    /// MsgPosition, source timestamp)`, by channel.
+    pub async fn positions(&self, id: &TaskId) -> Result<Vec<(String, String, u64)>, ServiceError> {
+        self.store.get_task(id).await?;
+        let cps = self.store.load_checkpoints(id).await?;
+        Ok(cps
+            .into_iter()
+            .map(|(channel, cp)| {
+                let b64 = position::encode(
+                    self.source.mq_type,
+                    &channel,
+                    SourcePosition {
+                        sequence: cp.sequence,
+                        timestamp: cp.timestamp,
+                    },
+                );
+                (channel, b64, cp.timestamp)
+            })
+            .collect())
     }
 
     /// The same service writing through another store (e.g. a fenced one).
@@ -120,6 +192,7 @@ impl TaskService {
     /// credentials, then stores the task as `Running` and starts it.
     pub async fn create(&self, req: CreateTask) -> Result<TaskId, ServiceError> {
         check_collection_infos(&req.collection_infos)?;
+        let start = self.start_checkpoints(&req.collection_infos)?;
         let addr = req.milvus_connect_param.validate()?;
         let target = MilvusTarget::connect(&addr).await?;
         // A target that accepts connections but never answers must not hang
@@ -148,7 +221,9 @@ impl TaskService {
             created_at_ms: now_ms(),
             history_gaps: Vec::new(),
         };
-        self.store.create_task(&record, self.max_tasks).await?;
+        self.store
+            .create_task(&record, self.max_tasks, &start)
+            .await?;
         info!(task_id = %record.task_id, target = %addr.url, "task created");
         self.workers.start(&record);
         self.refresh_metrics().await;
@@ -237,8 +312,14 @@ mod tests {
 
     #[test]
     fn collection_infos_rules() {
-        let star = CollectionInfo { name: "*".into() };
-        let named = CollectionInfo { name: "c".into() };
+        let star = CollectionInfo {
+            name: "*".into(),
+            positions: Default::default(),
+        };
+        let named = CollectionInfo {
+            name: "c".into(),
+            positions: Default::default(),
+        };
         assert!(check_collection_infos(std::slice::from_ref(&star)).is_ok());
         assert!(check_collection_infos(&[]).is_err());
         assert!(check_collection_infos(&[named]).is_err());

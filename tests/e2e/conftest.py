@@ -41,6 +41,21 @@ def _stack_env():
 
 
 STACK = _stack_env()
+# The source's message queue: natsmq (default) or kafka (CDC_SOURCE_MQ=kafka).
+SOURCE_MQ = STACK.get("CDC_SOURCE_MQ", "natsmq")
+
+
+def source_env(stack=None):
+    """The agent's MILVUS_CDC_SOURCE__* variables for the stack's queue."""
+    stack = stack or STACK
+    if stack.get("CDC_SOURCE_MQ", "natsmq") == "kafka":
+        return {"MILVUS_CDC_SOURCE__MQ_TYPE": "kafka",
+                "MILVUS_CDC_SOURCE__KAFKA__BROKERS": json.dumps([stack["CDC_KAFKA_BROKERS"]])}
+    return {"MILVUS_CDC_SOURCE__NATS_URL": stack["CDC_NATS_URL"]}
+
+
+natsmq_only = pytest.mark.skipif(SOURCE_MQ != "natsmq",
+                                 reason="reads or damages natsmq's JetStream directly")
 BIN = Path(os.environ.get("CDC_BIN", REPO / "target" / "debug" / "milvus-cdc"))
 TARGET_TOKEN = "root:Milvus" if STACK.get("CDC_TARGET_AUTH") == "1" else None
 
@@ -120,7 +135,7 @@ class Agent:
             "MILVUS_CDC_ETCD__ENDPOINTS": json.dumps([STACK["CDC_ETCD_ENDPOINT"]]),
             "MILVUS_CDC_ETCD__ROOT": self.root,
             "MILVUS_CDC_SOURCE__MILVUS_URI": STACK["CDC_SOURCE_URI"],
-            "MILVUS_CDC_SOURCE__NATS_URL": STACK["CDC_NATS_URL"],
+            **source_env(),
             "MILVUS_CDC_LOG__LEVEL": "milvus_cdc=debug,info",
         }
         env.update(self.extra_env)

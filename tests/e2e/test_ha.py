@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from pymilvus import Collection
 
-from conftest import BIN, REPO, STACK, TARGET_TOKEN, create_body, free_port, http
+from conftest import (BIN, REPO, STACK, TARGET_TOKEN, create_body, free_port, http,
+                      source_env)
 from test_replication import keys, wait_verified
 from workload import BackgroundInserts, connect
 
@@ -285,7 +286,7 @@ def stream_last_sequences():
     """Last sequence of every source channel, read with `milvus-cdc source channels`."""
     out = subprocess.run(
         [str(BIN), "source", "channels"], capture_output=True, text=True, timeout=30, check=True,
-        env={**os.environ, "MILVUS_CDC_SOURCE__NATS_URL": STACK["CDC_NATS_URL"]}).stdout
+        env={**os.environ, **source_env()}).stdout
     return {name: int(last)
             for name, last in re.findall(r"^(\S+)\tfirst=\d+\tlast=(\d+)$", out, re.M)}
 

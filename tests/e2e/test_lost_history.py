@@ -16,10 +16,10 @@ import nats
 import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema
 
-from conftest import STACK, create_body, http
+from conftest import STACK, create_body, http, natsmq_only
 from workload import connect
 
-pytestmark = pytest.mark.destroys_history
+pytestmark = [pytest.mark.destroys_history, natsmq_only]
 
 
 async def _purge_all_streams():

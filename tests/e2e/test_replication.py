@@ -204,6 +204,7 @@ def stack_env_for_restart(stack):
         "CDC_ETCD_PORT": stack["CDC_ETCD_ENDPOINT"].rsplit(":", 1)[1],
         "CDC_SOURCE_PORT": stack["CDC_SOURCE_ADDR"].rsplit(":", 1)[1],
         "CDC_NATS_PORT": stack["CDC_NATS_URL"].rsplit(":", 1)[1],
+        "CDC_SOURCE_MQ": stack.get("CDC_SOURCE_MQ", "natsmq"),
         "CDC_TARGET_PORT": stack["CDC_TARGET_ADDR"].rsplit(":", 1)[1],
         "CDC_TARGET_AUTH": stack.get("CDC_TARGET_AUTH", "0"),
         "CDC_SOURCE_AUTH": stack.get("CDC_SOURCE_AUTH", "0"),

@@ -36,7 +36,7 @@ import pytest
 from pymilvus import (Collection, CollectionSchema, DataType, FieldSchema, Partition,
                       connections, db, utility)
 
-from conftest import BIN, REPO, STACK
+from conftest import BIN, REPO, STACK, source_env
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 SOURCE_TOKEN = "root:Milvus" if STACK.get("CDC_SOURCE_AUTH") == "1" else None
@@ -54,7 +54,7 @@ KNOWN_KINDS = {
 
 def cli_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILVUS_CDC_")}
-    env["MILVUS_CDC_SOURCE__NATS_URL"] = STACK["CDC_NATS_URL"]
+    env.update(source_env())
     env["MILVUS_CDC_LOG__LEVEL"] = "info"
     return env
 
@@ -539,6 +539,7 @@ def stack_env_for_restart(stack):
         "CDC_ETCD_PORT": stack["CDC_ETCD_ENDPOINT"].rsplit(":", 1)[1],
         "CDC_SOURCE_PORT": stack["CDC_SOURCE_ADDR"].rsplit(":", 1)[1],
         "CDC_NATS_PORT": stack["CDC_NATS_URL"].rsplit(":", 1)[1],
+        "CDC_SOURCE_MQ": stack.get("CDC_SOURCE_MQ", "natsmq"),
         "CDC_TARGET_PORT": stack["CDC_TARGET_ADDR"].rsplit(":", 1)[1],
         "CDC_TARGET_AUTH": stack.get("CDC_TARGET_AUTH", "0"),
         "CDC_SOURCE_AUTH": stack.get("CDC_SOURCE_AUTH", "0"),

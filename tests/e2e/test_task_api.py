@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import (BIN, STACK, TARGET_TOKEN, create_body, etcd_get_prefix, http,
-                      target_param)
+                      source_env, SOURCE_MQ, target_param)
 
 TASK_ID_HEX = "0123456789abcdef0123456789abcdef"
 
@@ -195,7 +195,7 @@ def test_check_command_reaches_every_dependency():
     env = {
         "MILVUS_CDC_ETCD__ENDPOINTS": json.dumps([STACK["CDC_ETCD_ENDPOINT"]]),
         "MILVUS_CDC_SOURCE__MILVUS_URI": STACK["CDC_SOURCE_URI"],
-        "MILVUS_CDC_SOURCE__NATS_URL": STACK["CDC_NATS_URL"],
+        **source_env(),
         "PATH": "/usr/bin:/bin",
     }
     args = [str(BIN), "check", "--target", STACK["CDC_TARGET_URI"]]
@@ -206,7 +206,10 @@ def test_check_command_reaches_every_dependency():
     assert "by-dev-rootcoord-dml_0" in r.stdout
     assert "by-dev-replicate-msg" in r.stdout
     assert "version v2.3.5" in r.stdout
-    env["MILVUS_CDC_SOURCE__NATS_URL"] = "nats://127.0.0.1:1"
+    if SOURCE_MQ == "kafka":
+        env["MILVUS_CDC_SOURCE__KAFKA__BROKERS"] = '["127.0.0.1:1"]'
+    else:
+        env["MILVUS_CDC_SOURCE__NATS_URL"] = "nats://127.0.0.1:1"
     env["MILVUS_CDC_SOURCE__CONNECT_TIMEOUT"] = '"2s"'
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "FAIL  source natsmq" in r.stdout
+    assert r.returncode == 1 and f"FAIL  source {SOURCE_MQ}" in r.stdout
