@@ -69,6 +69,10 @@ e2e_on() {
   # stream, so history left by earlier runs would only slow the suite down.
   scripts/stack.sh reset
   scripts/stack.sh start
+  if [ "$mq" = natsmq ]; then
+    log "cargo test --test etcd_store (the task store on the stack's etcd)"
+    CDC_TEST_ETCD="127.0.0.1:$CDC_ETCD_PORT" cargo test --quiet --test etcd_store
+  fi
   log "pytest ($mq source) $*"
   # Tests marked quarantine fail for a known, documented reason (an open
   # issue); run them with: scripts/test.sh e2e -m quarantine

@@ -280,33 +280,48 @@ impl TaskStore {
 
     /// Writes the checkpoints of several channels of one task at once. The
     /// task must still exist (a deleted task's workers cannot recreate
-    /// positions).
+    /// positions). Checkpoints never move backwards: a channel whose stored
+    /// checkpoint is ahead of the new one keeps it, and the transaction
+    /// compares every key's revision with the one read, so two writers
+    /// cannot interleave a step back.
     pub async fn save_checkpoints(&self, id: &TaskId, checkpoints: &Checkpoints) -> Result<()> {
         if checkpoints.is_empty() {
             return Ok(());
         }
         let key = self.task_key(id);
         let prefix = self.positions_prefix(id);
-        let ops = checkpoints
-            .iter()
-            .map(|(channel, cp)| TxnOp::put(format!("{prefix}{channel}"), Self::encode(cp), None))
-            .collect();
-        let ok = self
-            .txn(
-                "save checkpoints",
-                vec![Compare::version(key.as_str(), CompareOp::Greater, 0)],
-                ops,
-            )
-            .await?;
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound(id.clone()))
+        for _attempt in 0..3 {
+            let stored = self.checkpoint_revisions(id).await?;
+            let mut compares = vec![Compare::version(key.as_str(), CompareOp::Greater, 0)];
+            let mut ops = Vec::new();
+            for (channel, cp) in checkpoints {
+                let ckey = format!("{prefix}{channel}");
+                match stored.get(channel) {
+                    Some((old, _)) if old.position() > cp.position() => continue,
+                    Some((_, rev)) => {
+                        compares.push(Compare::mod_revision(ckey.as_str(), CompareOp::Equal, *rev))
+                    }
+                    None => compares.push(Compare::version(ckey.as_str(), CompareOp::Equal, 0)),
+                }
+                ops.push(TxnOp::put(ckey, Self::encode(cp), None));
+            }
+            if ops.is_empty() {
+                return Ok(());
+            }
+            if self.txn("save checkpoints", compares, ops).await? {
+                return Ok(());
+            }
+            // The task is gone, or a checkpoint changed since it was read.
+            self.get_task(id).await?;
         }
+        Err(StoreError::Conflict(id.clone()))
     }
 
-    /// The checkpoints of one task, by channel.
-    pub async fn load_checkpoints(&self, id: &TaskId) -> Result<Checkpoints> {
+    /// The stored checkpoints of a task with their etcd mod revisions.
+    async fn checkpoint_revisions(
+        &self,
+        id: &TaskId,
+    ) -> Result<std::collections::BTreeMap<String, (Checkpoint, i64)>> {
         let mut kv = self.kv.clone();
         let prefix = self.positions_prefix(id);
         let resp = bounded(
@@ -319,8 +334,19 @@ impl TaskStore {
             .iter()
             .map(|kv| {
                 let channel = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-                Ok((channel, Self::decode::<Checkpoint>(kv.key(), kv.value())?))
+                let cp = Self::decode::<Checkpoint>(kv.key(), kv.value())?;
+                Ok((channel, (cp, kv.mod_revision())))
             })
             .collect()
+    }
+
+    /// The checkpoints of one task, by channel.
+    pub async fn load_checkpoints(&self, id: &TaskId) -> Result<Checkpoints> {
+        Ok(self
+            .checkpoint_revisions(id)
+            .await?
+            .into_iter()
+            .map(|(channel, (cp, _))| (channel, cp))
+            .collect())
     }
 }

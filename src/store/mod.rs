@@ -70,6 +70,13 @@ pub struct Checkpoint {
     pub written_at_ms: u64,
 }
 
+impl Checkpoint {
+    /// `(sequence, timestamp)`: how far the checkpoint is, for ordering.
+    pub fn position(&self) -> (u64, u64) {
+        (self.sequence, self.timestamp)
+    }
+}
+
 /// A task record together with the etcd revision it was read at, needed to
 /// update it safely.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,145 @@
+//! The etcd task store against a real etcd: checkpoints never move
+//! backwards, fenced writes are refused once leadership moved, a create
+//! writes the task and its start checkpoints together or not at all.
+//!
+//! Needs an etcd: `CDC_TEST_ETCD=127.0.0.1:12379` (scripts/test.sh sets it
+//! while its stack runs). Without it every test here says so and passes.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use milvus_cdc::{
+    store::{Checkpoint, Checkpoints, Fence, StoreError, TaskStore},
+    task::{CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState},
+};
+
+async fn store() -> Option<(Client, TaskStore)> {
+    let Ok(endpoint) = std::env::var("CDC_TEST_ETCD") else {
+        eprintln!("skipped: set CDC_TEST_ETCD=host:port to run the etcd store tests");
+        return None;
+    };
+    let client = Client::connect([endpoint.as_str()], None)
+        .await
+        .expect("CDC_TEST_ETCD is set but etcd does not answer");
+    let root = format!("milvus-cdc-store-test/{}", TaskId::generate());
+    let store = TaskStore::new(&client, &root, Duration::from_secs(5));
+    Some((client, store))
+}
+
+fn record() -> TaskRecord {
+    TaskRecord {
+        task_id: TaskId::generate(),
+        milvus_connect_param: MilvusConnectParam {
+            uri: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        },
+        collection_infos: vec![CollectionInfo {
+            name: "*".into(),
+            positions: Default::default(),
+        }],
+        state: TaskState::Running,
+        created_at_ms: 1,
+        history_gaps: Vec::new(),
+    }
+}
+
+fn cps(sequence: u64, timestamp: u64) -> Checkpoints {
+    [(
+        "by-dev-rootcoord-dml_0".to_string(),
+        Checkpoint {
+            sequence,
+            timestamp,
+            written_at_ms: 1,
+        },
+    )]
+    .into_iter()
+    .collect()
+}
+
+#[tokio::test]
+async fn checkpoints_never_move_backwards() {
+    let Some((_c, store)) = store().await else {
+        return;
+    };
+    let task = record();
+    store
+        .create_task(&task, 10, &Checkpoints::new())
+        .await
+        .unwrap();
+    store.save_checkpoints(&task.task_id, &cps(10, 100)).await.unwrap();
+    store.save_checkpoints(&task.task_id, &cps(7, 90)).await.unwrap();
+    let got = store.load_checkpoints(&task.task_id).await.unwrap();
+    assert_eq!(got["by-dev-rootcoord-dml_0"].position(), (10, 100));
+    // Same sequence, later time (a window cut holding a message): forward.
+    store.save_checkpoints(&task.task_id, &cps(10, 120)).await.unwrap();
+    let got = store.load_checkpoints(&task.task_id).await.unwrap();
+    assert_eq!(got["by-dev-rootcoord-dml_0"].position(), (10, 120));
+}
+
+#[tokio::test]
+async fn a_deleted_task_cannot_get_checkpoints_back() {
+    let Some((_c, store)) = store().await else {
+        return;
+    };
+    let task = record();
+    store
+        .create_task(&task, 10, &Checkpoints::new())
+        .await
+        .unwrap();
+    store.delete_task(&task.task_id).await.unwrap();
+    let err = store
+        .save_checkpoints(&task.task_id, &cps(1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(store.load_checkpoints(&task.task_id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn fenced_writes_are_refused_after_leadership_moved() {
+    let Some((mut client, store)) = store().await else {
+        return;
+    };
+    let key = store.leader_key();
+    client.put(key.as_str(), "replica-a", None).await.unwrap();
+    let rev = client.get(key.as_str(), None).await.unwrap().kvs()[0].create_revision();
+    let fenced = store.fenced(Fence {
+        key: key.clone(),
+        create_revision: rev,
+    });
+    let task = record();
+    fenced
+        .create_task(&task, 10, &Checkpoints::new())
+        .await
+        .unwrap();
+    fenced.save_checkpoints(&task.task_id, &cps(1, 1)).await.unwrap();
+    // Another replica wins the key (deleted and created again).
+    client.delete(key.as_str(), None).await.unwrap();
+    client.put(key.as_str(), "replica-b", None).await.unwrap();
+    let err = fenced
+        .save_checkpoints(&task.task_id, &cps(2, 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced), "{err}");
+    let got = store.load_checkpoints(&task.task_id).await.unwrap();
+    assert_eq!(got["by-dev-rootcoord-dml_0"].position(), (1, 1), "nothing written");
+}
+
+#[tokio::test]
+async fn create_writes_the_task_and_its_start_positions_together() {
+    let Some((_c, store)) = store().await else {
+        return;
+    };
+    let task = record();
+    store.create_task(&task, 1, &cps(5, 50)).await.unwrap();
+    assert_eq!(
+        store.load_checkpoints(&task.task_id).await.unwrap()["by-dev-rootcoord-dml_0"].position(),
+        (5, 50)
+    );
+    // The limit refuses the next create: no task and no checkpoint of it.
+    let other = record();
+    let err = store.create_task(&other, 1, &cps(9, 90)).await.unwrap_err();
+    assert!(matches!(err, StoreError::LimitReached(1)), "{err}");
+    assert!(store.load_checkpoints(&other.task_id).await.unwrap().is_empty());
+    assert_eq!(store.load_tasks().await.unwrap().len(), 1);
+}
