@@ -66,12 +66,21 @@ async fn checkpoints_never_move_backwards() {
         .create_task(&task, 10, &Checkpoints::new())
         .await
         .unwrap();
-    store.save_checkpoints(&task.task_id, &cps(10, 100)).await.unwrap();
-    store.save_checkpoints(&task.task_id, &cps(7, 90)).await.unwrap();
+    store
+        .save_checkpoints(&task.task_id, &cps(10, 100))
+        .await
+        .unwrap();
+    store
+        .save_checkpoints(&task.task_id, &cps(7, 90))
+        .await
+        .unwrap();
     let got = store.load_checkpoints(&task.task_id).await.unwrap();
     assert_eq!(got["by-dev-rootcoord-dml_0"].position(), (10, 100));
     // Same sequence, later time (a window cut holding a message): forward.
-    store.save_checkpoints(&task.task_id, &cps(10, 120)).await.unwrap();
+    store
+        .save_checkpoints(&task.task_id, &cps(10, 120))
+        .await
+        .unwrap();
     let got = store.load_checkpoints(&task.task_id).await.unwrap();
     assert_eq!(got["by-dev-rootcoord-dml_0"].position(), (10, 120));
 }
@@ -92,7 +101,11 @@ async fn a_deleted_task_cannot_get_checkpoints_back() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
-    assert!(store.load_checkpoints(&task.task_id).await.unwrap().is_empty());
+    assert!(store
+        .load_checkpoints(&task.task_id)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -112,7 +125,10 @@ async fn fenced_writes_are_refused_after_leadership_moved() {
         .create_task(&task, 10, &Checkpoints::new())
         .await
         .unwrap();
-    fenced.save_checkpoints(&task.task_id, &cps(1, 1)).await.unwrap();
+    fenced
+        .save_checkpoints(&task.task_id, &cps(1, 1))
+        .await
+        .unwrap();
     // Another replica wins the key (deleted and created again).
     client.delete(key.as_str(), None).await.unwrap();
     client.put(key.as_str(), "replica-b", None).await.unwrap();
@@ -122,7 +138,11 @@ async fn fenced_writes_are_refused_after_leadership_moved() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced), "{err}");
     let got = store.load_checkpoints(&task.task_id).await.unwrap();
-    assert_eq!(got["by-dev-rootcoord-dml_0"].position(), (1, 1), "nothing written");
+    assert_eq!(
+        got["by-dev-rootcoord-dml_0"].position(),
+        (1, 1),
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -140,6 +160,103 @@ async fn create_writes_the_task_and_its_start_positions_together() {
     let other = record();
     let err = store.create_task(&other, 1, &cps(9, 90)).await.unwrap_err();
     assert!(matches!(err, StoreError::LimitReached(1)), "{err}");
-    assert!(store.load_checkpoints(&other.task_id).await.unwrap().is_empty());
+    assert!(store
+        .load_checkpoints(&other.task_id)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(store.load_tasks().await.unwrap().len(), 1);
+}
+
+mod service {
+    use std::sync::{Arc, Mutex};
+
+    use milvus_cdc::{
+        metrics::Metrics,
+        task::{
+            service::{TaskService, TaskWorkers},
+            Action,
+        },
+    };
+
+    use super::*;
+
+    /// Workers that record what was asked of them.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl TaskWorkers for Recorder {
+        fn start(&self, task: &TaskRecord) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("start {}", task.task_id));
+        }
+        fn stop(&self, id: &TaskId) -> futures::future::BoxFuture<'static, ()> {
+            self.0.lock().unwrap().push(format!("stop {id}"));
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_pause_or_delete_leaves_the_workers_running() {
+        let Some((_c, store)) = store().await else {
+            return;
+        };
+        let task = record();
+        store
+            .create_task(&task, 10, &Checkpoints::new())
+            .await
+            .unwrap();
+        // A store whose every write is refused (a stale fence).
+        let stale = store.fenced(Fence {
+            key: store.leader_key(),
+            create_revision: 1,
+        });
+        let workers = Arc::new(Recorder::default());
+        let svc = TaskService::new(stale, 10, Metrics::new(), workers.clone());
+        assert!(svc
+            .change_state(&task.task_id, Action::Pause)
+            .await
+            .is_err());
+        assert!(svc.delete(&task.task_id).await.is_err());
+        assert!(
+            workers.0.lock().unwrap().is_empty(),
+            "workers untouched: {:?}",
+            workers.0.lock().unwrap()
+        );
+        assert_eq!(
+            store.get_task(&task.task_id).await.unwrap().value.state,
+            TaskState::Running
+        );
+    }
+
+    #[tokio::test]
+    async fn resume_of_a_running_task_starts_missing_workers() {
+        let Some((_c, store)) = store().await else {
+            return;
+        };
+        let task = record();
+        store
+            .create_task(&task, 10, &Checkpoints::new())
+            .await
+            .unwrap();
+        let workers = Arc::new(Recorder::default());
+        let svc = TaskService::new(store.clone(), 10, Metrics::new(), workers.clone());
+        svc.change_state(&task.task_id, Action::Resume)
+            .await
+            .unwrap();
+        svc.change_state(&task.task_id, Action::Pause)
+            .await
+            .unwrap();
+        assert_eq!(
+            *workers.0.lock().unwrap(),
+            vec![
+                format!("start {}", task.task_id),
+                format!("stop {}", task.task_id)
+            ]
+        );
+        svc.delete(&task.task_id).await.unwrap();
+        assert!(store.get_task(&task.task_id).await.is_err());
+    }
 }

@@ -27,11 +27,34 @@ pub struct Forwarded {
     pub body: Bytes,
 }
 
+/// Why a forwarded request has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The request never reached the leader (no connection): safe to retry.
+    #[error("leader {leader} unreachable: {message}")]
+    NotSent {
+        /// The leader's URL.
+        leader: String,
+        /// What failed.
+        message: String,
+    },
+    /// The request may have reached the leader, but no answer came: the
+    /// leader may have applied it.
+    #[error("no answer from the leader {leader}: {message}; the request may have been applied")]
+    NoAnswer {
+        /// The leader's URL.
+        leader: String,
+        /// What failed.
+        message: String,
+    },
+}
+
 /// An HTTP/1 client for forwarding. Cheap to clone.
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     me: String,
+    timeout: Duration,
 }
 
 impl Forwarder {
@@ -43,25 +66,37 @@ impl Forwarder {
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             me: me.to_string(),
+            timeout: FORWARD_TIMEOUT,
         }
     }
 
+    /// The same forwarder with another answer timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Posts `body` to `<leader_url>/cdc`.
-    pub async fn forward(&self, leader_url: &str, body: Bytes) -> Result<Forwarded, String> {
+    pub async fn forward(&self, leader_url: &str, body: Bytes) -> Result<Forwarded, ForwardError> {
+        let not_sent = |message: String| ForwardError::NotSent {
+            leader: leader_url.to_string(),
+            message,
+        };
+        let no_answer = |message: String| ForwardError::NoAnswer {
+            leader: leader_url.to_string(),
+            message,
+        };
         let url = format!("{}/cdc", leader_url.trim_end_matches('/'));
         let req = hyper::Request::post(&url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(FORWARDED_HEADER, self.me.as_str())
             .body(Full::new(body))
-            .map_err(|e| format!("cannot build request to {url}: {e}"))?;
-        let resp = match tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(req)).await {
+            .map_err(|e| not_sent(format!("cannot build request to {url}: {e}")))?;
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(format!("leader {leader_url} unreachable: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "leader {leader_url} did not answer within {FORWARD_TIMEOUT:?}"
-                ))
-            }
+            Ok(Err(e)) if e.is_connect() => return Err(not_sent(e.to_string())),
+            Ok(Err(e)) => return Err(no_answer(e.to_string())),
+            Err(_) => return Err(no_answer(format!("none within {:?}", self.timeout))),
         };
         let status = resp.status().as_u16();
         let content_type = resp
@@ -69,15 +104,55 @@ impl Forwarder {
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = match tokio::time::timeout(FORWARD_TIMEOUT, resp.into_body().collect()).await {
+        let body = match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) => return Err(format!("reading the leader's answer failed: {e}")),
-            Err(_) => return Err("the leader's answer did not arrive in time".into()),
+            Ok(Err(e)) => return Err(no_answer(format!("reading the answer failed: {e}"))),
+            Err(_) => return Err(no_answer("the answer did not arrive in time".into())),
         };
         Ok(Forwarded {
             status,
             content_type,
             body,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_not_sent_and_a_silent_leader_is_no_answer() {
+        let fwd = Forwarder::new("http://me").with_timeout(Duration::from_millis(300));
+        // Nothing listens: the request never left.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let err = fwd
+            .forward(
+                &format!("http://127.0.0.1:{port}"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::NotSent { .. }), "{err}");
+        // A leader that reads the request and never answers: it may have
+        // applied it, so it must not be sent again.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = silent.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let err = fwd
+            .forward(&url, Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::NoAnswer { .. }), "{err}");
+        assert!(err.to_string().contains("may have been applied"), "{err}");
     }
 }

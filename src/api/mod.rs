@@ -225,11 +225,22 @@ async fn dispatch(
                     count_forward(state, if retried { "retried" } else { "ok" });
                     return Dispatched::Forwarded(answer);
                 }
+                // A create that may have reached the leader is not sent
+                // again: it would make a second task.
+                Err(e @ forward::ForwardError::NoAnswer { .. })
+                    if retried || matches!(request, CdcRequest::Create(_)) =>
+                {
+                    count_forward(state, "failed");
+                    return Dispatched::Local(Err(ApiError {
+                        code: 504,
+                        message: format!("{e}: check with list before retrying"),
+                    }));
+                }
                 Err(e) if retried => {
                     count_forward(state, "failed");
                     return Dispatched::Local(Err(ApiError {
                         code: 503,
-                        message: e,
+                        message: e.to_string(),
                     }));
                 }
                 Err(e) => {

@@ -254,31 +254,38 @@ impl TaskService {
         let _guard = self.write_lock.lock().await;
         let current = self.store.get_task(id).await?;
         let new_state = match current.value.state.apply(action) {
-            Transition::Unchanged => return Ok(()),
+            Transition::Unchanged => {
+                // A Running task without workers here (they stopped on an
+                // error, or a start was lost) gets them back on resume.
+                if current.value.state == TaskState::Running {
+                    self.workers.start(&current.value);
+                }
+                return Ok(());
+            }
             Transition::To(s) => s,
         };
-        if action == Action::Pause {
-            // Workers stop after their final checkpoint, before the state
-            // says Paused, so a paused task never moves on.
-            self.workers.stop(id).await;
-        }
+        // The stored state changes first (compare-and-set on the revision
+        // read): if that fails, nothing else changed, and the workers keep
+        // running as the store says. Pausing workers then stop after their
+        // final checkpoint.
         let mut record = current.value;
         record.state = new_state;
         self.store.update_task(&record, current.revision).await?;
         info!(task_id = %id, state = %new_state, "task state changed");
-        if new_state == TaskState::Running {
-            self.workers.start(&record);
+        match new_state {
+            TaskState::Running => self.workers.start(&record),
+            _ => self.workers.stop(id).await,
         }
         self.refresh_metrics().await;
         Ok(())
     }
 
-    /// Stops a task's workers and removes it with its checkpoints.
+    /// Removes a task with its checkpoints, then stops its workers (which
+    /// can no longer write a checkpoint of it).
     pub async fn delete(&self, id: &TaskId) -> Result<(), ServiceError> {
         let _guard = self.write_lock.lock().await;
-        self.store.get_task(id).await?;
-        self.workers.stop(id).await;
         self.store.delete_task(id).await?;
+        self.workers.stop(id).await;
         info!(task_id = %id, "task deleted");
         self.refresh_metrics().await;
         Ok(())
