@@ -88,6 +88,10 @@ pub struct ServerConfig {
     /// Answer `/cdc` errors with HTTP 200 and the real code only in the JSON
     /// `code` field, exactly like the official Go server.
     pub compat_http_200: bool,
+    /// Longest time a stop may take after SIGTERM/SIGINT; then the process
+    /// exits with status 1 whatever is still running.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +101,7 @@ impl Default for ServerConfig {
             advertise: String::new(),
             max_body_bytes: 1024 * 1024,
             compat_http_200: false,
+            shutdown_timeout: Duration::from_secs(20),
         }
     }
 }

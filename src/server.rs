@@ -107,9 +107,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // On a signal, the election stops the workers and revokes the lease at
     // once, while the HTTP server drains its in-flight requests.
     let on_signal = stop_election.clone();
+    let shutdown_timeout = cfg.server.shutdown_timeout;
     let http = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            arm_shutdown_deadline(shutdown_timeout);
             on_signal.cancel();
         })
         .await
@@ -121,6 +123,19 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     http?;
     info!("shut down cleanly");
     Ok(())
+}
+
+/// Bounds a stop: when `timeout` passes and the process still runs
+/// (something waits on an unreachable dependency), it exits with status 1.
+fn arm_shutdown_deadline(timeout: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        tracing::error!(
+            ?timeout,
+            "shutdown did not finish within server.shutdown_timeout; exiting now"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -423,13 +423,19 @@ async fn run_workers(
         .map(|c| (c, true))
         .collect();
     channels.push((inner.source.replicate_channel(), false));
-    for (channel, dml) in &channels {
-        progress.register(
-            channel,
-            *dml,
-            checkpoints.get(channel),
-            backlog_end(&inner.mq, channel).await,
-        );
+    // Every channel at once, and a stop does not wait for a source that is
+    // down (each probe has its own deadline too).
+    let probes = futures::future::join_all(
+        channels
+            .iter()
+            .map(|(channel, _)| backlog_end(&inner.mq, channel)),
+    );
+    let ends = tokio::select! {
+        () = cancel.cancelled() => return Run::Done,
+        ends = probes => ends,
+    };
+    for ((channel, dml), end) in channels.iter().zip(ends) {
+        progress.register(channel, *dml, checkpoints.get(channel), end);
     }
     let Some(target) = until_ok(
         cancel,
