@@ -151,7 +151,7 @@ impl Default for LogConfig {
 }
 
 /// `[etcd]`: the agent's coordination store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
     /// Endpoints, `host:port` or `http://host:port`.
@@ -162,6 +162,9 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// Optional etcd password.
     pub password: Option<String>,
+    /// File holding the etcd password (e.g. a mounted Kubernetes secret),
+    /// instead of `password`.
+    pub password_file: Option<std::path::PathBuf>,
     /// Time allowed to establish a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -177,6 +180,7 @@ impl Default for EtcdConfig {
             root: "milvus-cdc/default".into(),
             username: None,
             password: None,
+            password_file: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
         }
@@ -243,6 +247,8 @@ pub struct KafkaConfig {
     pub sasl_username: Option<String>,
     /// SASL password.
     pub sasl_password: Option<String>,
+    /// File holding the SASL password, instead of `sasl_password`.
+    pub sasl_password_file: Option<std::path::PathBuf>,
     /// CA certificates (PEM) that sign the brokers' certificates; the
     /// system's roots when unset.
     pub tls_ca: Option<std::path::PathBuf>,
@@ -260,6 +266,7 @@ impl Default for KafkaConfig {
             sasl_mechanism: KafkaSaslMechanism::default(),
             sasl_username: None,
             sasl_password: None,
+            sasl_password_file: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -274,10 +281,8 @@ impl std::fmt::Debug for KafkaConfig {
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
-            .field(
-                "sasl_password",
-                &self.sasl_password.as_ref().map(|_| "<redacted>"),
-            )
+            .field("sasl_password", &redacted(&self.sasl_password))
+            .field("sasl_password_file", &self.sasl_password_file)
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
@@ -286,13 +291,15 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 /// `[source]`: the Milvus instance that is replicated.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {
     /// gRPC address of the source Milvus proxy (metadata look-ups).
     pub milvus_uri: String,
     /// Token (`user:password` or API key) for the source Milvus, if auth is on.
     pub milvus_token: Option<String>,
+    /// File holding `milvus_token`, instead of it.
+    pub milvus_token_file: Option<std::path::PathBuf>,
     /// Message queue type (`natsmq` or `kafka`; key `mq` works too).
     #[serde(alias = "mq")]
     pub mq_type: MqType,
@@ -314,6 +321,7 @@ impl Default for SourceConfig {
         Self {
             milvus_uri: "http://127.0.0.1:19530".into(),
             milvus_token: None,
+            milvus_token_file: None,
             mq_type: MqType::Natsmq,
             nats_url: "nats://127.0.0.1:4222".into(),
             kafka: KafkaConfig::default(),
@@ -473,14 +481,44 @@ impl Config {
     }
 
     fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
-        let cfg: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        let mut cfg: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
             |e: serde_path_to_error::Error<toml::de::Error>| ConfigError::Key {
                 key: e.path().to_string(),
                 message: e.inner().message().to_string(),
             },
         )?;
+        read_secret_file(
+            "etcd.password",
+            &mut cfg.etcd.password,
+            cfg.etcd.password_file.as_deref(),
+        )?;
+        read_secret_file(
+            "source.milvus_token",
+            &mut cfg.source.milvus_token,
+            cfg.source.milvus_token_file.as_deref(),
+        )?;
+        read_secret_file(
+            "source.kafka.sasl_password",
+            &mut cfg.source.kafka.sasl_password,
+            cfg.source.kafka.sasl_password_file.as_deref(),
+        )?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The same configuration with every secret replaced by `<hidden>`,
+    /// for printing.
+    pub fn with_secrets_hidden(mut self) -> Self {
+        for secret in [
+            &mut self.etcd.password,
+            &mut self.source.milvus_token,
+            &mut self.source.kafka.sasl_password,
+        ] {
+            if secret.is_some() {
+                *secret = Some("<hidden>".into());
+            }
+        }
+        self
     }
 
     /// Checks values that parse but make no sense.
@@ -540,6 +578,64 @@ impl Config {
     }
 }
 
+/// `Some("<redacted>")` for a set secret, for `Debug` output.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+/// Fills `secret` (the key `key`) from `file` when one is given: its
+/// content without the trailing newline. Both at once is an error; the
+/// error names the key and the file, never the content.
+fn read_secret_file(
+    key: &str,
+    secret: &mut Option<String>,
+    file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    let Some(file) = file else { return Ok(()) };
+    if secret.is_some() {
+        return Err(ConfigError::Key {
+            key: key.into(),
+            message: format!("set either {key} or {key}_file, not both"),
+        });
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Key {
+        key: format!("{key}_file"),
+        message: format!("cannot read {}: {e}", file.display()),
+    })?;
+    *secret = Some(text.trim_end_matches(['\n', '\r']).to_string());
+    Ok(())
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("root", &self.root)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("password_file", &self.password_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("milvus_uri", &self.milvus_uri)
+            .field("milvus_token", &redacted(&self.milvus_token))
+            .field("milvus_token_file", &self.milvus_token_file)
+            .field("mq_type", &self.mq_type)
+            .field("nats_url", &self.nats_url)
+            .field("kafka", &self.kafka)
+            .field("channel_prefix", &self.channel_prefix)
+            .field("dml_channel_num", &self.dml_channel_num)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
 /// Applies `MILVUS_CDC_<SECTION>__<KEY>=value` variables to `table`. The value
 /// is read as a TOML value when it parses as one (`5`, `true`, `["a"]`) and as
 /// a string otherwise. `MILVUS_CDC_*` names without `__` belong to CLI flags
@@ -593,6 +689,38 @@ fn apply_env(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn secrets_come_from_files_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file-s3cret\n").unwrap();
+        let text = format!(
+            "[etcd]\npassword_file = {:?}\n[source]\nmilvus_token = \"tok-s3cret\"\n",
+            file.display().to_string()
+        );
+        let cfg = Config::from_toml_str(&text).unwrap();
+        assert_eq!(cfg.etcd.password.as_deref(), Some("from-file-s3cret"));
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        let mut cfg = cfg;
+        cfg.source.kafka.sasl_password = Some("kafka-s3cret".into());
+        let printed = toml::to_string(&cfg.with_secrets_hidden()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        let both = format!(
+            "[etcd]\npassword = \"x\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let err = Config::from_toml_str(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        let missing = "[source.kafka]\nsasl_password_file = \"/nonexistent/pw\"\n";
+        let err = Config::from_toml_str(missing).unwrap_err().to_string();
+        assert!(
+            err.contains("sasl_password_file") && err.contains("/nonexistent/pw"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     #[test]

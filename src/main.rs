@@ -157,24 +157,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Config(args) => match args.load() {
-            Ok(mut cfg) => {
-                if cfg.etcd.password.is_some() {
-                    cfg.etcd.password = Some("<hidden>".into());
+            Ok(cfg) => match toml::to_string_pretty(&cfg.with_secrets_hidden()) {
+                Ok(s) => {
+                    print!("{s}");
+                    ExitCode::SUCCESS
                 }
-                if cfg.source.milvus_token.is_some() {
-                    cfg.source.milvus_token = Some("<hidden>".into());
+                Err(e) => {
+                    eprintln!("milvus-cdc: {e}");
+                    ExitCode::FAILURE
                 }
-                match toml::to_string_pretty(&cfg) {
-                    Ok(s) => {
-                        print!("{s}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("milvus-cdc: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
+            },
             Err(code) => code,
         },
         Command::Check {

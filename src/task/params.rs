@@ -16,7 +16,8 @@ pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 60;
 
 /// `milvus_connect_param`: how to reach the target Milvus. Exactly the
 /// documented fields; unknown fields are rejected so that typos surface.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `Debug` hides the token, the password and any credentials in the uri.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MilvusConnectParam {
     /// `http://host:port`, `https://host:port` or `tcp://host:port`.
@@ -43,6 +44,35 @@ pub struct MilvusConnectParam {
     /// Seconds allowed to connect (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<u64>,
+}
+
+impl std::fmt::Debug for MilvusConnectParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("MilvusConnectParam")
+            .field("uri", &self.uri.as_deref().map(without_userinfo))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("token", &hidden(&self.token))
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("enable_tls", &self.enable_tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `uri` with any `user:password@` replaced by `***@`, for messages.
+pub fn without_userinfo(uri: &str) -> String {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{}", &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
 }
 
 /// `collection_infos[i]`.
@@ -214,6 +244,8 @@ fn check_host(host: &str) -> Result<(), ParamError> {
 
 /// Splits `scheme://host[:port][/]` into (tls, host, port).
 fn parse_uri(uri: &str) -> Result<(bool, String, u16), ParamError> {
+    // Messages show the uri without credentials.
+    let shown = without_userinfo(uri);
     let (tls, rest) = if let Some(r) = uri.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = uri.strip_prefix("http://") {
@@ -222,25 +254,25 @@ fn parse_uri(uri: &str) -> Result<(bool, String, u16), ParamError> {
         (false, r)
     } else {
         return bad(format!(
-            "milvus_connect_param.uri {uri:?} must start with http://, https:// or tcp://"
+            "milvus_connect_param.uri {shown:?} must start with http://, https:// or tcp://"
         ));
     };
     let rest = rest.trim_end_matches('/');
     if rest.contains('/') || rest.contains('@') || rest.contains('?') {
         return bad(format!(
-            "milvus_connect_param.uri {uri:?} must be scheme://host:port without a path or user"
+            "milvus_connect_param.uri {shown:?} must be scheme://host:port without a path or user"
         ));
     }
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let Some((h, after)) = v6.split_once(']') else {
             return bad(format!(
-                "milvus_connect_param.uri {uri:?} has an unclosed '['"
+                "milvus_connect_param.uri {shown:?} has an unclosed '['"
             ));
         };
         let port = match after.strip_prefix(':') {
             Some(p) => p,
             None if after.is_empty() => "",
-            None => return bad(format!("milvus_connect_param.uri {uri:?} is malformed")),
+            None => return bad(format!("milvus_connect_param.uri {shown:?} is malformed")),
         };
         (h.to_string(), port)
     } else {
@@ -255,7 +287,7 @@ fn parse_uri(uri: &str) -> Result<(bool, String, u16), ParamError> {
     } else {
         port.parse::<u16>().map_err(|_| {
             ParamError(format!(
-                "milvus_connect_param.uri {uri:?} has an invalid port"
+                "milvus_connect_param.uri {shown:?} has an invalid port"
             ))
         })?
     };
@@ -264,6 +296,24 @@ fn parse_uri(uri: &str) -> Result<(bool, String, u16), ParamError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_never_show_in_errors_or_debug() {
+        let p = MilvusConnectParam {
+            uri: Some("http://root:s3cret-pw@target:19530".into()),
+            token: Some("root:s3cret-tok".into()),
+            password: Some("s3cret-pass".into()),
+            ..Default::default()
+        };
+        let err = p.validate().expect_err("userinfo in uri").to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("***@target:19530"), "{err}");
+        let dbg = format!("{p:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert_eq!(without_userinfo("tcp://u:p@h:1"), "tcp://***@h:1");
+        assert_eq!(without_userinfo("http://h:1"), "http://h:1");
+    }
+
     use super::*;
 
     fn p(json: serde_json::Value) -> MilvusConnectParam {

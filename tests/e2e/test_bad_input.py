@@ -8,10 +8,12 @@ import pytest
 
 import uuid
 
-from conftest import Agent, etcd_get_prefix, target_param
+from conftest import TARGET_TOKEN, Agent, etcd_get_prefix, target_param
 from conftest import http as http_call
 
 ID = "0123456789abcdef0123456789abcdef"
+# A password that must never appear in an answer or in the agent's log.
+SECRET = "Sup3r-S3cret-pw"
 
 
 def create(param=None, infos=None, **extra):
@@ -102,7 +104,18 @@ CORPUS = {
     "create_infos_null_name": create(infos=[{"name": None}]),
     "create_infos_extra": create(infos=[{"name": "*", "db": "x"}]),
     "create_extra_field": create(extra_field=1),
+    # credentials in bad requests are never echoed
+    "create_userinfo_in_uri": create(param={"uri": f"http://root:{SECRET}@127.0.0.1:19540"}),
+    "create_unreachable_with_token": create(param={"uri": "http://127.0.0.1:1",
+                                                   "token": f"root:{SECRET}",
+                                                   "connect_timeout": 2}),
 }
+
+if TARGET_TOKEN:  # the target checks credentials: wrong ones are refused
+    CORPUS["create_wrong_password"] = create(param=target_param(token=f"root:{SECRET}"))
+    CORPUS["create_wrong_user_password"] = create(param={
+        **{k: v for k, v in target_param().items() if k != "token"},
+        "username": "root", "password": SECRET})
 
 
 def tasks(agent):
@@ -136,6 +149,7 @@ def test_bad_body_gets_4xx_json_and_store_unchanged(module_agent, name):
     assert isinstance(body, dict), (name, body)
     assert body["code"] == status, (name, body)
     assert isinstance(body["message"], str) and body["message"], (name, body)
+    assert SECRET not in json.dumps(body), (name, body)
     assert headers["Content-Type"] == "application/json"
     assert tasks(module_agent) == before, name
     # The agent is still alive and answering.
@@ -167,3 +181,16 @@ def test_bad_requests_are_counted(module_agent):
     http_call("POST", module_agent.url + "/cdc", b"{")
     _, text, _ = http_call("GET", module_agent.url + "/metrics")
     assert 'milvus_cdc_api_requests_total{request_type="invalid",code="400"}' in text
+
+
+def test_no_secret_in_the_agent_log(module_agent):
+    """Runs last in this module: after every bad body above, the agent's
+    log (debug level) never contains the password they carried."""
+    for name in ("create_userinfo_in_uri", "create_wrong_password",
+                 "create_unreachable_with_token"):
+        if name not in CORPUS:
+            continue
+        http_call("POST", module_agent.url + "/cdc", CORPUS[name], timeout=30)
+    text = module_agent.log_path.read_text(errors="replace")
+    assert text, "the agent logged something"
+    assert SECRET not in text
