@@ -567,9 +567,20 @@ impl Pipeline {
                 self.leadership.refuse(&self.metrics, what);
                 return None;
             }
+            // No write may outlive this replica's lease: a deposed leader's
+            // last write ends (on the target too: gRPC deadline) before a
+            // successor can take over, and the takeover replay comes later.
+            let write = async {
+                match self.leadership.guard.remaining() {
+                    Some(left) => {
+                        crate::target::with_deadline(tokio::time::Instant::now() + left, op()).await
+                    }
+                    None => op().await,
+                }
+            };
             let r = tokio::select! {
                 () = cancel.cancelled() => return None,
-                r = op() => r,
+                r = write => r,
             };
             match r {
                 Ok(a) => {

@@ -66,7 +66,23 @@ pub enum TargetError {
     },
 }
 
-/// Adds Milvus's `authorization` header (base64 of the token) to every call.
+tokio::task_local! {
+    /// The deadline of the target calls made inside [`with_deadline`].
+    static CALL_DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `f` with every target call it makes bounded by `deadline`: each
+/// call carries it as its gRPC deadline (`grpc-timeout`, which Milvus
+/// honours and which also bounds the client's wait).
+pub async fn with_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    f: F,
+) -> F::Output {
+    CALL_DEADLINE.scope(deadline, f).await
+}
+
+/// Adds Milvus's `authorization` header (base64 of the token) to every
+/// call, and the deadline of [`with_deadline`] when there is one.
 #[derive(Clone)]
 pub struct AuthInterceptor {
     header: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -91,6 +107,15 @@ impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
+        }
+        if let Ok(deadline) = CALL_DEADLINE.try_with(|d| *d) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(
+                    "the write deadline (the leader lease) has passed",
+                ));
+            }
+            req.set_timeout(left);
         }
         Ok(req)
     }
@@ -336,3 +361,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 pub mod writer;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_inside_a_deadline_carry_it() {
+        let mut auth = AuthInterceptor::new(&Credentials::None);
+        let plain = auth.call(Request::new(())).unwrap();
+        assert!(plain.metadata().get("grpc-timeout").is_none());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let req = with_deadline(deadline, async { auth.call(Request::new(())) })
+            .await
+            .unwrap();
+        let timeout = req.metadata().get("grpc-timeout").expect("deadline set");
+        let text = timeout.to_str().unwrap();
+        let (value, unit) = text.split_at(text.len() - 1);
+        let value: u64 = value.parse().unwrap();
+        let ms = match unit {
+            "S" => value * 1000,
+            "m" => value,
+            "u" => value / 1000,
+            "n" => value / 1_000_000,
+            other => panic!("unit {other}"),
+        };
+        assert!(ms > 2000 && ms <= 3000, "{timeout:?}");
+        let passed = tokio::time::Instant::now();
+        let err = with_deadline(passed, async { auth.call(Request::new(())) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    }
+}
