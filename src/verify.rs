@@ -229,6 +229,7 @@ fn plain(e: &TargetError) -> String {
             what,
             code,
             reason,
+            ..
         } => format!("{url} answered {what} with error {code}: {reason}"),
         TargetError::Fenced => e.to_string(),
     }

@@ -40,6 +40,7 @@ fn record() -> TaskRecord {
         state: TaskState::Running,
         created_at_ms: 1,
         history_gaps: Vec::new(),
+        last_error: None,
     }
 }
 

@@ -11,7 +11,7 @@ use super::{catalog::Catalog, Leadership};
 use crate::{
     source::reader::LostRange,
     store::{now_ms, StoreError},
-    task::{HistoryGap, TaskId},
+    task::{HistoryGap, TaskFailure, TaskId, TaskRecord, TaskState},
 };
 
 /// How many times a record update is tried when it races another change.
@@ -57,13 +57,36 @@ pub(super) async fn record_lost_history(
     }
 }
 
-/// Adds `gap` to the stored task (fenced, compare-and-swap, retried on a
-/// concurrent change).
+/// Adds `gap` to the stored task.
 async fn save(id: &TaskId, leadership: &Leadership, gap: HistoryGap) -> Result<(), StoreError> {
+    update_record(id, leadership, |record| record.add_history_gap(gap.clone())).await
+}
+
+/// Pauses the stored task with `failure` as its `last_error`.
+pub(super) async fn pause_with_error(
+    id: &TaskId,
+    leadership: &Leadership,
+    failure: TaskFailure,
+) -> Result<(), StoreError> {
+    update_record(id, leadership, |record| {
+        record.state = TaskState::Paused;
+        record.last_error = Some(failure.clone());
+        true
+    })
+    .await
+}
+
+/// Changes the stored task with `change` (false: nothing to write), fenced,
+/// compare-and-swap, retried on a concurrent change.
+async fn update_record(
+    id: &TaskId,
+    leadership: &Leadership,
+    change: impl Fn(&mut TaskRecord) -> bool,
+) -> Result<(), StoreError> {
     for _ in 0..ATTEMPTS {
         let stored = leadership.store.get_task(id).await?;
         let mut record = stored.value;
-        if !record.add_history_gap(gap.clone()) {
+        if !change(&mut record) {
             return Ok(());
         }
         match leadership.store.update_task(&record, stored.revision).await {

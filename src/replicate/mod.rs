@@ -344,6 +344,15 @@ async fn run_task(
                 info!("takeover grace period over: replaying once from the checkpoints the previous leader left");
                 from = Some(checkpoints);
             }
+            Run::Failed(failure) => {
+                error_counter(&inner, &task.task_id, "task_failed").inc();
+                let leadership = lock(&inner.leadership).clone();
+                if let Err(e) = history::pause_with_error(&task.task_id, &leadership, failure).await
+                {
+                    warn!(error = %e, "the task's failure was not recorded in its record (the log has it)");
+                }
+                break;
+            }
         }
     }
     reporter.abort();
@@ -370,10 +379,35 @@ async fn report_lag(inner: Arc<Inner>, id: TaskId, progress: TaskProgress) {
     }
 }
 
+/// A write the target refuses for good, reported by a pipeline: the task
+/// stops (paused, with the error in its record).
+#[derive(Clone, Default)]
+pub struct Failure {
+    fired: CancellationToken,
+    first: Arc<Mutex<Option<crate::task::TaskFailure>>>,
+}
+
+impl Failure {
+    /// Records the first failure and stops the run.
+    pub fn report(&self, channel: &str, message: String) {
+        let mut first = lock(&self.first);
+        if first.is_none() {
+            *first = Some(crate::task::TaskFailure {
+                message,
+                channel: channel.to_string(),
+                at_ms: now_ms(),
+            });
+        }
+        self.fired.cancel();
+    }
+}
+
 /// How one run of a task's workers ended.
 enum Run {
     /// Stopped for good (task stopped, deposed, or removed).
     Done,
+    /// A write was refused for good: the task is paused with the error.
+    Failed(crate::task::TaskFailure),
     /// The target was unreachable and answers again: start over from the
     /// durable checkpoints, since it may have lost unflushed rows.
     Rewind,
@@ -467,6 +501,7 @@ async fn run_workers(
     let catalog = Catalog::new(source, writer.clone());
     let workers = cancel.child_token();
     let rewind = CancellationToken::new();
+    let failed = Failure::default();
     let (lost_tx, lost_rx) = mpsc::channel(64);
     let mut handles = vec![tokio::spawn(history::record_lost_history(
         id.clone(),
@@ -498,6 +533,7 @@ async fn run_workers(
             cfg: inner.replicate.clone(),
             leadership: leadership.clone(),
             rewind: rewind.clone(),
+            failed: failed.clone(),
             start: cp.map_or_else(window::Cut::default, |c| window::Cut {
                 resume_after: c.sequence,
                 through_ts: c.timestamp,
@@ -538,6 +574,13 @@ async fn run_workers(
         tokio::select! {
             () = cancel.cancelled() => break Run::Done,
             () = rewind.cancelled() => break Run::Rewind,
+            () = failed.fired.cancelled() => {
+                let first = lock(&failed.first).take();
+                match first {
+                    Some(f) => break Run::Failed(f),
+                    None => break Run::Done,
+                }
+            }
             () = sleep_until_opt(replay_at) => break Run::Replay(checkpoints.clone()),
             _ = tick.tick() => {}
         }

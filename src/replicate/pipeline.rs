@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument as _};
+use tracing::{debug, error, info, warn, Instrument as _};
 
 use super::{
     apply::{apply_window, Sink},
@@ -57,6 +57,9 @@ pub struct Pipeline {
     /// task replays from its durable checkpoints (the target may have lost
     /// unflushed rows while it was away).
     pub rewind: CancellationToken,
+    /// Where a write the target refuses for good is reported: the task
+    /// stops, and the error is shown in get/list.
+    pub failed: super::Failure,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -66,6 +69,9 @@ pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Consecutive permanent refusals of one write before the task stops.
+const PERMANENT_ATTEMPTS: u32 = 3;
 
 /// Rows an event carries (inserted rows, deleted keys).
 fn rows_of(ev: &Event) -> u64 {
@@ -562,6 +568,8 @@ impl Pipeline {
         let mut delays = retry_delays();
         let mut attempt = 0u32;
         let mut unreachable = false;
+        let mut permanent = 0u32;
+        let target_url = self.writer.target().url().to_string();
         loop {
             if !self.leadership.guard.is_valid() {
                 self.leadership.refuse(&self.metrics, what);
@@ -594,10 +602,20 @@ impl Pipeline {
                 }
                 Err(e) => {
                     attempt += 1;
-                    unreachable |= matches!(e, TargetError::Unreachable { .. });
+                    // Only the target being away can lose its rows: the
+                    // source (the catalog's look-ups) going away does not.
+                    unreachable |=
+                        matches!(&e, TargetError::Unreachable { url, .. } if *url == target_url);
+                    permanent = if e.is_permanent() { permanent + 1 } else { 0 };
                     let kind = match &e {
+                        TargetError::Unreachable { url, .. } if *url != target_url => {
+                            "source_unreachable"
+                        }
                         TargetError::Unreachable { .. } => "target_unreachable",
                         TargetError::Unauthenticated { .. } => "target_auth",
+                        TargetError::Rejected {
+                            permanent: true, ..
+                        } => "target_permanent",
                         TargetError::Rejected { .. } => "target_rejected",
                         TargetError::Fenced => "fenced",
                     };
@@ -608,6 +626,13 @@ impl Pipeline {
                             kind: kind.into(),
                         })
                         .inc();
+                    // A refusal that repeats (not a passing state of the
+                    // target) stops the task instead of looping silently.
+                    if permanent >= PERMANENT_ATTEMPTS {
+                        error!(what, attempt, error = %e, "the target refuses this change for good: stopping the task (fix the cause, then resume it)");
+                        self.failed.report(&self.channel, format!("{what}: {e}"));
+                        return None;
+                    }
                     let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
                     warn!(what, attempt, error = %e, retry_in = ?delay, "write failed, retrying");
                     tokio::select! {

@@ -63,8 +63,28 @@ pub enum TargetError {
         code: i32,
         /// Milvus reason text.
         reason: String,
+        /// Retrying cannot help (an invalid argument, a schema mismatch):
+        /// the request itself is wrong for this target.
+        permanent: bool,
     },
 }
+
+impl TargetError {
+    /// Whether retrying the same request cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Rejected {
+                permanent: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Milvus 2.3's code for an invalid parameter (legacy `IllegalArgument`):
+/// e.g. rows that do not fit the collection's schema.
+const MILVUS_PARAMETER_INVALID: i32 = 1100;
 
 tokio::task_local! {
     /// The deadline of the target calls made inside [`with_deadline`].
@@ -306,15 +326,31 @@ impl MilvusTarget {
 
     /// Maps a gRPC status to a [`TargetError`].
     pub fn status_error(&self, s: Status) -> TargetError {
+        let rejected = |permanent: bool| TargetError::Rejected {
+            url: self.url.clone(),
+            what: "a call",
+            code: s.code() as i32,
+            reason: format!("gRPC {:?}: {}", s.code(), s.message()),
+            permanent,
+        };
         match s.code() {
             Code::Unauthenticated | Code::PermissionDenied => TargetError::Unauthenticated {
                 url: self.url.clone(),
                 message: s.message().to_string(),
             },
-            _ => TargetError::Unreachable {
+            // The connection is gone or never came: the target may have
+            // restarted (and lost unflushed rows).
+            Code::Unavailable | Code::Unknown | Code::Cancelled => TargetError::Unreachable {
                 url: self.url.clone(),
                 message: format!("{:?}: {}", s.code(), s.message()),
             },
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::DataLoss => rejected(true),
+            // Slow, overloaded or rate-limited: retried, no rewind.
+            _ => rejected(false),
         }
     }
 
@@ -345,6 +381,8 @@ impl MilvusTarget {
             what,
             code: if st.code != 0 { st.code } else { legacy },
             reason: st.reason.clone(),
+            permanent: st.code == MILVUS_PARAMETER_INVALID
+                || legacy == common::ErrorCode::IllegalArgument as i32,
         })
     }
 }

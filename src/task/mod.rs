@@ -144,6 +144,21 @@ pub struct TaskRecord {
     /// retention before it was read): the target may lack those changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history_gaps: Vec<HistoryGap>,
+    /// Why the task stopped on its own (a write the target refuses for
+    /// good); cleared by `resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<TaskFailure>,
+}
+
+/// An error that stopped a task (it was paused; fix the cause, then resume).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// What failed, with the target's answer.
+    pub message: String,
+    /// The source channel whose change could not be applied.
+    pub channel: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// Messages of a source channel that were gone before the task read them.
@@ -174,6 +189,9 @@ impl TaskRecord {
         });
         if !self.history_gaps.is_empty() {
             v["history_gaps"] = serde_json::json!(self.history_gaps);
+        }
+        if let Some(e) = &self.last_error {
+            v["last_error"] = serde_json::json!(e);
         }
         v
     }
@@ -249,6 +267,7 @@ mod tests {
             state: TaskState::Running,
             created_at_ms: 1,
             history_gaps: Vec::new(),
+            last_error: None,
         };
         let text = rec.public_view().to_string();
         assert!(!text.contains("Milvus\""), "{text}");

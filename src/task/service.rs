@@ -220,6 +220,7 @@ impl TaskService {
             state: TaskState::Running,
             created_at_ms: now_ms(),
             history_gaps: Vec::new(),
+            last_error: None,
         };
         self.store
             .create_task(&record, self.max_tasks, &start)
@@ -270,6 +271,10 @@ impl TaskService {
         // final checkpoint.
         let mut record = current.value;
         record.state = new_state;
+        if new_state == TaskState::Running {
+            // Resumed after the cause was fixed.
+            record.last_error = None;
+        }
         self.store.update_task(&record, current.revision).await?;
         info!(task_id = %id, state = %new_state, "task state changed");
         match new_state {
