@@ -69,6 +69,14 @@ pub struct ServerArgs {
     /// Print the server's JSON answer as received instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token of the task API (`server.api_token` of the agents).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MILVUS_CDC_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
     /// Seconds to wait for an answer (a `create` waits at least its
     /// connect timeout plus 30 s).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -345,12 +353,16 @@ async fn send(
     url: &str,
     body: Option<Bytes>,
     timeout: Duration,
+    api_token: Option<&str>,
 ) -> Result<Answer, Transport> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut builder = hyper::Request::builder().method(method).uri(url).header(
         hyper::header::USER_AGENT,
         concat!("milvus-cdc-cli/", env!("CARGO_PKG_VERSION")),
     );
+    if let Some(t) = api_token {
+        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
     if body.is_some() {
         builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
     }
@@ -632,6 +644,7 @@ pub async fn run_task(cmd: TaskCommand) -> ExitCode {
             &endpoint,
             Some(body.clone()),
             timeout,
+            args.api_token.as_deref(),
         )
         .await
         {
@@ -835,7 +848,7 @@ impl ReplicaError {
 async fn ask_replica(client: &HttpClient, server: String, timeout: Duration) -> ReplicaReport {
     let get = |path: &'static str| {
         let url = format!("{server}{path}");
-        async move { send(client, hyper::Method::GET, &url, None, timeout).await }
+        async move { send(client, hyper::Method::GET, &url, None, timeout, None).await }
     };
     let (status, ready, metrics) = tokio::join!(get("/status"), get("/readyz"), get("/metrics"));
     let status = match status {
@@ -1401,6 +1414,7 @@ this line is { broken
             server: vec!["127.0.0.1:1".into()],
             json: false,
             timeout: 5,
+            api_token: None,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
@@ -1415,6 +1429,7 @@ this line is { broken
             server: vec!["https://127.0.0.1:1".into()],
             json: false,
             timeout: 5,
+            api_token: None,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_USAGE));

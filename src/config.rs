@@ -75,7 +75,7 @@ pub struct Config {
 }
 
 /// `[server]`: the HTTP listener.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -92,6 +92,11 @@ pub struct ServerConfig {
     /// exits with status 1 whatever is still running.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// When set, every `/cdc` request must carry `Authorization: Bearer
+    /// <api_token>` (401 otherwise); `/metrics` and the probes stay open.
+    pub api_token: Option<String>,
+    /// File holding `api_token`, instead of it.
+    pub api_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +107,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             compat_http_200: false,
             shutdown_timeout: Duration::from_secs(20),
+            api_token: None,
+            api_token_file: None,
         }
     }
 }
@@ -488,6 +495,11 @@ impl Config {
             },
         )?;
         read_secret_file(
+            "server.api_token",
+            &mut cfg.server.api_token,
+            cfg.server.api_token_file.as_deref(),
+        )?;
+        read_secret_file(
             "etcd.password",
             &mut cfg.etcd.password,
             cfg.etcd.password_file.as_deref(),
@@ -510,6 +522,7 @@ impl Config {
     /// for printing.
     pub fn with_secrets_hidden(mut self) -> Self {
         for secret in [
+            &mut self.server.api_token,
             &mut self.etcd.password,
             &mut self.source.milvus_token,
             &mut self.source.kafka.sasl_password,
@@ -604,6 +617,20 @@ fn read_secret_file(
     })?;
     *secret = Some(text.trim_end_matches(['\n', '\r']).to_string());
     Ok(())
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("compat_http_200", &self.compat_http_200)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("api_token", &redacted(&self.api_token))
+            .field("api_token_file", &self.api_token_file)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for EtcdConfig {

@@ -80,11 +80,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             client: client.clone(),
             timeout: cfg.etcd.request_timeout,
         }),
-        forwarder: Forwarder::new(&advertise_url),
+        forwarder: Forwarder::new(&advertise_url).with_token(cfg.server.api_token.clone()),
         leader_wait: cfg.ha.lease_ttl * 2,
         running_tasks: Arc::new(move || {
             running.running().iter().map(ToString::to_string).collect()
         }),
+        api_token: cfg.server.api_token.as_deref().map(Arc::from),
     };
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

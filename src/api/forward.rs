@@ -55,6 +55,7 @@ pub struct Forwarder {
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     me: String,
     timeout: Duration,
+    token: Option<String>,
 }
 
 impl Forwarder {
@@ -67,7 +68,14 @@ impl Forwarder {
             client: Client::builder(TokioExecutor::new()).build(connector),
             me: me.to_string(),
             timeout: FORWARD_TIMEOUT,
+            token: None,
         }
+    }
+
+    /// The same forwarder sending the API's bearer token to the leader.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The same forwarder with another answer timeout.
@@ -87,9 +95,13 @@ impl Forwarder {
             message,
         };
         let url = format!("{}/cdc", leader_url.trim_end_matches('/'));
-        let req = hyper::Request::post(&url)
+        let mut req = hyper::Request::post(&url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(FORWARDED_HEADER, self.me.as_str())
+            .header(FORWARDED_HEADER, self.me.as_str());
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| not_sent(format!("cannot build request to {url}: {e}")))?;
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {

@@ -88,6 +88,22 @@ pub struct ApiState {
     pub leader_wait: Duration,
     /// Ids of the tasks whose workers run on this replica.
     pub running_tasks: std::sync::Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The bearer token `/cdc` requires, if any.
+    pub api_token: Option<std::sync::Arc<str>>,
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in
+/// constant time).
+fn authorized(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The router of every endpoint.
@@ -142,6 +158,21 @@ impl ApiState {
 }
 
 async fn cdc_handler(State(state): State<ApiState>, req: Request) -> Response {
+    if let Some(token) = &state.api_token {
+        if !authorized(req.headers(), token) {
+            let e = ApiError {
+                code: 401,
+                message:
+                    "missing or wrong bearer token: send Authorization: Bearer <server.api_token>"
+                        .into(),
+            };
+            state.metrics.record_request("unauthorized", e.code);
+            let mut resp = state.error_response(&e);
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
     let forwarded = req.headers().contains_key(forward::FORWARDED_HEADER);
     let parsed = match read_body(req.into_body(), state.max_body_bytes).await {
         Ok(body) => cdc::parse(&body).map(|r| (r, body)),
@@ -399,4 +430,24 @@ async fn status_handler(State(state): State<ApiState>) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        let mut h = axum::http::HeaderMap::new();
+        assert!(!authorized(&h, "tok"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tok"),
+        );
+        assert!(authorized(&h, "tok"));
+        assert!(!authorized(&h, "toke"));
+        assert!(!authorized(&h, "to"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic tok"));
+        assert!(!authorized(&h, "tok"));
+    }
 }
