@@ -41,6 +41,7 @@ fn record() -> TaskRecord {
         created_at_ms: 1,
         history_gaps: Vec::new(),
         last_error: None,
+        skipped_messages: Vec::new(),
     }
 }
 

@@ -1,7 +1,14 @@
-//! Lost source history: ranges of a channel that retention removed before
-//! a task read them are recorded in the task (`history_gaps`, shown by the
-//! API's `get` and `list`), with the source collections that use the
-//! channel, so an incomplete replica is never silent.
+//! What a task could not replicate, recorded in the task so that an
+//! incomplete replica is never silent (shown by the API's `get` and `list`):
+//! lost source history (`history_gaps`: ranges of a channel that retention
+//! removed before the task read them, with the source collections that use
+//! the channel), skipped messages (`skipped_messages`: types not replicated,
+//! undecodable ones) and the error that stopped it (`last_error`).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +18,7 @@ use super::{catalog::Catalog, Leadership};
 use crate::{
     source::reader::LostRange,
     store::{now_ms, StoreError},
-    task::{HistoryGap, TaskFailure, TaskId, TaskRecord, TaskState},
+    task::{HistoryGap, SkippedMessages, TaskFailure, TaskId, TaskRecord, TaskState},
 };
 
 /// How many times a record update is tried when it races another change.
@@ -55,6 +62,68 @@ pub(super) async fn record_lost_history(
             warn!(error = %e, "lost history not recorded in the task (the log and milvus_cdc_source_gaps_total have it)");
         }
     }
+}
+
+/// Skipped source messages noted by the pipelines, waiting to be recorded
+/// in the task (batched: at most one record update per checkpoint save).
+#[derive(Clone, Default)]
+pub struct SkipLog {
+    pending: Arc<Mutex<BTreeMap<(String, String), SkippedMessages>>>,
+}
+
+impl SkipLog {
+    /// Notes one skipped message.
+    pub fn note(&self, channel: &str, sequence: u64, kind: String, reason: String) {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = pending
+            .entry((channel.to_string(), kind.clone()))
+            .or_insert_with(|| SkippedMessages {
+                channel: channel.to_string(),
+                kind,
+                first_sequence: sequence,
+                last_sequence: sequence,
+                count: 0,
+                reason: String::new(),
+            });
+        e.first_sequence = e.first_sequence.min(sequence);
+        e.last_sequence = e.last_sequence.max(sequence);
+        e.count += 1;
+        e.reason = reason;
+    }
+
+    fn take(&self) -> Vec<SkippedMessages> {
+        std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_values()
+        .collect()
+    }
+}
+
+/// Records what `log` noted since the last call into the stored task.
+pub(super) async fn save_skipped(
+    id: &TaskId,
+    leadership: &Leadership,
+    log: &SkipLog,
+) -> Result<(), StoreError> {
+    let noted = log.take();
+    if noted.is_empty() {
+        return Ok(());
+    }
+    update_record(id, leadership, |record| {
+        let mut changed = false;
+        for s in &noted {
+            changed |= record.add_skipped(s);
+        }
+        changed
+    })
+    .await
 }
 
 /// Adds `gap` to the stored task.

@@ -26,7 +26,7 @@ pub mod window;
 mod durable;
 #[cfg(test)]
 mod exactness_tests;
-mod history;
+pub mod history;
 
 use std::{
     collections::HashMap,
@@ -502,6 +502,7 @@ async fn run_workers(
     let workers = cancel.child_token();
     let rewind = CancellationToken::new();
     let failed = Failure::default();
+    let skipped = history::SkipLog::default();
     let (lost_tx, lost_rx) = mpsc::channel(64);
     let mut handles = vec![tokio::spawn(history::record_lost_history(
         id.clone(),
@@ -534,6 +535,7 @@ async fn run_workers(
             leadership: leadership.clone(),
             rewind: rewind.clone(),
             failed: failed.clone(),
+            skipped: skipped.clone(),
             start: cp.map_or_else(window::Cut::default, |c| window::Cut {
                 resume_after: c.sequence,
                 through_ts: c.timestamp,
@@ -586,6 +588,9 @@ async fn run_workers(
         }
         durability.without_flushes();
         if last_save.elapsed() >= inner.replicate.checkpoint_interval {
+            if let Err(e) = history::save_skipped(&id, &leadership, &skipped).await {
+                warn!(error = %e, "skipped messages not recorded in the task (the log and milvus_cdc_skipped_messages_total have them)");
+            }
             match save(inner, &leadership, &id, progress).await {
                 Ok(()) => last_save = tokio::time::Instant::now(),
                 Err(StoreError::Fenced) => {

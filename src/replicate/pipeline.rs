@@ -60,6 +60,8 @@ pub struct Pipeline {
     /// Where a write the target refuses for good is reported: the task
     /// stops, and the error is shown in get/list.
     pub failed: super::Failure,
+    /// Where skipped messages are noted (recorded in the task).
+    pub skipped: super::history::SkipLog,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -385,6 +387,14 @@ impl Pipeline {
             EventKind::TimeTick => return true,
             EventKind::Unsupported { msg_type } => {
                 debug!(sequence = pos.sequence, msg_type, "not replicated");
+                let type_name = crate::proto::common::MsgType::try_from(*msg_type)
+                    .map_or_else(|_| msg_type.to_string(), |t| t.as_str_name().to_string());
+                self.skipped.note(
+                    &self.channel,
+                    pos.sequence,
+                    format!("unsupported {type_name}"),
+                    String::new(),
+                );
                 self.metrics
                     .skipped_messages
                     .get_or_create(&self.labels.with_kind(name))
@@ -393,6 +403,8 @@ impl Pipeline {
             }
             EventKind::Undecodable(e) => {
                 warn!(sequence = pos.sequence, error = %e, "undecodable message skipped");
+                self.skipped
+                    .note(&self.channel, pos.sequence, "undecodable".into(), e.clone());
                 self.metrics
                     .skipped_messages
                     .get_or_create(&self.labels.with_kind(name))

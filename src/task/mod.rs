@@ -148,6 +148,28 @@ pub struct TaskRecord {
     /// good); cleared by `resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<TaskFailure>,
+    /// Source messages this task could not apply (a type it does not
+    /// replicate, or undecodable): the target may differ by their effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_messages: Vec<SkippedMessages>,
+}
+
+/// Source messages of one channel and kind that were skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedMessages {
+    /// The source channel.
+    pub channel: String,
+    /// `unsupported <msg type>` or `undecodable`.
+    pub kind: String,
+    /// Sequence of the first one skipped.
+    pub first_sequence: u64,
+    /// Sequence of the last one skipped.
+    pub last_sequence: u64,
+    /// How many (each message counted once, also across replays).
+    pub count: u64,
+    /// The last reason given (the decode error, for undecodable ones).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// An error that stopped a task (it was paused; fix the cause, then resume).
@@ -193,7 +215,34 @@ impl TaskRecord {
         if let Some(e) = &self.last_error {
             v["last_error"] = serde_json::json!(e);
         }
+        if !self.skipped_messages.is_empty() {
+            v["skipped_messages"] = serde_json::json!(self.skipped_messages);
+        }
         v
+    }
+
+    /// Adds skipped messages to the record: counts only messages after the
+    /// last one already recorded for that channel and kind (a replay reads
+    /// them again). False if nothing changed.
+    pub fn add_skipped(&mut self, s: &SkippedMessages) -> bool {
+        match self
+            .skipped_messages
+            .iter_mut()
+            .find(|k| k.channel == s.channel && k.kind == s.kind)
+        {
+            Some(known) if s.last_sequence <= known.last_sequence => false,
+            Some(known) => {
+                let new = s.count.min(s.last_sequence - known.last_sequence);
+                known.count += new.max(1);
+                known.last_sequence = s.last_sequence;
+                known.reason.clone_from(&s.reason);
+                true
+            }
+            None => {
+                self.skipped_messages.push(s.clone());
+                true
+            }
+        }
     }
 
     /// Records `gap`, merged with a known one of the same channel that it
@@ -224,6 +273,31 @@ impl TaskRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_messages_are_counted_once_across_replays() {
+        let mut rec: TaskRecord = serde_json::from_value(serde_json::json!({
+            "task_id": TaskId::generate(), "milvus_connect_param": {"uri": "http://h:1"},
+            "collection_infos": [{"name": "*"}], "state": "Running", "created_at_ms": 1}))
+        .unwrap();
+        let s = |first, last, count| SkippedMessages {
+            channel: "c".into(),
+            kind: "undecodable".into(),
+            first_sequence: first,
+            last_sequence: last,
+            count,
+            reason: "bad".into(),
+        };
+        assert!(rec.add_skipped(&s(5, 9, 2)));
+        assert!(
+            !rec.add_skipped(&s(5, 9, 2)),
+            "a replay of the same messages"
+        );
+        assert!(rec.add_skipped(&s(5, 12, 3)));
+        assert_eq!(rec.skipped_messages[0].count, 5);
+        assert_eq!(rec.skipped_messages[0].last_sequence, 12);
+        assert!(rec.public_view()["skipped_messages"].is_array());
+    }
 
     #[test]
     fn task_id_shape() {
@@ -268,6 +342,7 @@ mod tests {
             created_at_ms: 1,
             history_gaps: Vec::new(),
             last_error: None,
+            skipped_messages: Vec::new(),
         };
         let text = rec.public_view().to_string();
         assert!(!text.contains("Milvus\""), "{text}");

@@ -221,6 +221,7 @@ impl TaskService {
             created_at_ms: now_ms(),
             history_gaps: Vec::new(),
             last_error: None,
+            skipped_messages: Vec::new(),
         };
         self.store
             .create_task(&record, self.max_tasks, &start)
