@@ -122,11 +122,14 @@ def backlog(agent, task_id, rows, batch, tag):
     return rows / (time.time() - t0)
 
 
-def lag_at_rate(agent, rate, seconds, tag):
+def lag_at_rate(agent, rate, seconds, tag, writers=1):
+    """Lag while `writers` clients (each its own connection) insert at
+    `rate` rows/s in total into one collection."""
     alias = connect(f"bench-lag-{tag}", STACK["CDC_SOURCE_URI"])
-    c = Collection(f"bench_lag_{tag}", schema(), using=alias, shards_num=2)
+    name = f"bench_lag_{tag}"
+    Collection(name, schema(), using=alias, shards_num=2)
     time.sleep(2)
-    batch = max(1, int(rate / 10))  # ten batches a second
+    batch = max(1, int(rate / 10 / writers))  # ten batches a second per writer
     samples, stop = [], threading.Event()
 
     def sample():
@@ -138,17 +141,25 @@ def lag_at_rate(agent, rate, seconds, tag):
                 samples.append(max(lags))
             time.sleep(0.2)
 
+    def write(w, t_end):
+        c = Collection(name, using=connect(f"bench-lag-{tag}-{w}", STACK["CDC_SOURCE_URI"]))
+        rng = random.Random(3 + w)
+        next_id = 10_000_000 + w * 100_000_000
+        while time.time() < t_end:
+            t0 = time.time()
+            ids = list(range(next_id, next_id + batch))
+            next_id += batch
+            c.insert([ids, ["x"] * batch, [[rng.random() for _ in range(DIM)] for _ in ids]])
+            time.sleep(max(0.0, 0.1 - (time.time() - t0)))
+
     th = threading.Thread(target=sample, daemon=True)
-    rng = random.Random(3)
-    next_id = 10_000_000
     t_end = time.time() + seconds
     th.start()
-    while time.time() < t_end:
-        t0 = time.time()
-        ids = list(range(next_id, next_id + batch))
-        next_id += batch
-        c.insert([ids, ["x"] * batch, [[rng.random() for _ in range(DIM)] for _ in ids]])
-        time.sleep(max(0.0, 0.1 - (time.time() - t0)))
+    clients = [threading.Thread(target=write, args=(w, t_end)) for w in range(writers)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
     time.sleep(2)
     stop.set()
     th.join()
@@ -162,8 +173,13 @@ def main():
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=5_000)
     ap.add_argument("--lag-seconds", type=int, default=30)
+    ap.add_argument("--dim", type=int, default=128, help="vector dimension")
+    ap.add_argument("--writers", type=int, default=4,
+                    help="concurrent clients in the lag phase (besides one client)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
+    global DIM
+    DIM = args.dim
     tag = uuid.uuid4().hex[:8]
     agent = Agent(root=f"bench/{tag}").start()
     try:
@@ -175,6 +191,8 @@ def main():
         repl, src_rate = replication(agent, args.rows, args.batch, tag)
         drain = backlog(agent, body["data"]["task_id"], args.rows, args.batch, tag)
         p50, p99, n = lag_at_rate(agent, direct / 2, args.lag_seconds, tag)
+        q50, q99, m = lag_at_rate(agent, direct / 2, args.lag_seconds, tag + "w",
+                                  writers=args.writers)
         cpu1, rss = proc_stats(agent.proc.pid)
     finally:
         agent.stop()
@@ -187,6 +205,8 @@ def main():
         ("ratio backlog / ceiling", f"{drain / direct:.2f}"),
         (f"lag p50 at {direct / 2:,.0f} rows/s ({n} samples)", f"{p50:.2f} s"),
         ("lag p99 (goal < 1 s)", f"{p99:.2f} s"),
+        (f"lag p50, {args.writers} concurrent writers, same rate ({m} samples)", f"{q50:.2f} s"),
+        (f"lag p99, {args.writers} concurrent writers (goal < 1 s)", f"{q99:.2f} s"),
         ("agent CPU time during the bench", f"{cpu1 - cpu0:.1f} s"),
         ("agent peak RSS", f"{rss} MiB"),
     ]

@@ -397,6 +397,10 @@ pub struct ReplicateConfig {
     pub batch_rows: usize,
     /// Most bytes in one batched insert.
     pub batch_bytes: usize,
+    /// Bytes of source events a task may hold queued between its readers
+    /// and pipelines, shared by its channels (one message larger than this
+    /// is let through alone).
+    pub max_buffer_bytes: usize,
     /// Ignored, kept so that existing files load: windows are closed by the
     /// source's time ticks.
     #[serde(with = "humantime_serde")]
@@ -421,6 +425,7 @@ impl Default for ReplicateConfig {
         Self {
             batch_rows: 10_000,
             batch_bytes: 16 * 1024 * 1024,
+            max_buffer_bytes: 64 * 1024 * 1024,
             batch_wait: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(1),
             reconcile_interval: Duration::from_secs(10),

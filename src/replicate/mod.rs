@@ -503,6 +503,7 @@ async fn run_workers(
     let rewind = CancellationToken::new();
     let failed = Failure::default();
     let skipped = history::SkipLog::default();
+    let budget = crate::source::budget::ByteBudget::new(inner.replicate.max_buffer_bytes);
     let (lost_tx, lost_rx) = mpsc::channel(64);
     let mut handles = vec![tokio::spawn(history::record_lost_history(
         id.clone(),
@@ -518,7 +519,8 @@ async fn run_workers(
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER);
         let reader = ChannelReader::new(inner.mq.clone(), &channel, start)
             .with_metrics(inner.metrics.clone(), id.as_str())
-            .with_lost_ranges(lost_tx.clone());
+            .with_lost_ranges(lost_tx.clone())
+            .with_budget(budget.clone());
         handles.push(tokio::spawn(reader.run(tx, workers.clone())).abort_handle());
         let pipeline = Pipeline {
             channel: channel.as_str().into(),
@@ -536,6 +538,7 @@ async fn run_workers(
             rewind: rewind.clone(),
             failed: failed.clone(),
             skipped: skipped.clone(),
+            budget: budget.clone(),
             start: cp.map_or_else(window::Cut::default, |c| window::Cut {
                 resume_after: c.sequence,
                 through_ts: c.timestamp,

@@ -62,6 +62,9 @@ pub struct Pipeline {
     pub failed: super::Failure,
     /// Where skipped messages are noted (recorded in the task).
     pub skipped: super::history::SkipLog,
+    /// The byte budget of this channel's queue: an event's bytes are given
+    /// back as it is taken out.
+    pub budget: crate::source::budget::ByteBudget,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -108,6 +111,7 @@ impl Pipeline {
                 ev = rx.recv() => ev,
             };
             let Some(ev) = next else { return };
+            self.budget.give_back(approx_bytes(&ev));
             self.progress.received(
                 &self.channel,
                 rx.is_empty(),
@@ -153,6 +157,7 @@ impl Pipeline {
                 }
             };
             let Some(ev) = next else { return };
+            self.budget.give_back(approx_bytes(&ev));
             last_received = tokio::time::Instant::now();
             self.progress.received(
                 &self.channel,

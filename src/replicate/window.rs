@@ -132,11 +132,7 @@ fn order_rank(kind: &EventKind) -> u8 {
 
 /// The size of a message's payload, for memory accounting.
 pub fn approx_bytes(ev: &Event) -> usize {
-    match &ev.kind {
-        EventKind::Insert(m) => prost::Message::encoded_len(m.as_ref()),
-        EventKind::Delete(m) => prost::Message::encoded_len(m.as_ref()),
-        _ => 64,
-    }
+    crate::source::budget::event_bytes(ev)
 }
 
 #[cfg(test)]

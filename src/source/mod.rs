@@ -8,6 +8,7 @@
 //! - [`decode`] and [`event`]: payload bytes to typed [`event::Event`]s;
 //! - [`reader`]: one resilient, ordered reader per channel.
 
+pub mod budget;
 pub mod decode;
 pub mod event;
 pub mod inspect;

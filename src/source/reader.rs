@@ -37,6 +37,7 @@ pub struct ChannelReader<Q: ?Sized> {
     labels: ChannelLabels,
     metrics: Option<Metrics>,
     lost: Option<mpsc::Sender<LostRange>>,
+    budget: Option<super::budget::ByteBudget>,
 }
 
 /// Messages of a channel that the queue no longer held when they were due
@@ -82,7 +83,15 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
             },
             metrics: None,
             lost: None,
+            budget: None,
         }
+    }
+
+    /// Takes each event's bytes from `budget` before queueing it (the
+    /// consumer gives them back when it takes the event out).
+    pub fn with_budget(mut self, budget: super::budget::ByteBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Reports every [`LostRange`] it finds to `tx` (besides the log and
@@ -217,6 +226,12 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                         .get_or_create(l)
                         .inc_by(msg.payload.len() as u64);
                 });
+                if let Some(b) = &self.budget {
+                    tokio::select! {
+                        () = cancel.cancelled() => return Stopped::Cancelled,
+                        () = b.take(super::budget::event_bytes(&event)) => {}
+                    }
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return Stopped::Cancelled,
                     r = tx.send(event) => if r.is_err() { return Stopped::ConsumerGone },
