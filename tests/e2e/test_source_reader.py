@@ -36,7 +36,7 @@ import pytest
 from pymilvus import (Collection, CollectionSchema, DataType, FieldSchema, Partition,
                       connections, db, utility)
 
-from conftest import BIN, REPO, STACK, source_env
+from conftest import BIN, REPO, SOURCE_MQ, STACK, source_env
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 SOURCE_TOKEN = "root:Milvus" if STACK.get("CDC_SOURCE_AUTH") == "1" else None
@@ -657,6 +657,8 @@ def test_source_restart_under_follow_loses_and_repeats_nothing(tmp_path):
     # sequences, and the follower decoded them as a fresh read does
     fresh = dump([ch], after=after)
     assert events == fresh[:len(events)]
-    # the reader really went through a broken connection
-    log = err.read_text()
-    assert "disconnected" in log or "reopen" in log, log[-2000:]
+    # the reader really went through a broken connection (natsmq runs inside
+    # the source Milvus; a Kafka broker stays up meanwhile)
+    if SOURCE_MQ == "natsmq":
+        log = err.read_text()
+        assert "disconnected" in log or "reopen" in log, log[-2000:]
