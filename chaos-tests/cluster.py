@@ -7,7 +7,6 @@ signal handlers of run.py).
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -20,6 +19,9 @@ import urllib.error
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
+from ports import free_port_in  # noqa: E402  (tests/e2e/ports.py)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = REPO / ".venv" / "bin" / "python"
@@ -37,19 +39,7 @@ FREE_PORT_RANGE = (28000, 29500)
 
 def free_port(avoid=()):
     """A port nothing listens on now, chosen in FREE_PORT_RANGE."""
-    rng = random.Random()
-    for _ in range(500):
-        p = rng.randrange(*FREE_PORT_RANGE)
-        if p in avoid:
-            continue
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
-    raise RuntimeError(f"no free port in {FREE_PORT_RANGE}")
+    return free_port_in(*FREE_PORT_RANGE, avoid=avoid)
 
 
 def queue_env(stack):

@@ -271,11 +271,14 @@ impl Pipeline {
             })
             .await;
         let Some(applied) = result else { return false };
-        self.metrics
-            .apply_latency
-            .get_or_create(&self.task_labels())
-            .observe(started.elapsed().as_secs_f64());
-        self.count_applied("insert", &applied, rows, batch.bytes as u64, batch.messages);
+        self.observe_write(
+            "insert",
+            started,
+            &applied,
+            rows,
+            batch.bytes as u64,
+            batch.messages,
+        );
         true
     }
 
@@ -309,12 +312,25 @@ impl Pipeline {
             })
             .await;
         let Some(applied) = result else { return false };
+        self.observe_write("delete", started, &applied, step.keys.len() as u64, 0, 1);
+        true
+    }
+
+    /// Records a finished row write: its latency and what it applied.
+    fn observe_write(
+        &self,
+        kind: &str,
+        started: Instant,
+        applied: &Applied,
+        rows: u64,
+        bytes: u64,
+        messages: u64,
+    ) {
         self.metrics
             .apply_latency
             .get_or_create(&self.task_labels())
             .observe(started.elapsed().as_secs_f64());
-        self.count_applied("delete", &applied, step.keys.len() as u64, 0, 1);
-        true
+        self.count_applied(kind, applied, rows, bytes, messages);
     }
 
     /// The primary key field of a source collection (None inside: gone).

@@ -10,9 +10,7 @@ tests never see each other's tasks.
 import base64
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from ports import free_port_in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,19 +69,7 @@ FREE_PORT_RANGE = (30000, 32700)
 
 def free_port(avoid=()):
     """A port nothing listens on now, chosen in FREE_PORT_RANGE."""
-    rng = random.Random()
-    for _ in range(500):
-        p = rng.randrange(*FREE_PORT_RANGE)
-        if p in avoid:
-            continue
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
-    raise RuntimeError(f"no free port in {FREE_PORT_RANGE}")
+    return free_port_in(*FREE_PORT_RANGE, avoid=avoid)
 
 
 def http(method, url, body=None, headers=None, timeout=60):
