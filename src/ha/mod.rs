@@ -46,6 +46,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct LeaseGuard {
     valid_until: Arc<Mutex<Option<Instant>>>,
+    /// How long after `valid_until` a write sent before it may still run
+    /// (see [`LeaseGuard::write_deadline`]).
+    write_grace: Duration,
 }
 
 impl Default for LeaseGuard {
@@ -59,12 +62,14 @@ impl LeaseGuard {
     pub fn always_valid() -> Self {
         Self {
             valid_until: Arc::new(Mutex::new(None)),
+            write_grace: Duration::ZERO,
         }
     }
 
-    fn until(at: Instant) -> Self {
+    fn until(at: Instant, write_grace: Duration) -> Self {
         Self {
             valid_until: Arc::new(Mutex::new(Some(at))),
+            write_grace,
         }
     }
 
@@ -105,6 +110,18 @@ impl LeaseGuard {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// The latest moment a target write sent now may still run (None: no
+    /// limit): the renew deadline (2/3 of the TTL after the last renewal)
+    /// plus two TTLs. A successor takes over at the earliest one TTL after
+    /// that renewal and replays its takeover window `2 · TTL + 2 s` later,
+    /// so every write of a deposed leader has ended before that replay.
+    pub fn write_deadline(&self) -> Option<tokio::time::Instant> {
+        self.valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| tokio::time::Instant::from_std(t + self.write_grace))
     }
 }
 
@@ -191,7 +208,7 @@ impl Election {
         let sent = Instant::now();
         let lease = timed(t, client.lease_grant(self.ttl_secs(), None)).await?;
         let lease_id = lease.id();
-        let guard = LeaseGuard::until(sent + self.renew_deadline());
+        let guard = LeaseGuard::until(sent + self.renew_deadline(), self.ttl * 2);
         let lost = CancellationToken::new();
         let keeper = tokio::spawn(keep_alive(
             client.clone(),

@@ -608,14 +608,12 @@ impl Pipeline {
                 self.leadership.refuse(&self.metrics, what);
                 return None;
             }
-            // No write may outlive this replica's lease: a deposed leader's
-            // last write ends (on the target too: gRPC deadline) before a
-            // successor can take over, and the takeover replay comes later.
+            // No write may outlive this replica's leadership: a deposed
+            // leader's last write ends (on the target too: gRPC deadline)
+            // before its successor's takeover replay.
             let write = async {
-                match self.leadership.guard.remaining() {
-                    Some(left) => {
-                        crate::target::with_deadline(tokio::time::Instant::now() + left, op()).await
-                    }
+                match self.leadership.guard.write_deadline() {
+                    Some(deadline) => crate::target::with_deadline(deadline, op()).await,
                     None => op().await,
                 }
             };

@@ -339,8 +339,9 @@ impl MilvusTarget {
                 message: s.message().to_string(),
             },
             // The connection is gone or never came: the target may have
-            // restarted (and lost unflushed rows).
-            Code::Unavailable | Code::Unknown | Code::Cancelled => TargetError::Unreachable {
+            // restarted (and lost unflushed rows). (A call that ran out of
+            // time is `Cancelled` or `DeadlineExceeded`: slow, not away.)
+            Code::Unavailable | Code::Unknown => TargetError::Unreachable {
                 url: self.url.clone(),
                 message: format!("{:?}: {}", s.code(), s.message()),
             },
