@@ -18,11 +18,12 @@ use super::{
     catalog::{Catalog, Entry},
     progress::TaskProgress,
     reduce::{DeleteStep, Limits, Scope},
-    window::{approx_bytes, Cut, Windows},
+    window::{Cut, Windows},
 };
 use crate::{
     config::ReplicateConfig,
     metrics::{ChannelLabels, Metrics},
+    source::budget::event_bytes,
     source::event::{Event, EventKind, Position},
     target::{
         writer::{retry_delays, Applied, TargetCollectionRef, TargetWriter},
@@ -111,7 +112,7 @@ impl Pipeline {
                 ev = rx.recv() => ev,
             };
             let Some(ev) = next else { return };
-            self.budget.give_back(approx_bytes(&ev));
+            self.budget.give_back(event_bytes(&ev));
             self.progress.received(
                 &self.channel,
                 rx.is_empty(),
@@ -157,7 +158,7 @@ impl Pipeline {
                 }
             };
             let Some(ev) = next else { return };
-            self.budget.give_back(approx_bytes(&ev));
+            self.budget.give_back(event_bytes(&ev));
             last_received = tokio::time::Instant::now();
             self.progress.received(
                 &self.channel,
@@ -166,7 +167,7 @@ impl Pipeline {
                 ev.timestamp,
             );
             if let Some(rel) = windows.push(ev) {
-                ready_bytes += rel.events.iter().map(approx_bytes).sum::<usize>();
+                ready_bytes += rel.events.iter().map(event_bytes).sum::<usize>();
                 ready_rows += rel.events.iter().map(rows_of).sum::<u64>();
                 ready.extend(rel.events);
                 reached = Some(rel.cut);

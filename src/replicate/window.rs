@@ -38,7 +38,6 @@ pub struct Released {
 #[derive(Debug)]
 pub struct Windows {
     held: Vec<Event>,
-    held_bytes: usize,
     cut: Cut,
     last_sequence: u64,
 }
@@ -48,7 +47,6 @@ impl Windows {
     pub fn new(cut: Cut) -> Self {
         Self {
             held: Vec::new(),
-            held_bytes: 0,
             cut,
             last_sequence: cut.resume_after,
         }
@@ -66,7 +64,6 @@ impl Windows {
             // Applied before the checkpoint was taken (a replay).
             return None;
         }
-        self.held_bytes += approx_bytes(&ev);
         self.held.push(ev);
         None
     }
@@ -84,11 +81,6 @@ impl Windows {
         self.held.len()
     }
 
-    /// Approximate bytes of the held messages.
-    pub fn held_bytes(&self) -> usize {
-        self.held_bytes
-    }
-
     /// The cut reached by the windows released so far.
     pub fn cut(&self) -> Cut {
         self.cut
@@ -100,7 +92,6 @@ impl Windows {
             .into_iter()
             .partition(|e| e.timestamp <= through_ts);
         self.held = later;
-        self.held_bytes = self.held.iter().map(approx_bytes).sum();
         // Stable: equal keys keep their arrival order.
         ready.sort_by_key(|e| (e.timestamp, order_rank(&e.kind)));
         let resume_after = self
@@ -128,11 +119,6 @@ fn order_rank(kind: &EventKind) -> u8 {
         EventKind::Delete(_) => 0,
         _ => 1,
     }
-}
-
-/// The size of a message's payload, for memory accounting.
-pub fn approx_bytes(ev: &Event) -> usize {
-    crate::source::budget::event_bytes(ev)
 }
 
 #[cfg(test)]
@@ -265,6 +251,6 @@ mod tests {
                 through_ts: 12
             }
         );
-        assert_eq!(w.held_bytes(), 0);
+        assert_eq!(w.held(), 0);
     }
 }
