@@ -58,6 +58,8 @@ class ChaosWorkload(threading.Thread):
         self.max_keys = max_keys  # beyond this many live keys in main, no new keys
         self.retry_for = retry_for
         self.log = log
+        # Collections in the database written by others (not in the model).
+        self.others = set()
         self.expected = {}        # collection -> {pk: ver}
         self.partition_of = {}    # main pk -> partition it was first written to
         self.partitions = ["_default", "p1"]
@@ -350,7 +352,8 @@ class ChaosWorkload(threading.Thread):
         """Problems found comparing `alias` (source or target, connected to
         this scenario's database) with the model; empty list: exact."""
         problems = []
-        have = set(utility.list_collections(using=alias))
+        # Collections of this database that other writers own (and check).
+        have = set(utility.list_collections(using=alias)) - self.others
         want = set(self.expected)
         for name in sorted(want - have):
             problems.append(f"{side}: collection {name} missing")

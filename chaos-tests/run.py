@@ -489,6 +489,7 @@ class ChaosRun:
             if name in CONCURRENT_WRITERS:
                 from writers import ConcurrentWriters, create_collection
                 create_collection(self.source_uri, "concurrent", 2, db_name=wl.db)
+                wl.others.add("concurrent")  # compared row by row below
                 cw = ConcurrentWriters(self.source_uri, "concurrent", clients=4, rounds=10**6,
                                        upserts=20, inserts=10, deletes=3, seed=seed,
                                        pause=0.2, db_name=wl.db).start()
