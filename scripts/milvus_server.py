@@ -25,6 +25,10 @@ Example:
         --bin-root .run/stack --proxy-port 19530 \
         --etcd-endpoints 127.0.0.1:2379 --etcd-root-path source \
         --mq natsmq --nats-port 4222
+
+With ``--mq kafka`` (``--kafka-brokers``) or ``--mq pulsar`` (``--pulsar-address``,
+``--pulsar-port``, ``--pulsar-webport``, ``--pulsar-tenant``, ``--pulsar-namespace``)
+the instance uses that broker instead of its embedded natsmq.
 """
 
 import argparse
@@ -83,12 +87,19 @@ def parse_args(argv):
                            help=f"default: proxy port + {PORT_OFFSETS[key]}")
     p.add_argument("--etcd-endpoints", required=True, help="e.g. 127.0.0.1:2379")
     p.add_argument("--etcd-root-path", required=True, help="etcd.rootPath (unique per instance)")
-    p.add_argument("--mq", choices=["rocksmq", "natsmq", "kafka"], default="rocksmq")
+    p.add_argument("--mq", choices=["rocksmq", "natsmq", "kafka", "pulsar"], default="rocksmq")
     p.add_argument("--nats-port", type=int, default=4222, help="natsmq.server.port")
     p.add_argument("--kafka-brokers", default="127.0.0.1:9092", help="kafka.brokerList")
     p.add_argument("--rdkafka-dir", default="",
                    help="directory with a librdkafka.so.1 >= 2.2 put first on LD_LIBRARY_PATH "
                         "(Milvus 2.3.5 bundles 1.9.1, which cannot parse newer brokers' replies)")
+    p.add_argument("--pulsar-address", default="127.0.0.1",
+                   help="pulsar.address (host, or a pulsar:// URL that then wins over the port)")
+    p.add_argument("--pulsar-port", type=int, default=6650, help="pulsar.port")
+    p.add_argument("--pulsar-webport", type=int, default=8080,
+                   help="pulsar.webport (the broker's HTTP port)")
+    p.add_argument("--pulsar-tenant", default="public", help="pulsar.tenant")
+    p.add_argument("--pulsar-namespace", default="default", help="pulsar.namespace")
     p.add_argument("--auth", action="store_true",
                    help="common.security.authorizationEnabled=true (user root, password Milvus)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -142,11 +153,19 @@ def main(argv=None):
         "natsmq.server.storeDir": os.path.join(base, "data", "nats"),
         "natsmq.server.monitor.logFile": os.path.join(base, "logs", "nats.log"),
         # 2.3.5's default (1800 s) makes a SIGTERM with a loaded collection
-        # hang for minutes on Kafka.
+        # hang for minutes on Kafka and Pulsar.
         "common.gracefulStopTimeout": "10",
     }
     # advertise loopback in the etcd sessions (default: first unicast address,
     # which breaks a restart when the machine's address changes)
+    if args.mq == "pulsar":
+        extra.update({
+            "pulsar.address": args.pulsar_address,
+            "pulsar.port": str(args.pulsar_port),
+            "pulsar.webport": str(args.pulsar_webport),
+            "pulsar.tenant": args.pulsar_tenant,
+            "pulsar.namespace": args.pulsar_namespace,
+        })
     for role in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode",
                  "dataCoord", "dataNode"):
         extra[f"{role}.ip"] = "127.0.0.1"

