@@ -47,6 +47,12 @@ def queue_env(stack):
     if stack.get("CDC_SOURCE_MQ", "natsmq") == "kafka":
         return {"MILVUS_CDC_SOURCE__MQ_TYPE": "kafka",
                 "MILVUS_CDC_SOURCE__KAFKA__BROKERS": json.dumps([stack["CDC_KAFKA_BROKERS"]])}
+    if stack.get("CDC_SOURCE_MQ", "natsmq") == "pulsar":
+        # the stack's protocol shim in front of pulsar-lite (scripts/pulsar_shim.py)
+        return {"MILVUS_CDC_SOURCE__MQ_TYPE": "pulsar",
+                "MILVUS_CDC_SOURCE__PULSAR__ADDRESS": stack["CDC_PULSAR_URL"],
+                "MILVUS_CDC_SOURCE__PULSAR__TENANT": stack["CDC_PULSAR_TENANT"],
+                "MILVUS_CDC_SOURCE__PULSAR__NAMESPACE": stack["CDC_PULSAR_NAMESPACE"]}
     return {"MILVUS_CDC_SOURCE__NATS_URL": stack["CDC_NATS_URL"]}
 
 
@@ -307,6 +313,8 @@ class Agent(Child):
                 "MILVUS_CDC_ETCD__ENDPOINTS", "MILVUS_CDC_ETCD__ROOT",
                 "MILVUS_CDC_SOURCE__MILVUS_URI", "MILVUS_CDC_SOURCE__NATS_URL",
                 "MILVUS_CDC_SOURCE__MQ_TYPE", "MILVUS_CDC_SOURCE__KAFKA__BROKERS",
+                "MILVUS_CDC_SOURCE__PULSAR__ADDRESS", "MILVUS_CDC_SOURCE__PULSAR__TENANT",
+                "MILVUS_CDC_SOURCE__PULSAR__NAMESPACE",
                 "MILVUS_CDC_HA__LEASE_TTL", "MILVUS_CDC_LOG__LEVEL")]:
             del env[k]  # nothing from the caller's environment changes the agents
         super().__init__(f"agent-{index}", [str(bin_path), "serve"], log_dir, env)

@@ -968,10 +968,11 @@ def main():
         "CHAOS_ETCD_PORT", 22379)))
     ap.add_argument("--source-port", type=int, default=int(os.environ.get(
         "CHAOS_SOURCE_PORT", 25530)))
-    ap.add_argument("--source-mq", choices=["natsmq", "kafka"],
+    ap.add_argument("--source-mq", choices=["natsmq", "kafka", "pulsar"],
                     default=os.environ.get("CHAOS_SOURCE_MQ", "natsmq"),
                     help="the source Milvus's queue (kafka: on a tansu broker, which takes "
-                         "the natsmq port)")
+                         "the natsmq port; pulsar: on pulsar-lite behind scripts/pulsar_shim.py, "
+                         "which takes the natsmq port, pulsar-lite the next two)")
     ap.add_argument("--nats-port", type=int, default=int(os.environ.get(
         "CHAOS_NATS_PORT", 24222)))
     ap.add_argument("--target-port", type=int, default=int(os.environ.get(

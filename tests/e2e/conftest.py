@@ -41,7 +41,7 @@ def _stack_env():
 
 
 STACK = _stack_env()
-# The source's message queue: natsmq (default) or kafka (CDC_SOURCE_MQ=kafka).
+# The source's message queue: natsmq (default), kafka or pulsar (CDC_SOURCE_MQ).
 SOURCE_MQ = STACK.get("CDC_SOURCE_MQ", "natsmq")
 
 
@@ -51,11 +51,18 @@ def source_env(stack=None):
     if stack.get("CDC_SOURCE_MQ", "natsmq") == "kafka":
         return {"MILVUS_CDC_SOURCE__MQ_TYPE": "kafka",
                 "MILVUS_CDC_SOURCE__KAFKA__BROKERS": json.dumps([stack["CDC_KAFKA_BROKERS"]])}
+    if stack.get("CDC_SOURCE_MQ", "natsmq") == "pulsar":
+        # the stack's protocol shim in front of pulsar-lite (scripts/pulsar_shim.py)
+        return {"MILVUS_CDC_SOURCE__MQ_TYPE": "pulsar",
+                "MILVUS_CDC_SOURCE__PULSAR__ADDRESS": stack["CDC_PULSAR_URL"],
+                "MILVUS_CDC_SOURCE__PULSAR__TENANT": stack["CDC_PULSAR_TENANT"],
+                "MILVUS_CDC_SOURCE__PULSAR__NAMESPACE": stack["CDC_PULSAR_NAMESPACE"]}
     return {"MILVUS_CDC_SOURCE__NATS_URL": stack["CDC_NATS_URL"]}
 
 
 natsmq_only = pytest.mark.skipif(SOURCE_MQ != "natsmq",
-                                 reason="reads or damages natsmq's JetStream directly")
+                                 reason="reads or damages natsmq's JetStream directly "
+                                        "(skipped on Kafka and Pulsar sources)")
 BIN = Path(os.environ.get("CDC_BIN", REPO / "target" / "debug" / "milvus-cdc"))
 TARGET_TOKEN = "root:Milvus" if STACK.get("CDC_TARGET_AUTH") == "1" else None
 
