@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts the whole demo in the background:
-# etcd, a source Milvus 2.3.5 (natsmq), a target Milvus 2.3.5 and the
-# milvus-cdc agent replica(s). Returns once everything is healthy and prints
-# what to curl.
+# etcd, a source Milvus 2.3.5 (natsmq; Kafka or Pulsar with CDC_SOURCE_MQ), a
+# target Milvus 2.3.5 and the milvus-cdc agent replica(s). Returns once
+# everything is healthy and prints what to curl.
 #
 #   scripts/demo.sh          install + start (idempotent)
 #   scripts/demo.sh stop     stop the agents and the stack
@@ -11,7 +11,9 @@
 # Addresses (environment overrides in brackets):
 #   etcd            127.0.0.1:2379    [CDC_ETCD_PORT]
 #   source Milvus   127.0.0.1:19530   [CDC_SOURCE_PORT]   natsmq 127.0.0.1:4222 [CDC_NATS_PORT]
-#                   (CDC_SOURCE_MQ=kafka: on a Kafka broker at 127.0.0.1:4222 instead)
+#                   (CDC_SOURCE_MQ=kafka: on a Kafka broker at 127.0.0.1:4222 instead;
+#                    CDC_SOURCE_MQ=pulsar: on Pulsar at pulsar://127.0.0.1:4222, a
+#                    protocol shim in front of pulsar-lite on 4223, HTTP 4224)
 #   target Milvus   127.0.0.1:19540   [CDC_TARGET_PORT]
 #   agents          http://127.0.0.1:8444 (then :8445, :8446) [CDC_AGENT_PORT = first port]
 set -euo pipefail
@@ -48,11 +50,14 @@ start_agents() {
   # shellcheck disable=SC1091
   . "$CDC_RUN_DIR/stack.env"
   local port pidfile queue_env=()
-  if [ "${CDC_SOURCE_MQ:-natsmq}" = kafka ]; then
-    queue_env=(MILVUS_CDC_SOURCE__MQ_TYPE=kafka "MILVUS_CDC_SOURCE__KAFKA__BROKERS=[\"$CDC_KAFKA_BROKERS\"]")
-  else
-    queue_env=("MILVUS_CDC_SOURCE__NATS_URL=$CDC_NATS_URL")
-  fi
+  case ${CDC_SOURCE_MQ:-natsmq} in
+    kafka) queue_env=(MILVUS_CDC_SOURCE__MQ_TYPE=kafka "MILVUS_CDC_SOURCE__KAFKA__BROKERS=[\"$CDC_KAFKA_BROKERS\"]") ;;
+    pulsar)
+      queue_env=(MILVUS_CDC_SOURCE__MQ_TYPE=pulsar "MILVUS_CDC_SOURCE__PULSAR__ADDRESS=$CDC_PULSAR_URL"
+        "MILVUS_CDC_SOURCE__PULSAR__TENANT=$CDC_PULSAR_TENANT"
+        "MILVUS_CDC_SOURCE__PULSAR__NAMESPACE=$CDC_PULSAR_NAMESPACE") ;;
+    *) queue_env=("MILVUS_CDC_SOURCE__NATS_URL=$CDC_NATS_URL") ;;
+  esac
   for port in $(agent_ports); do
     pidfile=$AGENT_DIR/agent-$port.pid
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -92,7 +97,7 @@ case "${1:-start}" in
 
 milvus-cdc demo is running.
   etcd           $CDC_ETCD_ENDPOINT
-  source Milvus  $CDC_SOURCE_URI   ($CDC_SOURCE_MQ $(if [ "$CDC_SOURCE_MQ" = kafka ]; then echo "$CDC_KAFKA_BROKERS"; else echo "$CDC_NATS_URL"; fi))
+  source Milvus  $CDC_SOURCE_URI   ($CDC_SOURCE_MQ $(case $CDC_SOURCE_MQ in kafka) echo "$CDC_KAFKA_BROKERS" ;; pulsar) echo "$CDC_PULSAR_URL" ;; *) echo "$CDC_NATS_URL" ;; esac))
   target Milvus  $CDC_TARGET_URI
   agents         $(for p in $(agent_ports); do printf 'http://127.0.0.1:%s ' "$p"; done)
   logs           $AGENT_DIR, $CDC_RUN_DIR
