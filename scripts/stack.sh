@@ -347,8 +347,9 @@ part_cmd() {
       ;;
     broker)
       if [ "$SOURCE_MQ" = pulsar ]; then
+        # log level warn: info logs every dispatch and ack (megabytes a minute)
         printf '%s\n' "$PULSAR_TOOLS/pulsar-lite" --config "$RUN_DIR/broker/pulsar-lite.toml" \
-          --addr "127.0.0.1:$PULSAR_BROKER_PORT" --db-path "$RUN_DIR/broker/db" --log-level info
+          --addr "127.0.0.1:$PULSAR_BROKER_PORT" --db-path "$RUN_DIR/broker/db" --log-level warn
       else
         printf '%s\n' "$KAFKA_TOOLS/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
           --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
@@ -511,6 +512,8 @@ cmd_start() {
   for part in target source shim broker etcd; do
     if part_group "$part" >/dev/null && ! { part_pid "$part" >/dev/null && same_cmd "$part"; }; then
       log "$part runs with a different configuration (or its leader died): restarting it"
+      # a new broker wipes the source anyway; stopped first, it stops quickly
+      if [ "$part" = broker ]; then stop_part source; fi
       stop_part "$part"
       restart+=("$part")
     fi
