@@ -1,7 +1,8 @@
 """Positions in Milvus's own encoding (base64 of a serialized msgpb.MsgPosition
-whose msgID is the 8-byte little-endian natsmq sequence or Kafka offset): a
-task created with `collection_infos[].positions` starts after them, and the
-`position` request returns a task's checkpoints in the same encoding."""
+whose msgID is the 8-byte little-endian natsmq sequence or Kafka offset, or on
+Pulsar a serialized MessageIdData): a task created with
+`collection_infos[].positions` starts after them, and the `position` request
+returns a task's checkpoints in the same encoding."""
 
 import base64
 import os
@@ -29,16 +30,66 @@ def last_sequences():
     return {c: int(last) for c, last in re.findall(r"^(\S+)\tfirst=\d+\tlast=(\d+)$", out, re.M)}
 
 
+# Pulsar: the agent's sequence packs a message id (ledger, entry, batch index)
+# as ((ledger << 32) | (entry << 10) | batch) + 1; Milvus's msgID is the
+# MessageIdData that pulsar-client-go serializes: ledgerId (1), entryId (2),
+# partition (3), batch_index (4).
+PULSAR_ENTRY_BITS, PULSAR_BATCH_BITS = 22, 10
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pulsar_msg_id(sequence):
+    packed = sequence - 1
+    ledger = packed >> (PULSAR_ENTRY_BITS + PULSAR_BATCH_BITS)
+    entry = (packed >> PULSAR_BATCH_BITS) & ((1 << PULSAR_ENTRY_BITS) - 1)
+    batch = packed & ((1 << PULSAR_BATCH_BITS) - 1)
+    return (b"\x08" + _varint(ledger) + b"\x10" + _varint(entry) + b"\x18\x00"
+            + b"\x20" + _varint(batch))
+
+
+def pulsar_sequence(msg_id):
+    fields, i = {}, 0
+    while i < len(msg_id):
+        key, shift, v = msg_id[i], 0, 0
+        i += 1
+        while True:
+            b = msg_id[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        fields[key >> 3] = v
+    batch = fields.get(4, 0)
+    batch = 0 if batch >= 1 << 31 else batch  # -1: not in a batch
+    return ((fields[1] << (PULSAR_ENTRY_BITS + PULSAR_BATCH_BITS))
+            | (fields[2] << PULSAR_BATCH_BITS) | batch) + 1
+
+
 def msg_position(channel, sequence):
     """Milvus's MsgPosition of the message with this agent sequence."""
-    raw = sequence - 1 if SOURCE_MQ == "kafka" else sequence  # Kafka: offset = sequence - 1
-    p = msg_pb2.MsgPosition(channel_name=channel, msgID=struct.pack("<Q", raw))
+    if SOURCE_MQ == "pulsar":
+        msg_id = pulsar_msg_id(sequence)
+    else:
+        raw = sequence - 1 if SOURCE_MQ == "kafka" else sequence  # Kafka: offset = sequence - 1
+        msg_id = struct.pack("<Q", raw)
+    p = msg_pb2.MsgPosition(channel_name=channel, msgID=msg_id)
     return base64.b64encode(p.SerializeToString()).decode()
 
 
 def decode_position(b64):
     p = msg_pb2.MsgPosition()
     p.ParseFromString(base64.b64decode(b64))
+    if SOURCE_MQ == "pulsar":
+        return p.channel_name, pulsar_sequence(p.msgID), p.timestamp
     (raw,) = struct.unpack("<Q", p.msgID)
     return p.channel_name, (raw + 1 if SOURCE_MQ == "kafka" else raw), p.timestamp
 
