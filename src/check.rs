@@ -60,6 +60,7 @@ pub async fn run(
         what: match cfg.source.mq_type {
             MqType::Natsmq => "source natsmq".into(),
             MqType::Kafka => "source kafka".into(),
+            MqType::Pulsar => "source pulsar".into(),
         },
         result: queue,
     });

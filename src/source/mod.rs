@@ -3,8 +3,8 @@
 //! positioned events.
 //!
 //! - [`mq`]: the [`mq::MessageQueue`] trait (positions, start points);
-//! - [`natsmq`], [`kafka`]: its NATS JetStream and Kafka implementations,
-//!   chosen by [`open_queue`];
+//! - [`natsmq`], [`kafka`], [`pulsar`]: its NATS JetStream, Kafka and
+//!   Pulsar implementations, chosen by [`open_queue`];
 //! - [`decode`] and [`event`]: payload bytes to typed [`event::Event`]s;
 //! - [`reader`]: one resilient, ordered reader per channel.
 
@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod mq;
 pub mod natsmq;
 pub mod position;
+pub mod pulsar;
 pub mod reader;
 
 use std::sync::Arc;
@@ -37,5 +38,18 @@ pub async fn open_queue(
         (MqType::Natsmq, false) => Arc::new(natsmq::NatsMq::connect(&cfg.nats_url, timeout).await?),
         (MqType::Kafka, true) => Arc::new(kafka::KafkaMq::new(&cfg.kafka, timeout)?),
         (MqType::Kafka, false) => Arc::new(kafka::KafkaMq::connect(&cfg.kafka, timeout).await?),
+        (MqType::Pulsar, true) => Arc::new(
+            pulsar::PulsarMq::new(&cfg.pulsar, timeout)?.with_known_channels(known_channels(cfg)),
+        ),
+        (MqType::Pulsar, false) => {
+            Arc::new(pulsar::PulsarMq::connect(&cfg.pulsar, timeout, known_channels(cfg)).await?)
+        }
     })
+}
+
+/// The configured DML channels and the replicate channel.
+fn known_channels(cfg: &SourceConfig) -> Vec<String> {
+    let mut channels = cfg.dml_channels();
+    channels.push(cfg.replicate_channel());
+    channels
 }

@@ -1,7 +1,7 @@
-//! The message-queue abstraction the reader consumes. natsmq is the first
-//! implementation ([`super::natsmq`]); Kafka and Pulsar fit behind the same
-//! trait: an ordered stream of `(sequence, payload)` per channel that can be
-//! opened at any position.
+//! The message-queue abstraction the reader consumes: an ordered stream of
+//! `(sequence, payload)` per channel that can be opened at any position.
+//! Implemented for natsmq ([`super::natsmq`]), Kafka ([`super::kafka`]) and
+//! Pulsar ([`super::pulsar`]).
 
 use bytes::Bytes;
 use futures::{future::BoxFuture, stream::BoxStream};
@@ -20,7 +20,8 @@ pub enum StartAt {
 /// One message as the queue holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
-    /// Sequence number in the channel's stream (strictly increasing).
+    /// Sequence number in the channel's stream (strictly increasing; without
+    /// holes only where [`MessageQueue::dense_sequences`] says so).
     pub sequence: u64,
     /// The serialized Milvus message.
     pub payload: Bytes,
@@ -70,4 +71,13 @@ pub trait MessageQueue: Send + Sync + 'static {
 
     /// Names of existing channels starting with `prefix`, sorted.
     fn channels(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, MqError>>;
+
+    /// Whether consecutive messages of a channel have consecutive sequences
+    /// (natsmq stream sequences, Kafka offsets), so that a hole in the
+    /// sequences means lost messages. Pulsar message ids jump between
+    /// ledgers: there a hole means nothing, and the reader checks only
+    /// whether the checkpoint's own message is still retained.
+    fn dense_sequences(&self) -> bool {
+        true
+    }
 }

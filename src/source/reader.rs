@@ -4,6 +4,14 @@
 //! connection breaks it reopens after the last delivered sequence, with
 //! backoff, so the output has no repeats and no gaps the queue still holds.
 //!
+//! Lost messages (removed by retention before they were read) are found
+//! from the sequences. On a queue with dense sequences (natsmq, Kafka) a
+//! hole in them is a loss, and a checkpoint `s` is complete when the oldest
+//! retained message is `s + 1` or older. On Pulsar (ids jump between
+//! ledgers) a hole means nothing; a loss is reported only when the
+//! checkpoint's own message is no longer retained and the oldest retained
+//! one is later (see [`MessageQueue::dense_sequences`]).
+//!
 //! ```no_run
 //! # async fn f(mq: std::sync::Arc<milvus_cdc::source::natsmq::NatsMq>) {
 //! use milvus_cdc::source::{mq::StartAt, reader::ChannelReader};
@@ -136,6 +144,7 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         };
         let mut delays = backoff();
         let mut first_open = true;
+        let dense = self.mq.dense_sequences();
         loop {
             let start = match last {
                 Some(s) => StartAt::After(s),
@@ -192,7 +201,7 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                         debug!(channel = %self.channel, sequence = msg.sequence, "duplicate skipped");
                         continue;
                     }
-                    if msg.sequence > l + 1 {
+                    if dense && msg.sequence > l + 1 {
                         error!(channel = %self.channel, after = l, next = msg.sequence,
                             "sequence gap: messages were removed from the source stream before they were read");
                         self.report_lost(l + 1, msg.sequence - 1);
@@ -249,13 +258,25 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
     /// Warns when the queue no longer holds the messages right after the
     /// start position (history lost to retention); returns the last lost
     /// sequence then.
+    ///
+    /// With sparse sequences (Pulsar) only a checkpoint can be checked: it is
+    /// reported when the checkpoint's own message is gone and the oldest
+    /// retained message is later. That can over-report (the checkpoint was
+    /// the last message of a ledger that retention removed: nothing after it
+    /// was lost) and cannot see a replay from the earliest message that
+    /// retention already shortened (the first message ever written is not
+    /// known).
     async fn check_retention(&self, start: StartAt) -> Option<u64> {
         let info = self.mq.info(&self.channel).await.ok()?;
+        let dense = self.mq.dense_sequences();
+        // Dense: message `s + 1` must still be there. Sparse: the same test
+        // says the checkpoint's own message `s` is gone and the oldest
+        // retained one is not the very next id.
         let wanted = match start {
             StartAt::After(s) => s + 1,
             // Replaying history: it is complete only if the stream still
-            // holds its first message.
-            StartAt::Earliest if info.last_sequence > 0 => 1,
+            // holds its first message (unknown on a sparse queue).
+            StartAt::Earliest if dense && info.last_sequence > 0 => 1,
             _ => return None,
         };
         if info.first_sequence > wanted {
@@ -289,6 +310,8 @@ mod tests {
         messages: Vec<RawMessage>,
         break_every: usize,
         opens: Mutex<Vec<StartAt>>,
+        /// What `dense_sequences` answers (Pulsar: false).
+        dense: bool,
     }
 
     fn tick(ts: u64) -> Bytes {
@@ -319,7 +342,40 @@ mod tests {
                 messages,
                 break_every,
                 opens: Mutex::new(Vec::new()),
+                dense: true,
             }
+        }
+
+        /// A queue with sparse sequences, as Pulsar's packed message ids:
+        /// ledgers 1, 3 and 7, a few entries each.
+        fn sparse(break_every: usize) -> Self {
+            let seqs = [
+                (1 << 32) + 1,
+                (1 << 32) + (1 << 10) + 1,
+                (1 << 32) + (2 << 10) + 1,
+                (3 << 32) + 1,
+                (3 << 32) + (1 << 10) + 1,
+                (7 << 32) + 1,
+                (7 << 32) + (1 << 10) + 1,
+                (7 << 32) + (1 << 10) + 2,
+                (7 << 32) + (2 << 10) + 1,
+            ];
+            Self {
+                messages: seqs
+                    .iter()
+                    .map(|&s| RawMessage {
+                        sequence: s,
+                        payload: tick(s),
+                    })
+                    .collect(),
+                break_every,
+                opens: Mutex::new(Vec::new()),
+                dense: false,
+            }
+        }
+
+        fn sequences(&self) -> Vec<u64> {
+            self.messages.iter().map(|m| m.sequence).collect()
         }
     }
 
@@ -356,6 +412,9 @@ mod tests {
         }
         fn channels(&self, _p: &str) -> BoxFuture<'_, Result<Vec<String>, MqError>> {
             Box::pin(async { Ok(vec!["c".to_string()]) })
+        }
+        fn dense_sequences(&self) -> bool {
+            self.dense
         }
     }
 
@@ -430,5 +489,82 @@ mod tests {
         };
         assert_eq!(lost_rx.recv().await.unwrap(), range(2, 3));
         assert_eq!(lost_rx.recv().await.unwrap(), range(8, 8));
+    }
+
+    /// Reads `n` events of `mq` from `start` and what it reported lost.
+    async fn read_with_lost(mq: FakeMq, start: StartAt, n: usize) -> (Vec<u64>, Vec<LostRange>) {
+        let (lost_tx, mut lost_rx) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            ChannelReader::new(Arc::new(mq), "c", start)
+                .with_lost_ranges(lost_tx)
+                .run(tx, cancel.clone()),
+        );
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            seqs.push(rx.recv().await.unwrap().position.sequence);
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        let mut lost = Vec::new();
+        while let Ok(l) = lost_rx.try_recv() {
+            lost.push(l);
+        }
+        (seqs, lost)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sparse_sequences_are_not_gaps() {
+        // Jumps between ledgers, reconnects every 2 messages (each reopen
+        // re-delivers the checkpointed message): everything exactly once,
+        // in order, nothing reported lost.
+        let all = FakeMq::sparse(2).sequences();
+        let (seqs, lost) = read_with_lost(FakeMq::sparse(2), StartAt::Earliest, all.len()).await;
+        assert_eq!(seqs, all);
+        assert_eq!(lost, []);
+        // Resuming after any message yields exactly the rest.
+        for (i, cp) in all.iter().enumerate() {
+            let rest = all.len() - i - 1;
+            if rest == 0 {
+                continue;
+            }
+            let (seqs, lost) = read_with_lost(FakeMq::sparse(3), StartAt::After(*cp), rest).await;
+            assert_eq!(seqs, all[i + 1..], "after {cp}");
+            assert_eq!(lost, [], "after {cp}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sparse_retention_loss_is_the_checkpoint_message_gone() {
+        let all = FakeMq::sparse(100).sequences();
+        // Retention removed ledgers 1 and 3; the checkpoint is in ledger 1.
+        let trimmed = || {
+            let mut mq = FakeMq::sparse(100);
+            mq.messages.retain(|m| m.sequence >= 7 << 32);
+            mq
+        };
+        let (seqs, lost) = read_with_lost(trimmed(), StartAt::After(all[1]), 4).await;
+        assert_eq!(seqs, all[5..]);
+        assert_eq!(
+            lost,
+            [LostRange {
+                channel: "c".into(),
+                first: all[1] + 1,
+                last: all[5] - 1,
+            }]
+        );
+        // The checkpoint's message is still retained: nothing lost, even
+        // though the next id is far away.
+        let mut mq = FakeMq::sparse(100);
+        mq.messages.retain(|m| m.sequence >= all[2]);
+        let (seqs, lost) = read_with_lost(mq, StartAt::After(all[2]), 6).await;
+        assert_eq!(seqs, all[3..]);
+        assert_eq!(lost, []);
+        // A replay from the earliest retained message: the first message
+        // ever written is unknown on a sparse queue, so nothing is claimed.
+        let (seqs, lost) = read_with_lost(trimmed(), StartAt::Earliest, 4).await;
+        assert_eq!(seqs, all[5..]);
+        assert_eq!(lost, []);
     }
 }

@@ -1,0 +1,705 @@
+//! [`MessageQueue`] for a Milvus that runs on Apache Pulsar: every Milvus
+//! channel `c` is the non-partitioned persistent topic
+//! `persistent://<tenant>/<namespace>/c` (Milvus 2.3 names it
+//! `<tenant>/<namespace>/c`).
+//!
+//! Reading is from an exact position: each [`MessageQueue::open`] creates a
+//! *non-durable* consumer (an exclusive, non-durable subscription with a
+//! random name and a start message id, what Pulsar's readers are). The
+//! broker forgets it when it closes; the agent acknowledges nothing, so the
+//! checkpoint in etcd is the only truth. Topics are not created: a topic is looked up in
+//! the namespace's topic list before any reader is made (Pulsar creates a
+//! topic on first use when `allowAutoTopicCreation` is on). A broker that
+//! does not answer the topic list (pulsar-lite) is remembered as such: then
+//! topics are assumed to exist and [`MessageQueue::channels`] answers with
+//! the configured channels.
+//!
+//! Sequences: a Pulsar message id is `(ledger, entry, batch index)`, ordered
+//! lexicographically. The agent packs it into one `u64` that keeps the
+//! order ([`PulsarMessageId::sequence`]); sequences are therefore not dense
+//! ([`MessageQueue::dense_sequences`] is false). The client is pulsar-rs
+//! (`pulsar` crate; see docs/source-reader.md for the choice).
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use futures::{future::BoxFuture, StreamExt as _};
+use pulsar::{
+    consumer::InitialPosition,
+    error::{AuthenticationError, ConnectionError, ConsumerError, ServiceDiscoveryError},
+    message::proto::{
+        command_get_topics_of_namespace::Mode, command_subscribe::SubType, MessageIdData,
+        ServerError,
+    },
+    Authentication, ConnectionRetryOptions, Consumer, ConsumerOptions, Error as PulsarError,
+    OperationRetryOptions, Pulsar, TokioExecutor,
+};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use super::mq::{ChannelInfo, MessageQueue, MessageStream, MqError, RawMessage, StartAt};
+use crate::config::PulsarConfig;
+
+/// Bits of the entry id in a sequence.
+const ENTRY_BITS: u32 = 22;
+/// Bits of the batch index in a sequence.
+const BATCH_BITS: u32 = 10;
+/// Messages a reader asks the broker for at once (Milvus's inserts can be
+/// several MB each: this bounds a reader's buffer).
+const RECEIVER_QUEUE: u32 = 32;
+/// Longest wait for the oldest message of a topic in [`MessageQueue::info`].
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
+
+/// A Pulsar message id as the agent orders it. Non-batched messages have
+/// batch index 0, as pulsar-client-go (Milvus's client) numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PulsarMessageId {
+    /// BookKeeper ledger id.
+    pub ledger_id: u64,
+    /// Entry id in the ledger.
+    pub entry_id: u64,
+    /// Index in a batched entry (0 for a non-batched message).
+    pub batch_index: u32,
+}
+
+impl PulsarMessageId {
+    /// Largest ledger id a sequence can hold.
+    pub const MAX_LEDGER: u64 = (1 << (64 - ENTRY_BITS - BATCH_BITS)) - 1;
+    /// Largest entry id a sequence can hold.
+    pub const MAX_ENTRY: u64 = (1 << ENTRY_BITS) - 1;
+    /// Largest batch index a sequence can hold.
+    pub const MAX_BATCH: u32 = (1 << BATCH_BITS) - 1;
+
+    /// The id from the fields of a `MessageIdData` (Pulsar's signed values
+    /// as they travel, in `u64`). The placeholders "earliest" (-1) and
+    /// "latest" are refused, as is a batch index below -1.
+    pub fn from_raw(
+        ledger_id: u64,
+        entry_id: u64,
+        batch_index: Option<i32>,
+    ) -> Result<Self, String> {
+        if i64::try_from(ledger_id).is_err() || i64::try_from(entry_id).is_err() {
+            return Err(format!(
+                "message id {}:{} is a placeholder (earliest/latest), not a message",
+                ledger_id as i64, entry_id as i64
+            ));
+        }
+        let batch_index = match batch_index {
+            None | Some(-1) => 0,
+            Some(b) => u32::try_from(b).map_err(|_| format!("batch index {b} is not valid"))?,
+        };
+        Ok(Self {
+            ledger_id,
+            entry_id,
+            batch_index,
+        })
+    }
+
+    /// The agent's sequence: `(ledger << 32 | entry << 10 | batch) + 1`,
+    /// so that 0 still means "nothing" and the order of ids is kept. Ids
+    /// whose parts do not fit (ledger ≥ 2^32, entry ≥ 2^22, batch index ≥
+    /// 2^10) are refused: the agent cannot checkpoint them.
+    pub fn sequence(&self) -> Result<u64, String> {
+        if self.ledger_id > Self::MAX_LEDGER
+            || self.entry_id > Self::MAX_ENTRY
+            || self.batch_index > Self::MAX_BATCH
+        {
+            return Err(format!(
+                "message id {}:{}:{} does not fit the agent's 64-bit sequence (ledger < 2^{}, \
+                 entry < 2^{ENTRY_BITS}, batch index < 2^{BATCH_BITS})",
+                self.ledger_id,
+                self.entry_id,
+                self.batch_index,
+                64 - ENTRY_BITS - BATCH_BITS
+            ));
+        }
+        let packed = (self.ledger_id << (ENTRY_BITS + BATCH_BITS))
+            | (self.entry_id << BATCH_BITS)
+            | u64::from(self.batch_index);
+        packed
+            .checked_add(1)
+            .ok_or_else(|| format!("message id {self:?} is the largest id; it has no sequence"))
+    }
+
+    /// The id of sequence `seq`; `None` for 0 ("before the first message").
+    pub fn from_sequence(seq: u64) -> Option<Self> {
+        let packed = seq.checked_sub(1)?;
+        Some(Self {
+            ledger_id: packed >> (ENTRY_BITS + BATCH_BITS),
+            entry_id: (packed >> BATCH_BITS) & Self::MAX_ENTRY,
+            // Masked to BATCH_BITS, so it fits.
+            batch_index: u32::try_from(packed & u64::from(Self::MAX_BATCH)).unwrap_or(0),
+        })
+    }
+
+    fn to_proto(self) -> MessageIdData {
+        MessageIdData {
+            ledger_id: self.ledger_id,
+            entry_id: self.entry_id,
+            partition: Some(-1),
+            batch_index: Some(i32::try_from(self.batch_index).unwrap_or(i32::MAX)),
+            ..Default::default()
+        }
+    }
+}
+
+/// Pulsar's "earliest" placeholder id (-1:-1).
+fn earliest_id() -> MessageIdData {
+    MessageIdData {
+        ledger_id: u64::MAX,
+        entry_id: u64::MAX,
+        partition: Some(-1),
+        batch_index: Some(-1),
+        ..Default::default()
+    }
+}
+
+/// Pulsar's "latest" placeholder id (i64::MAX:i64::MAX).
+fn latest_id() -> MessageIdData {
+    MessageIdData {
+        ledger_id: i64::MAX as u64,
+        entry_id: i64::MAX as u64,
+        partition: Some(-1),
+        batch_index: Some(-1),
+        ..Default::default()
+    }
+}
+
+/// A (lazily connected) client of the source's Pulsar. Cheap to share.
+pub struct PulsarMq {
+    cfg: PulsarConfig,
+    url: String,
+    timeout: Duration,
+    client: Mutex<Option<Pulsar<TokioExecutor>>>,
+    /// The Milvus channels the configuration names (DML and replicate).
+    known_channels: Vec<String>,
+    /// The broker did not answer a topic list once: do not ask again.
+    no_listing: AtomicBool,
+}
+
+impl std::fmt::Debug for PulsarMq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PulsarMq")
+            .field("url", &self.url)
+            .field("tenant", &self.cfg.tenant)
+            .field("namespace", &self.cfg.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `e` will not go away by retrying (refused credentials).
+fn is_permanent(e: &PulsarError) -> bool {
+    let server = |s: &Option<ServerError>| {
+        matches!(
+            s,
+            Some(ServerError::AuthenticationError | ServerError::AuthorizationError)
+        )
+    };
+    let conn = |c: &ConnectionError| match c {
+        ConnectionError::Authentication(AuthenticationError::Custom(_)) => true,
+        ConnectionError::PulsarError(s, _) => server(s),
+        _ => false,
+    };
+    match e {
+        PulsarError::Authentication(AuthenticationError::Custom(_)) => true,
+        PulsarError::Connection(c)
+        | PulsarError::ServiceDiscovery(ServiceDiscoveryError::Connection(c))
+        | PulsarError::Consumer(ConsumerError::Connection(c)) => conn(c),
+        PulsarError::ServiceDiscovery(ServiceDiscoveryError::Query(s, _)) => server(s),
+        _ => false,
+    }
+}
+
+impl PulsarMq {
+    /// A client of the broker in `cfg`; nothing is contacted yet. Fails only
+    /// on a configuration that cannot work (bad address, unreadable CA).
+    pub fn new(cfg: &PulsarConfig, timeout: Duration) -> Result<Self, MqError> {
+        let bad = |message: String| MqError {
+            message,
+            retriable: false,
+        };
+        let url = cfg
+            .service_url()
+            .map_err(|e| bad(format!("source.pulsar.address: {e}")))?;
+        if let Some(ca) = &cfg.tls_ca {
+            std::fs::metadata(ca)
+                .map_err(|e| bad(format!("source.pulsar.tls_ca {}: {e}", ca.display())))?;
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            url,
+            timeout,
+            client: Mutex::new(None),
+            known_channels: Vec::new(),
+            no_listing: AtomicBool::new(false),
+        })
+    }
+
+    /// The channels Milvus is configured with, what
+    /// [`MessageQueue::channels`] answers when the broker cannot list
+    /// topics.
+    pub fn with_known_channels(mut self, channels: Vec<String>) -> Self {
+        self.known_channels = channels;
+        self
+    }
+
+    /// Connects now (the handshake, and a topic list); fails if the broker
+    /// does not answer within the timeout.
+    pub async fn connect(
+        cfg: &PulsarConfig,
+        timeout: Duration,
+        known_channels: Vec<String>,
+    ) -> Result<Self, MqError> {
+        let mq = Self::new(cfg, timeout)?.with_known_channels(known_channels);
+        mq.topics().await?;
+        Ok(mq)
+    }
+
+    fn namespace(&self) -> String {
+        format!("{}/{}", self.cfg.tenant, self.cfg.namespace)
+    }
+
+    fn err(&self, what: &str, e: &PulsarError) -> MqError {
+        MqError {
+            message: format!("pulsar {} {what}: {e}", self.url),
+            retriable: !is_permanent(e),
+        }
+    }
+
+    fn timed_out(&self, what: &str) -> MqError {
+        MqError::retriable(format!(
+            "pulsar {} {what}: no answer within {:?}",
+            self.url, self.timeout
+        ))
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, PulsarError>>,
+    ) -> Result<T, MqError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.err(what, &e)),
+            Err(_) => Err(self.timed_out(what)),
+        }
+    }
+
+    async fn client(&self) -> Result<Pulsar<TokioExecutor>, MqError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut b = Pulsar::builder(self.url.clone(), TokioExecutor)
+            .with_connection_retry_options(ConnectionRetryOptions {
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                max_retries: 3,
+                connection_timeout: self.timeout,
+                keep_alive: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .with_operation_retry_options(OperationRetryOptions {
+                operation_timeout: self.timeout,
+                retry_delay: Duration::from_millis(200),
+                max_retries: Some(3),
+            });
+        if let (true, Some(token)) = (self.cfg.token_auth(), &self.cfg.auth_token) {
+            b = b.with_auth(Authentication {
+                name: "token".into(),
+                data: token.clone().into_bytes(),
+            });
+        }
+        if self.cfg.tls() {
+            if let Some(ca) = &self.cfg.tls_ca {
+                b = b.with_certificate_chain_file(ca).map_err(|e| MqError {
+                    message: format!("source.pulsar.tls_ca {}: {e}", ca.display()),
+                    retriable: false,
+                })?;
+            }
+            b = b
+                .with_allow_insecure_connection(self.cfg.tls_allow_insecure)
+                .with_tls_hostname_verification_enabled(!self.cfg.tls_allow_insecure);
+        }
+        let client = self.bounded("connect", b.build()).await?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Full names of the namespace's persistent topics; `None` when the
+    /// broker does not list topics (it answered nothing while the
+    /// connection worked).
+    async fn topics(&self) -> Result<Option<Vec<String>>, MqError> {
+        if self.no_listing.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let what = format!("list topics of {}", self.namespace());
+        let listed = tokio::time::timeout(
+            self.timeout,
+            client.get_topics_of_namespace(self.namespace(), Mode::Persistent),
+        )
+        .await;
+        let silent = match &listed {
+            Ok(Ok(topics)) => return Ok(Some(topics.clone())),
+            Ok(Err(PulsarError::Connection(ConnectionError::Io(e)))) => {
+                e.kind() == std::io::ErrorKind::TimedOut
+            }
+            Ok(Err(_)) => false,
+            Err(_) => true,
+        };
+        if silent {
+            // Connected (the client was built), but no answer: either the
+            // broker does not implement the command (pulsar-lite) or it
+            // hangs. Asking again would cost the timeout on every call.
+            warn!(url = %self.url, "the broker did not answer a topic list within {:?}: \
+                topics are assumed to exist from now on", self.timeout);
+            self.no_listing.store(true, Ordering::Relaxed);
+            return Ok(None);
+        }
+        match listed {
+            Ok(Err(e)) => Err(self.err(&what, &e)),
+            _ => Err(self.timed_out(&what)),
+        }
+    }
+
+    /// Whether `topic` exists (without creating it); `true` when the broker
+    /// cannot tell.
+    async fn exists(&self, topic: &str) -> Result<bool, MqError> {
+        Ok(self
+            .topics()
+            .await?
+            .is_none_or(|topics| topics.iter().any(|t| t == topic)))
+    }
+
+    /// A non-durable consumer of `topic` starting after `start` (or at the
+    /// placeholder).
+    async fn reader(
+        &self,
+        topic: &str,
+        start: MessageIdData,
+        position: InitialPosition,
+    ) -> Result<Consumer<Vec<u8>, TokioExecutor>, MqError> {
+        let client = self.client().await?;
+        let options = ConsumerOptions::default()
+            .durable(false)
+            .with_initial_position(position)
+            .starting_on_message(start);
+        let builder = client
+            .reader()
+            .with_topic(topic)
+            .with_subscription(format!("milvus-cdc-reader-{}", uuid::Uuid::new_v4()))
+            .with_subscription_type(SubType::Exclusive)
+            .with_consumer_name("milvus-cdc")
+            .with_batch_size(RECEIVER_QUEUE)
+            .with_options(options);
+        self.bounded(
+            &format!("open reader on {topic}"),
+            builder.build::<Vec<u8>>(),
+        )
+        .await
+    }
+
+    /// The id of the newest message of the topic `reader` reads, `None`
+    /// when the topic holds none.
+    async fn last_id(
+        &self,
+        topic: &str,
+        reader: &mut Consumer<Vec<u8>, TokioExecutor>,
+    ) -> Result<Option<PulsarMessageId>, MqError> {
+        let what = format!("last message id of {topic}");
+        let ids = match tokio::time::timeout(self.timeout, reader.get_last_message_id()).await {
+            Ok(Ok(ids)) => ids,
+            // pulsar-lite answers an error for an empty topic.
+            Ok(Err(e)) if e.to_string().contains("Topic has no messages") => return Ok(None),
+            Ok(Err(e)) => return Err(self.err(&what, &e)),
+            Err(_) => return Err(self.timed_out(&what)),
+        };
+        // Apache Pulsar answers an empty topic with entry -1 (or ledger -1).
+        Ok(ids.first().and_then(|id| {
+            PulsarMessageId::from_raw(id.ledger_id, id.entry_id, id.batch_index).ok()
+        }))
+    }
+
+    fn sequence_of(&self, topic: &str, id: &MessageIdData) -> Result<u64, MqError> {
+        PulsarMessageId::from_raw(id.ledger_id, id.entry_id, id.batch_index)
+            .and_then(|m| m.sequence())
+            .map_err(|e| MqError {
+                message: format!("pulsar {} topic {topic}: {e}", self.url),
+                retriable: false,
+            })
+    }
+}
+
+impl MessageQueue for PulsarMq {
+    fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
+        let topic = self.cfg.topic(channel);
+        Box::pin(async move {
+            if !self.exists(&topic).await? {
+                return Err(MqError::retriable(format!(
+                    "pulsar {} topic {topic} does not exist (yet): Milvus creates it with the \
+                     channel's first message",
+                    self.url
+                )));
+            }
+            let after = match start {
+                StartAt::After(s) => PulsarMessageId::from_sequence(s),
+                StartAt::Earliest | StartAt::Latest => None,
+            };
+            let (id, position) = match (start, after) {
+                (StartAt::Latest, _) => (latest_id(), InitialPosition::Latest),
+                (_, Some(a)) => (a.to_proto(), InitialPosition::Earliest),
+                (_, None) => (earliest_id(), InitialPosition::Earliest),
+            };
+            let mut reader = self.reader(&topic, id, position).await?;
+            let floor = match (start, after) {
+                (StartAt::After(s), Some(a)) => {
+                    let last = self.last_id(&topic, &mut reader).await?;
+                    if last.is_none_or(|l| (a.ledger_id, a.entry_id) > (l.ledger_id, l.entry_id)) {
+                        // A checkpoint past the end: the topic was deleted and
+                        // recreated, or the broker lost data. Never skip silently.
+                        let end = last.map_or("none (empty topic)".to_string(), |l| {
+                            format!("{}:{}", l.ledger_id, l.entry_id)
+                        });
+                        return Err(MqError::retriable(format!(
+                            "pulsar {} topic {topic}: position {}:{}:{} (sequence {s}) is past \
+                             the end of the topic (last message {end}): the topic was recreated \
+                             or the broker lost messages; the task waits here (see \
+                             docs/operations.md)",
+                            self.url, a.ledger_id, a.entry_id, a.batch_index
+                        )));
+                    }
+                    s
+                }
+                _ => 0,
+            };
+            let url = self.url.clone();
+            // The broker starts after the start id, or at it (an inclusive
+            // broker, or a batch): anything at or before `floor` is dropped,
+            // as is anything that does not move forward.
+            let stream = futures::stream::unfold(
+                (reader, floor, false),
+                move |(mut reader, floor, failed)| {
+                    let topic = topic.clone();
+                    let url = url.clone();
+                    async move {
+                        if failed {
+                            return None;
+                        }
+                        loop {
+                            let item = match reader.next().await {
+                                None => return None,
+                                Some(Err(e)) => MqError {
+                                    message: format!("pulsar {url} read {topic}: {e}"),
+                                    retriable: !is_permanent(&e),
+                                },
+                                Some(Ok(msg)) => {
+                                    let id = &msg.message_id.id;
+                                    match PulsarMessageId::from_raw(
+                                        id.ledger_id,
+                                        id.entry_id,
+                                        id.batch_index,
+                                    )
+                                    .and_then(|m| m.sequence())
+                                    {
+                                        Ok(seq) if seq <= floor => continue,
+                                        Ok(seq) => {
+                                            let raw = RawMessage {
+                                                sequence: seq,
+                                                payload: msg.payload.data.into(),
+                                            };
+                                            return Some((Ok(raw), (reader, seq, false)));
+                                        }
+                                        Err(e) => MqError {
+                                            message: format!("pulsar {url} topic {topic}: {e}"),
+                                            retriable: false,
+                                        },
+                                    }
+                                }
+                            };
+                            return Some((Err(item), (reader, floor, true)));
+                        }
+                    }
+                },
+            );
+            Ok(stream.boxed())
+        })
+    }
+
+    fn info(&self, channel: &str) -> BoxFuture<'_, Result<ChannelInfo, MqError>> {
+        let topic = self.cfg.topic(channel);
+        Box::pin(async move {
+            // Milvus creates a channel's topic with its first message.
+            if !self.exists(&topic).await? {
+                return Ok(ChannelInfo::default());
+            }
+            let mut reader = self
+                .reader(&topic, earliest_id(), InitialPosition::Earliest)
+                .await?;
+            let Some(last) = self.last_id(&topic, &mut reader).await? else {
+                return Ok(ChannelInfo::default());
+            };
+            let last_sequence = last.sequence().map_err(|e| MqError {
+                message: format!("pulsar {} topic {topic}: {e}", self.url),
+                retriable: false,
+            })?;
+            // The oldest retained message: the first one an earliest reader
+            // gets. None within the wait (retention removed everything):
+            // unknown, 0.
+            let first_sequence =
+                match tokio::time::timeout(FIRST_MESSAGE_WAIT.min(self.timeout), reader.next())
+                    .await
+                {
+                    Ok(Some(Ok(msg))) => self.sequence_of(&topic, &msg.message_id.id)?,
+                    Ok(Some(Err(e))) => return Err(self.err(&format!("read {topic}"), &e)),
+                    Ok(None) | Err(_) => 0,
+                };
+            Ok(ChannelInfo {
+                first_sequence,
+                last_sequence: last_sequence.max(first_sequence),
+            })
+        })
+    }
+
+    fn channels(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, MqError>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let ns = self.cfg.topic_prefix();
+            let topics = match self.topics().await? {
+                Some(topics) => topics,
+                None => self
+                    .known_channels
+                    .iter()
+                    .map(|c| self.cfg.topic(c))
+                    .collect(),
+            };
+            let mut names: Vec<String> = topics
+                .iter()
+                .filter_map(|t| t.strip_prefix(&ns))
+                .filter(|n| n.starts_with(&prefix))
+                .map(str::to_string)
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
+
+    fn dense_sequences(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ledger_id: u64, entry_id: u64, batch_index: u32) -> PulsarMessageId {
+        PulsarMessageId {
+            ledger_id,
+            entry_id,
+            batch_index,
+        }
+    }
+
+    #[test]
+    fn sequences_keep_the_order_of_message_ids() {
+        let ids = [
+            id(0, 0, 0),
+            id(0, 0, 1),
+            id(0, 1, 0),
+            id(0, PulsarMessageId::MAX_ENTRY, PulsarMessageId::MAX_BATCH),
+            id(1, 0, 0),
+            id(1, 9, 0),
+            id(11, 0, 0),
+            id(123_456, 49_999, 999),
+            id(PulsarMessageId::MAX_LEDGER, 7, 3),
+        ];
+        let seqs: Vec<u64> = ids.iter().map(|i| i.sequence().unwrap()).collect();
+        assert_eq!(seqs[0], 1, "the first possible id is sequence 1");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        for (i, s) in ids.iter().zip(&seqs) {
+            assert_eq!(PulsarMessageId::from_sequence(*s), Some(*i));
+        }
+        assert_eq!(PulsarMessageId::from_sequence(0), None);
+        assert_eq!(id(1, 9, 0).sequence().unwrap(), (1 << 32) + (9 << 10) + 1);
+    }
+
+    #[test]
+    fn ids_that_do_not_fit_are_refused() {
+        for bad in [
+            id(PulsarMessageId::MAX_LEDGER + 1, 0, 0),
+            id(0, PulsarMessageId::MAX_ENTRY + 1, 0),
+            id(0, 0, PulsarMessageId::MAX_BATCH + 1),
+            id(
+                PulsarMessageId::MAX_LEDGER,
+                PulsarMessageId::MAX_ENTRY,
+                PulsarMessageId::MAX_BATCH,
+            ),
+        ] {
+            assert!(bad.sequence().is_err(), "{bad:?}");
+        }
+        let err = id(1 << 40, 0, 0).sequence().unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn raw_ids_map_batch_index_and_refuse_placeholders() {
+        assert_eq!(PulsarMessageId::from_raw(1, 2, None), Ok(id(1, 2, 0)));
+        assert_eq!(PulsarMessageId::from_raw(1, 2, Some(-1)), Ok(id(1, 2, 0)));
+        assert_eq!(PulsarMessageId::from_raw(1, 2, Some(5)), Ok(id(1, 2, 5)));
+        assert!(PulsarMessageId::from_raw(1, 2, Some(-2)).is_err());
+        // An empty topic's last message id: entry -1.
+        assert!(PulsarMessageId::from_raw(3, u64::MAX, None).is_err());
+        let e = earliest_id();
+        assert!(PulsarMessageId::from_raw(e.ledger_id, e.entry_id, e.batch_index).is_err());
+        let l = latest_id();
+        assert!(PulsarMessageId::from_raw(l.ledger_id, l.entry_id, l.batch_index).is_ok());
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_before_connecting() {
+        let cfg = PulsarConfig {
+            address: "http://broker:8080".into(),
+            ..PulsarConfig::default()
+        };
+        let err = PulsarMq::new(&cfg, Duration::from_secs(1)).expect_err("not pulsar://");
+        assert!(!err.retriable);
+        assert!(
+            err.message.contains("source.pulsar.address"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_a_bounded_retriable_error() {
+        // A port nobody listens on (bound then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = PulsarConfig {
+            address: format!("pulsar://127.0.0.1:{port}"),
+            ..PulsarConfig::default()
+        };
+        let started = std::time::Instant::now();
+        let err = PulsarMq::connect(&cfg, Duration::from_secs(2))
+            .await
+            .expect_err("nobody listens");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.retriable, "{}", err.message);
+        assert!(
+            err.message.contains(&format!("127.0.0.1:{port}")),
+            "{}",
+            err.message
+        );
+    }
+}
