@@ -261,7 +261,7 @@ address() {
     etcd) echo "http://127.0.0.1:$ETCD_PORT" ;;
     broker)
       if [ "$SOURCE_MQ" = pulsar ]; then
-        echo "pulsar-lite pulsar://127.0.0.1:$PULSAR_BROKER_PORT (http 127.0.0.1:$PULSAR_WEB_PORT, data in $RUN_DIR/broker)"
+        echo "pulsar-lite pulsar://127.0.0.1:$PULSAR_BROKER_PORT (http 127.0.0.1:$PULSAR_WEB_PORT, data in $RUN_DIR/broker/data)"
       else
         echo "kafka 127.0.0.1:$KAFKA_PORT (tansu, in memory)"
       fi ;;
@@ -349,7 +349,7 @@ part_cmd() {
       if [ "$SOURCE_MQ" = pulsar ]; then
         # log level warn: info logs every dispatch and ack (megabytes a minute)
         printf '%s\n' "$PULSAR_TOOLS/pulsar-lite" --config "$RUN_DIR/broker/pulsar-lite.toml" \
-          --addr "127.0.0.1:$PULSAR_BROKER_PORT" --db-path "$RUN_DIR/broker/db" --log-level warn
+          --addr "127.0.0.1:$PULSAR_BROKER_PORT" --db-path "$RUN_DIR/broker/data/db" --log-level warn
       else
         printf '%s\n' "$KAFKA_TOOLS/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
           --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
@@ -539,9 +539,11 @@ cmd_start() {
       log "broker already running"
     else
       # A new broker is empty (tansu keeps its topics in memory, pulsar-lite's
-      # data is deleted here), so the source's metadata (which names positions
-      # in them) must start empty too.
-      rm -rf "$RUN_DIR/broker/db"
+      # data is deleted here: it writes db.metadata.json and db.rocksdb/ in
+      # broker/data), so the source's metadata (which names positions in
+      # them) must start empty too.
+      rm -rf "$RUN_DIR/broker/data"
+      [ "$SOURCE_MQ" != pulsar ] || mkdir -p "$RUN_DIR/broker/data"
       if [ -d "$RUN_DIR/source" ]; then
         log "new (empty) broker: the source starts from empty data too"
         stop_part source
