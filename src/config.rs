@@ -1076,4 +1076,103 @@ mod tests {
             assert!(text.contains(section), "{section} missing from example");
         }
     }
+
+    #[test]
+    fn pulsar_section_as_milvus_describes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "jwt-s3cret\n").unwrap();
+        let text = format!(
+            "[source]\nmq = \"pulsar\"\n[source.pulsar]\naddress = \"pulsar.example\"\n\
+             port = 6651\ntenant = \"milvus\"\nnamespace = \"prod\"\n\
+             auth_plugin = \"org.apache.pulsar.client.impl.auth.AuthenticationToken\"\n\
+             auth_token_file = {:?}\n",
+            tok.display().to_string()
+        );
+        let cfg = Config::from_toml_str(&text).unwrap();
+        let p = &cfg.source.pulsar;
+        assert_eq!(cfg.source.mq_type, MqType::Pulsar);
+        assert_eq!(p.service_url().unwrap(), "pulsar://pulsar.example:6651");
+        assert_eq!(p.web_port, 80);
+        assert_eq!(
+            p.topic("by-dev-rootcoord-dml_3"),
+            "persistent://milvus/prod/by-dev-rootcoord-dml_3"
+        );
+        assert!(p.token_auth());
+        assert_eq!(p.auth_token.as_deref(), Some("jwt-s3cret"));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let printed = toml::to_string(&cfg.clone().with_secrets_hidden()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        // Full URLs, with or without a port.
+        let url = |address: &str| {
+            PulsarConfig {
+                address: address.into(),
+                ..PulsarConfig::default()
+            }
+            .service_url()
+        };
+        assert_eq!(url("pulsar+ssl://b:6651").unwrap(), "pulsar+ssl://b:6651");
+        assert_eq!(url("pulsar://b").unwrap(), "pulsar://b:6650");
+        assert_eq!(url("localhost").unwrap(), "pulsar://localhost:6650");
+    }
+
+    #[test]
+    fn bad_pulsar_settings_are_named() {
+        let err_of = |body: &str| {
+            Config::from_toml_str(&format!(
+                "[source]\nmq_type = \"pulsar\"\n[source.pulsar]\n{body}\n"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let err = err_of("address = \"http://b:8080\"");
+        assert!(err.contains("source.pulsar.address"), "{err}");
+        let err = err_of("address = \"b:6650\"");
+        assert!(
+            err.contains("source.pulsar.address") && err.contains("port"),
+            "{err}"
+        );
+        let err = err_of(
+            "auth_plugin = \"org.apache.pulsar.client.impl.auth.oauth2.AuthenticationOAuth2\"",
+        );
+        assert!(
+            err.contains("source.pulsar.auth_plugin") && err.contains("token"),
+            "{err}"
+        );
+        let err = err_of("auth_plugin = \"token\"");
+        assert!(err.contains("source.pulsar.auth_token"), "{err}");
+        let err = err_of("tenant = \"a/b\"");
+        assert!(err.contains("source.pulsar.tenant"), "{err}");
+        let err = err_of("tls_ca = \"/ca.pem\"");
+        assert!(
+            err.contains("source.pulsar.tls_ca") && err.contains("pulsar+ssl"),
+            "{err}"
+        );
+        let err = err_of("auth_token = \"x\"\nauth_token_file = \"/nonexistent\"");
+        assert!(err.contains("not both"), "{err}");
+        let err = err_of("port = \"many\"");
+        assert!(err.contains("source.pulsar.port"), "{err}");
+        // Environment overrides reach the subsection.
+        let env = vec![
+            (
+                "MILVUS_CDC_SOURCE__MQ_TYPE".to_string(),
+                "pulsar".to_string(),
+            ),
+            (
+                "MILVUS_CDC_SOURCE__PULSAR__ADDRESS".to_string(),
+                "pulsar://10.0.0.5:6650".to_string(),
+            ),
+            (
+                "MILVUS_CDC_SOURCE__PULSAR__AUTH_TOKEN".to_string(),
+                "s3cret".to_string(),
+            ),
+        ];
+        let cfg = Config::load(None, env, &ConfigOverrides::default()).unwrap();
+        assert_eq!(
+            cfg.source.pulsar.service_url().unwrap(),
+            "pulsar://10.0.0.5:6650"
+        );
+        assert!(cfg.source.pulsar.token_auth());
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
 }

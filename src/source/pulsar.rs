@@ -687,7 +687,7 @@ mod tests {
             ..PulsarConfig::default()
         };
         let started = std::time::Instant::now();
-        let err = PulsarMq::connect(&cfg, Duration::from_secs(2))
+        let err = PulsarMq::connect(&cfg, Duration::from_secs(2), vec![])
             .await
             .expect_err("nobody listens");
         assert!(
