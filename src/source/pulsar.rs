@@ -556,6 +556,8 @@ impl MessageQueue for PulsarMq {
                     Ok(Some(Err(e))) => return Err(self.err(&format!("read {topic}"), &e)),
                     Ok(None) | Err(_) => 0,
                 };
+            // Closed here rather than dropped with messages in flight.
+            let _ = tokio::time::timeout(self.timeout, reader.close()).await;
             Ok(ChannelInfo {
                 first_sequence,
                 last_sequence: last_sequence.max(first_sequence),
