@@ -135,6 +135,8 @@ pub struct Metrics {
     pub checkpoints_saved: Family<TaskLabels, Counter>,
     /// 1 while this replica leads.
     pub is_leader: Gauge,
+    /// 1 while the source's message queue answers this replica's probe.
+    pub source_up: Gauge,
     /// Times this replica became leader.
     pub leader_changes: Counter,
     /// Campaign transactions sent.
@@ -270,6 +272,12 @@ impl Metrics {
             "1 while this replica is the leader",
             is_leader.clone(),
         );
+        let source_up = Gauge::default();
+        registry.register(
+            "source_up",
+            "1 while the source's message queue answers (probed every few seconds)",
+            source_up.clone(),
+        );
         let leader_changes = Counter::default();
         registry.register(
             "leader_changes",
@@ -327,6 +335,7 @@ impl Metrics {
             checkpoint_age,
             checkpoints_saved,
             is_leader,
+            source_up,
             leader_changes,
             election_attempts,
             lease_renewal_age,

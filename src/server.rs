@@ -23,6 +23,9 @@ use crate::{
     task::service::TaskService,
 };
 
+/// How often every replica checks that the source's message queue answers.
+const SOURCE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Answers `/readyz` by asking etcd for its status.
 struct EtcdProbe {
     client: etcd_client::Client,
@@ -53,6 +56,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mq = crate::source::open_queue(&cfg.source, true)
         .await
         .context("invalid source message-queue settings")?;
+    let stop_probe = CancellationToken::new();
+    let source_health = crate::source::health::spawn_probe(
+        mq.clone(),
+        cfg.source.channel_prefix.clone(),
+        SOURCE_PROBE_INTERVAL,
+        metrics.clone(),
+        stop_probe.clone(),
+    );
     let engine = Engine::new(
         cfg.source.clone(),
         cfg.replicate.clone(),
@@ -86,6 +97,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             running.running().iter().map(ToString::to_string).collect()
         }),
         api_token: cfg.server.api_token.as_deref().map(Arc::from),
+        source: source_health,
     };
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -118,6 +130,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed");
     stop_election.cancel();
+    stop_probe.cancel();
     if election_task.await.is_err() {
         tracing::error!("election task panicked");
     }

@@ -4,7 +4,12 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::task::{service::CreateTask, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord};
+use crate::{
+    source::health::SourceHealth,
+    task::{
+        service::CreateTask, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState,
+    },
+};
 
 /// A parsed `/cdc` request.
 #[derive(Debug, Clone)]
@@ -180,13 +185,29 @@ pub fn created(id: &TaskId) -> Value {
 }
 
 /// `list`'s answer.
-pub fn listed(tasks: &[TaskRecord]) -> Value {
-    ok(json!({"tasks": tasks.iter().map(TaskRecord::public_view).collect::<Vec<_>>()}))
+pub fn listed(tasks: &[TaskRecord], source: &SourceHealth) -> Value {
+    let tasks: Vec<Value> = tasks.iter().map(|t| view(t, source)).collect();
+    ok(json!({ "tasks": tasks }))
 }
 
 /// `get`'s answer (note the capital `Task`, part of the contract).
-pub fn got(task: &TaskRecord) -> Value {
-    ok(json!({"Task": task.public_view()}))
+pub fn got(task: &TaskRecord, source: &SourceHealth) -> Value {
+    ok(json!({"Task": view(task, source)}))
+}
+
+/// A task as the API shows it: a running task whose source does not answer
+/// says so (`source_error`, an extension field), since it cannot progress.
+fn view(task: &TaskRecord, source: &SourceHealth) -> Value {
+    let mut v = task.public_view();
+    if let (TaskState::Running, SourceHealth::Down { error, since_ms }) = (task.state, source) {
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "source_error".into(),
+                json!({"message": error, "since_ms": since_ms}),
+            );
+        }
+    }
+    v
 }
 
 /// `position`'s answer: per channel, the checkpoint as a base64 Milvus

@@ -25,6 +25,7 @@ use tracing::{info_span, warn, Instrument};
 use self::cdc::{ApiError, CdcRequest};
 use crate::{
     metrics::Metrics,
+    source::health::SourceHealth,
     task::{service::TaskService, Action},
 };
 
@@ -90,6 +91,8 @@ pub struct ApiState {
     pub running_tasks: std::sync::Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     /// The bearer token `/cdc` requires, if any.
     pub api_token: Option<std::sync::Arc<str>>,
+    /// What the last probe of the source's message queue found.
+    pub source: watch::Receiver<SourceHealth>,
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>` (compared in
@@ -228,7 +231,10 @@ async fn dispatch(
         let leader_url = match role {
             Role::Leader { service, .. } => {
                 let span = info_span!("cdc", request_type = request.kind());
-                return Dispatched::Local(execute(&service, request).instrument(span).await);
+                let source = state.source.borrow().clone();
+                return Dispatched::Local(
+                    execute(&service, request, &source).instrument(span).await,
+                );
             }
             Role::Follower { .. } | Role::Unknown if forwarded => {
                 return Dispatched::Local(Err(ApiError {
@@ -349,15 +355,19 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
-async fn execute(service: &TaskService, req: CdcRequest) -> Result<Value, ApiError> {
+async fn execute(
+    service: &TaskService,
+    req: CdcRequest,
+    source: &SourceHealth,
+) -> Result<Value, ApiError> {
     let to_api = |e: crate::task::service::ServiceError| ApiError {
         code: e.status(),
         message: e.to_string(),
     };
     match req {
         CdcRequest::Create(c) => service.create(c).await.map(|id| cdc::created(&id)),
-        CdcRequest::List => service.list().await.map(|t| cdc::listed(&t)),
-        CdcRequest::Get(id) => service.get(&id).await.map(|t| cdc::got(&t)),
+        CdcRequest::List => service.list().await.map(|t| cdc::listed(&t, source)),
+        CdcRequest::Get(id) => service.get(&id).await.map(|t| cdc::got(&t, source)),
         CdcRequest::Pause(id) => service
             .change_state(&id, Action::Pause)
             .await
@@ -386,11 +396,15 @@ async fn readyz_handler(State(state): State<ApiState>) -> Response {
     let role = state.role.borrow().clone();
     let leader_known = !matches!(role, Role::Unknown);
     let ready = store.is_ok() && leader_known;
+    // A source outage concerns every replica alike: it is reported, not
+    // made a reason to be unready (that would hide the API that reports it).
+    let source = state.source.borrow().clone();
     let body = json!({
         "ready": ready,
         "store": store.err().unwrap_or_else(|| "ok".into()),
         "leader_known": leader_known,
         "role": role.name(),
+        "source": source.error().unwrap_or("ok"),
     });
     let status = if ready {
         StatusCode::OK
@@ -427,6 +441,7 @@ async fn status_handler(State(state): State<ApiState>) -> Response {
             "lease_id": lease,
             "leader_since_ms": since,
             "running_tasks": (state.running_tasks)(),
+            "source": *state.source.borrow(),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )

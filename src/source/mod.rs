@@ -11,6 +11,7 @@
 pub mod budget;
 pub mod decode;
 pub mod event;
+pub mod health;
 pub mod inspect;
 pub mod kafka;
 pub mod mq;

@@ -1,0 +1,114 @@
+"""A source that does not answer is reported as such (the task's
+`source_error`, `/readyz`, `/status`, `milvus_cdc_source_up`), replication
+waits, and when the source answers again every change arrives and the
+reports clear. The agent reaches the stack's queue through a TCP proxy that
+is not running at first (any queue: natsmq, Kafka, Pulsar)."""
+
+import subprocess
+import sys
+import time
+import uuid
+
+from pymilvus import Collection, CollectionSchema, DataType, FieldSchema
+
+from conftest import REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, http
+from test_replication import keys
+from test_task_errors import wait_for
+from workload import connect
+
+PROXY = REPO / "chaos-tests" / "delayproxy.py"
+
+
+def queue_address():
+    """host:port of the stack's source queue."""
+    if SOURCE_MQ == "kafka":
+        return STACK["CDC_KAFKA_BROKERS"]
+    if SOURCE_MQ == "pulsar":
+        return STACK["CDC_PULSAR_URL"].split("://", 1)[1]
+    return STACK["CDC_NATS_URL"].split("://", 1)[1]
+
+
+def queue_env(port):
+    """The agent's source settings pointing at 127.0.0.1:`port`."""
+    if SOURCE_MQ == "kafka":
+        return {"MILVUS_CDC_SOURCE__MQ_TYPE": "kafka",
+                "MILVUS_CDC_SOURCE__KAFKA__BROKERS": f'["127.0.0.1:{port}"]'}
+    if SOURCE_MQ == "pulsar":
+        return {"MILVUS_CDC_SOURCE__MQ_TYPE": "pulsar",
+                "MILVUS_CDC_SOURCE__PULSAR__ADDRESS": f"pulsar://127.0.0.1:{port}",
+                "MILVUS_CDC_SOURCE__PULSAR__TENANT": STACK["CDC_PULSAR_TENANT"],
+                "MILVUS_CDC_SOURCE__PULSAR__NAMESPACE": STACK["CDC_PULSAR_NAMESPACE"]}
+    return {"MILVUS_CDC_SOURCE__NATS_URL": f"nats://127.0.0.1:{port}"}
+
+
+def source_up(agent):
+    _, text, _ = http("GET", agent.url + "/metrics", timeout=10)
+    for line in text.splitlines():
+        if line.startswith("milvus_cdc_source_up "):
+            return float(line.split()[1])
+    return None
+
+
+def get_task(agent, task_id):
+    _, body = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
+    return body["data"]["Task"]
+
+
+def test_an_unreachable_source_is_reported_and_replication_resumes(agents, tmp_path):
+    port = free_port()
+    agent = agents(extra_env={**queue_env(port), "MILVUS_CDC_SOURCE__CONNECT_TIMEOUT": "2s"}).start()
+    name = f"srcdown_{uuid.uuid4().hex[:8]}"
+    src = connect("srcdown-src", STACK["CDC_SOURCE_URI"])
+    c = Collection(name, CollectionSchema([
+        FieldSchema("id", DataType.INT64, is_primary=True),
+        FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)]), shards_num=1, using=src)
+    c.insert([list(range(50)), [[0.25] * 4] * 50])
+    status, body = agent.cdc(create_body())
+    assert status == 200, body
+    task_id = body["data"]["task_id"]
+
+    def reported_down():
+        t = get_task(agent, task_id)
+        return t.get("source_error") if source_up(agent) == 0 else None
+
+    err = wait_for("the task says its source does not answer", reported_down, limit=60)
+    assert err["message"] and err["since_ms"] > 0, err
+    _, ready, _ = http("GET", agent.url + "/readyz")
+    assert ready["source"] != "ok", ready
+    _, status_body, _ = http("GET", agent.url + "/status")
+    assert status_body["source"]["state"] == "down", status_body
+    _, listed = agent.cdc({"request_type": "list"})
+    assert any(t.get("source_error") for t in listed["data"]["tasks"]), listed
+    # More changes while the agent cannot read them.
+    c.delete("id in [0, 1, 2]")
+    c.insert([list(range(50, 80)), [[0.5] * 4] * 30])
+
+    proxy = subprocess.Popen(
+        [sys.executable, str(PROXY), "--listen", f"127.0.0.1:{port}",
+         "--upstream", queue_address(), "--control", str(tmp_path / "delay")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tgt = connect("srcdown-tgt", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
+        want = set(range(3, 80))
+
+        def replicated():
+            from pymilvus import utility
+            if not utility.has_collection(name, using=tgt):
+                return None
+            t = Collection(name, using=tgt)
+            if not t.indexes:
+                t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+            t.load()
+            got = keys(tgt, name)
+            return got == want or None
+
+        wait_for("every change reaches the target once the source answers", replicated,
+                 limit=240)
+        wait_for("the source is reported up again", lambda: source_up(agent) == 1, limit=30)
+        assert "source_error" not in get_task(agent, task_id)
+        _, ready, _ = http("GET", agent.url + "/readyz")
+        assert ready["source"] == "ok", ready
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        time.sleep(0.1)
