@@ -9,7 +9,10 @@
 //! in etcd is the only truth. The client is `rskafka` (pure Rust, no
 //! librdkafka; see docs/source-reader.md for the choice).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{future::BoxFuture, StreamExt as _};
 use rskafka::client::{
@@ -34,7 +37,15 @@ const FETCH_WAIT_MS: i32 = 500;
 pub struct KafkaMq {
     cfg: KafkaConfig,
     timeout: Duration,
-    client: Mutex<Option<Arc<Client>>>,
+    client: Mutex<Connection>,
+}
+
+/// The shared client, or how the latest attempt to connect failed.
+#[derive(Default)]
+struct Connection {
+    client: Option<Arc<Client>>,
+    /// When the latest failed attempt ended, and its error.
+    failed: Option<(Instant, MqError)>,
 }
 
 impl std::fmt::Debug for KafkaMq {
@@ -58,7 +69,7 @@ impl KafkaMq {
         let mq = Self {
             cfg: cfg.clone(),
             timeout,
-            client: Mutex::new(None),
+            client: Mutex::new(Connection::default()),
         };
         if mq.cfg.security_protocol.tls() {
             mq.tls_config()?;
@@ -82,10 +93,19 @@ impl KafkaMq {
         what: &str,
         fut: impl std::future::Future<Output = Result<T, KafkaError>>,
     ) -> Result<T, MqError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        self.bounded_by(self.timeout, what, fut).await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, KafkaError>>,
+    ) -> Result<T, MqError> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.err(what, e)),
-            Err(_) => Err(self.err(what, format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(self.err(what, format!("no answer within {limit:?}"))),
         }
     }
 
@@ -102,14 +122,39 @@ impl KafkaMq {
         })
     }
 
+    /// The shared client, connecting it first if needed. Callers that waited
+    /// while another one tried to connect get that attempt's error instead of
+    /// each trying in turn (every channel asks at once: with the broker down,
+    /// one attempt after the other would take channels × timeout).
     async fn client(&self) -> Result<Arc<Client>, MqError> {
+        let asked = Instant::now();
         let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref() {
+        if let Some(c) = slot.client.as_ref() {
             return Ok(c.clone());
         }
+        if let Some((at, e)) = &slot.failed {
+            if *at >= asked {
+                return Err(e.clone());
+            }
+        }
+        let result = self.connect_client().await;
+        match &result {
+            Ok(c) => {
+                slot.client = Some(c.clone());
+                slot.failed = None;
+            }
+            Err(e) => slot.failed = Some((Instant::now(), e.clone())),
+        }
+        result
+    }
+
+    async fn connect_client(&self) -> Result<Arc<Client>, MqError> {
         let mut b = ClientBuilder::new(self.cfg.brokers.clone())
             .client_id("milvus-cdc")
             .backoff_config(rskafka::BackoffConfig {
+                // No new attempt after the timeout; the one under way may
+                // finish (below), so the error names the broker's reason
+                // (refused, SASL...) rather than only "no answer".
                 deadline: Some(self.timeout),
                 ..Default::default()
             });
@@ -127,9 +172,10 @@ impl KafkaMq {
                 KafkaSaslMechanism::ScramSha512 => SaslConfig::ScramSha512(creds),
             });
         }
-        let client = Arc::new(self.bounded("connect", b.build()).await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        Ok(Arc::new(
+            self.bounded_by(self.timeout * 2, "connect", b.build())
+                .await?,
+        ))
     }
 
     async fn partition(&self, topic: &str) -> Result<PartitionClient, MqError> {
@@ -331,5 +377,35 @@ mod tests {
         let err = KafkaMq::new(&cfg, Duration::from_secs(1)).expect_err("no broker");
         assert!(!err.retriable);
         assert!(err.message.contains("brokers"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_on_a_failing_connect_share_its_error() {
+        // Nothing listens on port 1: every attempt is refused.
+        let cfg = KafkaConfig {
+            brokers: vec!["127.0.0.1:1".into()],
+            ..KafkaConfig::default()
+        };
+        let mq = KafkaMq::new(&cfg, Duration::from_secs(1)).expect("config");
+        let t0 = Instant::now();
+        let calls = (0..16).map(|_| mq.info("by-dev-rootcoord-dml_0"));
+        for r in futures::future::join_all(calls).await {
+            let e = r.expect_err("refused");
+            assert!(
+                e.retriable && e.message.contains("127.0.0.1:1"),
+                "{}",
+                e.message
+            );
+        }
+        // One attempt (about the 1 s timeout) for all, not one per caller.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // A later call tries again.
+        let t1 = Instant::now();
+        assert!(mq.info("x").await.is_err());
+        assert!(
+            t1.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t1.elapsed()
+        );
     }
 }

@@ -63,6 +63,8 @@ def source_env(stack=None):
 natsmq_only = pytest.mark.skipif(SOURCE_MQ != "natsmq",
                                  reason="reads or damages natsmq's JetStream directly "
                                         "(skipped on Kafka and Pulsar sources)")
+kafka_only = pytest.mark.skipif(SOURCE_MQ != "kafka",
+                                reason="needs a Kafka source (CDC_SOURCE_MQ=kafka)")
 BIN = Path(os.environ.get("CDC_BIN", REPO / "target" / "debug" / "milvus-cdc"))
 TARGET_TOKEN = "root:Milvus" if STACK.get("CDC_TARGET_AUTH") == "1" else None
 

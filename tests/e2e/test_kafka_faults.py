@@ -1,0 +1,583 @@
+"""Faults of a Kafka source (the stack's tansu broker), end to end.
+
+- The broker is unreachable for a while (frozen, then gone): the agent does
+  not crash, says so (log lines naming the broker, the reconnect metric),
+  and afterwards the target holds exactly the source's rows, those written
+  before and during the outage included. The outage is made with a tansu
+  proxy between the agent and the broker, so the source Milvus keeps
+  writing to the broker meanwhile.
+- A wrong broker list or refused credentials: `milvus-cdc check` fails with
+  a clear line and exit code 1; a server keeps running, logs the reason and
+  retries with backoff.
+- A checkpoint past the end of the topic (the in-memory broker restarted,
+  losing every topic): reported, never silently skipped or rewound. This
+  one wipes the source (a new broker means a new, empty source), so it is
+  marked `destroys_history` and runs after every other test.
+
+Skipped unless the stack's source is Kafka (CDC_SOURCE_MQ=kafka).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections
+from pymilvus.grpc_gen import milvus_pb2
+
+from conftest import (BIN, REPO, STACK, TARGET_TOKEN, create_body, etcd_get_prefix, free_port,
+                      http, kafka_only)
+from test_replication import keys
+from test_source_reader import stack_env_for_restart
+from workload import connect
+
+pytestmark = kafka_only
+
+TANSU = Path(os.environ.get("CDC_KAFKA_TOOLS", REPO / ".venv" / "kafka")) / "tansu"
+BROKER = STACK.get("CDC_KAFKA_BROKERS", "")
+SCHEMA = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
+                           FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
+
+
+# ----------------------------------------------------------------- helpers
+
+class TansuProcess:
+    """A tansu broker or proxy that this test starts and stops itself."""
+
+    def __init__(self, args, port, log_dir):
+        self.args, self.port = args, port
+        self.log_path = Path(log_dir) / f"tansu-{port}.log"
+        self.proc = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(TANSU), *self.args], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
+            if _port_open(self.port):
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"tansu on {self.port} not listening: "
+                             f"{self.log_path.read_text()[-2000:]}")
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def _port_open(port):
+    import socket  # noqa: PLC0415
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def tansu(tmp_path):
+    started = []
+
+    def make(args, port):
+        t = TansuProcess(args, port, tmp_path)
+        started.append(t)
+        return t.start()
+
+    yield make
+    for t in started:
+        t.stop()
+
+
+def proxy_args(port):
+    return ["proxy", "--listener-url", f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+            "--origin-url", f"tcp://{BROKER}"]
+
+
+def kafka_env(brokers, **extra):
+    env = {"MILVUS_CDC_SOURCE__MQ_TYPE": "kafka",
+           "MILVUS_CDC_SOURCE__KAFKA__BROKERS": json.dumps(brokers)}
+    env.update({f"MILVUS_CDC_SOURCE__KAFKA__{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def log_offset(agent):
+    try:
+        return agent.log_path.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(agent, offset):
+    """What the agent logged since `offset` (its log file is shared by every
+    agent that ever ran on that port)."""
+    with open(agent.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def reconnects(agent, task_id, channel=None):
+    """milvus_cdc_source_reconnects_total of the task (one channel or all)."""
+    _, text, _ = http("GET", agent.url + "/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith("milvus_cdc_source_reconnects_total{") and task_id in line
+                and (channel is None or f'channel="{channel}"' in line)):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def create_task(agent):
+    status, body = agent.cdc(create_body())
+    assert status == 200, body
+    return body["data"]["task_id"]
+
+
+def get_task(agent, task_id):
+    status, body = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
+    assert status == 200, body
+    return body["data"]["Task"]
+
+
+def physical_channel(alias, name):
+    return connections._fetch_handler(alias)._stub.DescribeCollection(  # noqa: SLF001
+        milvus_pb2.DescribeCollectionRequest(collection_name=name)).physical_channel_names
+
+
+def source_keys(alias, name):
+    c = Collection(name, using=alias)
+    if not c.indexes:
+        c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+    c.load()
+    return keys(alias, name)
+
+
+def target_rows(alias, name):
+    """(distinct keys, number of rows) of the target collection, or None
+    while it is not there yet."""
+    try:
+        t = Collection(name, using=alias)
+        if not t.indexes:
+            t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+        t.load()
+        n = t.query("", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
+        return keys(alias, name), n
+    except Exception:  # noqa: BLE001 - not replicated yet
+        return None
+
+
+def wait_target(alias, name, want, timeout=180, agent=None):
+    deadline, got = time.time() + timeout, None
+    while time.time() < deadline:
+        if agent is not None:
+            assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
+        got = target_rows(alias, name)
+        if got is not None and got[0] == want:
+            return got
+        time.sleep(1)
+    missing = sorted(want - got[0])[:20] if got else "all"
+    extra = sorted(got[0] - want)[:20] if got else []
+    raise AssertionError(f"target never matched: missing {missing}, extra {extra}, "
+                         f"agent log: {agent.log_tail() if agent else ''}")
+
+
+def wait_contains(alias, name, want, agent, timeout=180):
+    deadline, got = time.time() + timeout, None
+    while time.time() < deadline:
+        assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
+        got = target_rows(alias, name)
+        if got is not None and want <= got[0]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"missing on the target: {sorted(want - (got[0] if got else set()))[:20]}")
+
+
+def insert(coll, ids):
+    coll.insert([list(ids), [[0.1, 0.2, 0.3, 0.4]] * len(ids)])
+
+
+class Writer(threading.Thread):
+    """Inserts batches of 10 rows every 0.3 s until stopped; keeps the keys
+    the source acknowledged (and the errors, which there should be none of:
+    the outage is between the agent and the broker only)."""
+
+    def __init__(self, coll, first):
+        super().__init__(daemon=True)
+        self.coll, self.next = coll, first
+        self.acked, self.errors = set(), []
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            ids = range(self.next, self.next + 10)
+            self.next += 10
+            try:
+                insert(self.coll, ids)
+                self.acked.update(ids)
+            except Exception as e:  # noqa: BLE001 - recorded, asserted later
+                self.errors.append(repr(e))
+            time.sleep(0.3)
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=60)
+
+
+# ------------------------------------------------------------ the outage
+
+def test_broker_outage_is_reported_then_every_row_arrives_exactly(agents, tansu):
+    proxy_port = free_port()
+    proxy = tansu(proxy_args(proxy_port), proxy_port)
+    agent = agents(extra_env=kafka_env([f"127.0.0.1:{proxy_port}"]))
+    offset = log_offset(agent)
+    agent.start()
+    task_id = create_task(agent)
+
+    tag = uuid.uuid4().hex[:8]
+    src = connect(f"kout-src-{tag}", STACK["CDC_SOURCE_URI"])
+    tgt = connect(f"kout-tgt-{tag}", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
+    name = f"kout_{tag}"
+    coll = Collection(name, SCHEMA, using=src, shards_num=1)
+    channel = physical_channel(src, name)[0]
+    insert(coll, range(100))
+    wait_target(tgt, name, set(range(100)), agent=agent)
+    before = reconnects(agent, task_id, channel)
+
+    writer = Writer(coll, 1000)
+    writer.start()
+    try:
+        # 1. The broker hangs (every request of the agent goes unanswered).
+        proxy.signal(signal.SIGSTOP)
+        t_stop = time.time()
+        seen_frozen = ""
+        while time.time() - t_stop < 25:
+            assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
+            time.sleep(1)
+        log = log_since(agent, offset)
+        frozen = [l for l in log.splitlines()
+                  if channel in l and f"127.0.0.1:{proxy_port}" in l
+                  and ("channel read failed" in l or "cannot open channel" in l)]
+        assert frozen, f"no log line says the broker does not answer: {log[-3000:]}"
+        assert any("no answer within" in l for l in frozen), frozen
+        seen_frozen = frozen[0]
+        assert reconnects(agent, task_id, channel) > before, "reconnects not counted"
+        assert get_task(agent, task_id)["state"] == "Running"
+        status, _, _ = http("GET", agent.url + "/healthz")
+        assert status == 200
+        proxy.signal(signal.SIGCONT)
+        acked_frozen = set(writer.acked)
+        assert len(acked_frozen) >= 200, "the source kept taking writes during the outage"
+
+        # Everything, written before and during the outage, arrives once.
+        mid = reconnects(agent, task_id, channel)
+        wait_contains(tgt, name, set(range(100)) | acked_frozen, agent)
+
+        # 2. The broker is gone (connections refused), then back.
+        offset2 = log_offset(agent)
+        proxy.stop()
+        t_gone = time.time()
+        while time.time() - t_gone < 15:
+            assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
+            time.sleep(1)
+        log2 = log_since(agent, offset2)
+        gone = [l for l in log2.splitlines()
+                if channel in l and f"127.0.0.1:{proxy_port}" in l and "cannot open channel" in l]
+        assert gone, f"no log line says the broker is unreachable: {log2[-3000:]}"
+        assert reconnects(agent, task_id, channel) > mid
+        proxy = tansu(proxy_args(proxy_port), proxy_port)
+        time.sleep(5)
+    finally:
+        proxy.signal(signal.SIGCONT)
+        writer.stop()
+    assert not writer.errors, writer.errors[:5]
+    acked = set(range(100)) | writer.acked
+    src_keys = source_keys(src, name)
+    assert src_keys == acked, (sorted(src_keys - acked)[:10], sorted(acked - src_keys)[:10])
+    got_keys, rows = wait_target(tgt, name, acked, agent=agent)
+    assert rows == len(acked), f"{rows} rows on the target for {len(acked)} keys: duplicates"
+    assert "channel reopened" in log_since(agent, offset), "never reopened"
+    assert agent.proc.poll() is None
+    print(f"outage logged as: {seen_frozen[:300]}")
+
+
+# ------------------------------------------- wrong brokers and credentials
+
+def check(env):
+    """`milvus-cdc check` with the stack's etcd and source Milvus and `env`."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MILVUS_CDC_")}
+    full.update({"MILVUS_CDC_ETCD__ENDPOINTS": json.dumps([STACK["CDC_ETCD_ENDPOINT"]]),
+                 "MILVUS_CDC_SOURCE__MILVUS_URI": STACK["CDC_SOURCE_URI"], **env})
+    t0 = time.time()
+    r = subprocess.run([str(BIN), "check"], env=full, capture_output=True, text=True,
+                       timeout=120)
+    return r, time.time() - t0
+
+
+def kafka_line(out):
+    lines = [l for l in out.splitlines() if "source kafka" in l]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_check_names_a_wrong_broker_and_refused_credentials(tansu):
+    # The right broker: ok (so the failures below are the configuration's).
+    r, _ = check(kafka_env([BROKER]))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert kafka_line(r.stdout).startswith("ok"), r.stdout
+
+    # Nothing listens on that port.
+    dead = free_port()
+    r, secs = check(kafka_env([f"127.0.0.1:{dead}"]))
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    line = kafka_line(r.stdout)
+    assert line.startswith("FAIL"), r.stdout
+    assert f"127.0.0.1:{dead}" in line and "refused" in line.lower(), line
+    assert secs < 30, f"check took {secs:.0f}s"
+    # The other dependencies are still checked and reported.
+    assert re.search(r"^ok\s+etcd", r.stdout, re.M) and re.search(r"^ok\s+source milvus",
+                                                                 r.stdout, re.M), r.stdout
+
+    # A broker that requires authentication (tansu --authentication, no
+    # user: every credential is wrong).
+    port = free_port(avoid={dead})
+    tansu(["broker", "--authentication", "--listener-url", f"tcp://127.0.0.1:{port}",
+           "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+           "--storage-engine", "memory://tansu/"], port)
+    secret = f"pw-{uuid.uuid4().hex[:10]}"
+    # Each SCRAM attempt hashes the password 8192 times, seconds of CPU in a
+    # debug build on a busy machine: a longer timeout, so an attempt ends
+    # with the broker's answer rather than with "no answer".
+    r, _ = check({**kafka_env([f"127.0.0.1:{port}"], security_protocol="SASL_PLAINTEXT",
+                              sasl_mechanism="SCRAM-SHA-512", sasl_username="cdc",
+                              sasl_password=secret),
+                  "MILVUS_CDC_SOURCE__CONNECT_TIMEOUT": '"15s"'})
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    line = kafka_line(r.stdout)
+    assert line.startswith("FAIL") and f"127.0.0.1:{port}" in line, line
+    assert "sasl" in line.lower() and "unknown user" in line.lower(), line
+    assert secret not in r.stdout + r.stderr, "the password is printed"
+    # Without SASL against it: refused too, not an ok.
+    r, _ = check(kafka_env([f"127.0.0.1:{port}"]))
+    assert r.returncode == 1 and kafka_line(r.stdout).startswith("FAIL"), r.stdout
+
+    # An invalid setting is a configuration error (exit code 2), named.
+    r, _ = check(kafka_env([BROKER], sasl_mechanism="scram"))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "sasl_mechanism" in r.stderr, r.stderr
+
+
+def retry_delays(lines):
+    """The retry_in of each line, in seconds."""
+    out = []
+    for l in lines:
+        m = re.search(r"retry_in=([0-9.]+)(ms|s|µs)", l)
+        if m:
+            out.append(float(m.group(1)) / {"ms": 1e3, "s": 1, "µs": 1e6}[m.group(2)])
+    return out
+
+
+@pytest.mark.parametrize("case", ["wrong_broker", "bad_credentials"])
+def test_server_with_an_unreachable_broker_logs_it_and_retries_with_backoff(agents, tansu,
+                                                                            case):
+    secret = f"pw-{uuid.uuid4().hex[:10]}"
+    if case == "wrong_broker":
+        port = free_port()
+        env = kafka_env([f"127.0.0.1:{port}"])
+        reason = "refused"
+    else:
+        port = free_port()
+        tansu(["broker", "--authentication", "--listener-url", f"tcp://127.0.0.1:{port}",
+               "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+               "--storage-engine", "memory://tansu/"], port)
+        env = kafka_env([f"127.0.0.1:{port}"], security_protocol="SASL_PLAINTEXT",
+                        sasl_mechanism="SCRAM-SHA-512", sasl_username="cdc",
+                        sasl_password=secret)
+        reason = "unknown user"
+    agent = agents(extra_env=env)
+    offset = log_offset(agent)
+    agent.start()  # ready: etcd answers; the queue is connected lazily
+    task_id = create_task(agent)
+    t0 = time.time()
+    # Until every channel (16 DML + replicate) was tried three times.
+    while True:
+        time.sleep(5)
+        assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
+        log = log_since(agent, offset)
+        lines = [l for l in log.splitlines()
+                 if "cannot open channel" in l and f"127.0.0.1:{port}" in l]
+        tried = {}
+        for l in lines:
+            m = re.search(r"channel=(\S+)", l)
+            tried[m.group(1) if m else "?"] = tried.get(m.group(1) if m else "?", 0) + 1
+        if (len(tried) >= 17 and min(tried.values()) >= 3) or time.time() - t0 > 120:
+            break
+    assert lines, f"no log line names the broker: {log[-3000:]}"
+    assert any(reason in l.lower() for l in lines), lines[:3]
+    assert secret not in log, "the password is logged"
+    # Backoff: per channel, a handful of attempts, with growing delays (the
+    # task's one replay after the takeover grace period starts them over).
+    per_channel = {}
+    for l in lines:
+        m = re.search(r"channel=(\S+)", l)
+        per_channel.setdefault(m.group(1) if m else "?", []).append(l)
+    assert len(per_channel) >= 16, sorted(per_channel)  # every DML channel tried
+    for ch, ls in per_channel.items():
+        assert len(ls) <= 30, f"{ch}: {len(ls)} attempts in {time.time() - t0:.0f}s"
+        delays = retry_delays(ls)
+        assert len(delays) >= 2 and max(delays) <= 10, (ch, delays)
+        assert any(b > a for a, b in zip(delays, delays[1:])), (ch, delays)
+    assert reconnects(agent, task_id) >= len(per_channel)
+    task = get_task(agent, task_id)
+    assert task["state"] == "Running", task
+    status, _, _ = http("GET", agent.url + "/healthz")
+    assert status == 200
+
+
+# ------------------------------------------- checkpoint past the end
+
+def restart_broker():
+    """Kills the stack's in-memory broker and starts the stack again: a new,
+    empty broker, so scripts/stack.sh starts the source from empty too."""
+    run_dir = Path(STACK["CDC_RUN_DIR"])
+    pid = int((run_dir / "broker.pid").read_text().split()[0])
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.time() + 20
+    while time.time() < deadline and _port_open(int(BROKER.rsplit(":", 1)[1])):
+        time.sleep(0.2)
+    env = {**os.environ, **stack_env_for_restart(STACK),
+           "CDC_KAFKA_PORT": BROKER.rsplit(":", 1)[1]}
+    errors = []
+    for _ in range(3):
+        r = subprocess.run([str(REPO / "scripts" / "stack.sh"), "start"], env=env,
+                           capture_output=True, text=True, timeout=400)
+        if r.returncode == 0:
+            return
+        errors.append(r.stderr[-2000:])
+        time.sleep(5)
+    raise AssertionError("the stack did not restart:\n" + "\n---\n".join(errors))
+
+
+def checkpoint(etcd_root, task_id, channel):
+    kv = etcd_get_prefix(f"{etcd_root}/positions/{task_id}/")
+    v = kv.get(f"{etcd_root}/positions/{task_id}/{channel}")
+    return json.loads(v)["sequence"] if v else 0
+
+
+def topic_end(channel):
+    """Last sequence of the channel's topic (0: empty or missing)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILVUS_CDC_")}
+    env.update(kafka_env([BROKER]))
+    out = subprocess.run([str(BIN), "source", "channels"], env=env, capture_output=True,
+                         text=True, timeout=60).stdout
+    for line in out.splitlines():
+        name, *rest = line.split("\t")
+        if name == channel:
+            return int(dict(p.split("=", 1) for p in rest)["last"])
+    return 0
+
+
+def recreated_topic_behind_checkpoint(agents, etcd_root):
+    """A task replicates a collection; its agent stops; the broker restarts
+    empty and the new source writes the channel again, fewer messages than
+    the checkpoint. Returns (agent on the same port, not started, task id,
+    channel, checkpoint sequence)."""
+    tag = uuid.uuid4().hex[:8]
+    src = connect(f"kpast-src-{tag}", STACK["CDC_SOURCE_URI"])
+    tgt = connect(f"kpast-tgt-{tag}", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
+    name = f"kpast_{tag}"
+    coll = Collection(name, SCHEMA, using=src, shards_num=1)
+    channel = physical_channel(src, name)[0]
+    # Many messages on the channel, so the recreated topic stays shorter than
+    # the checkpoint for minutes (time ticks add about 5 per second).
+    for i in range(0, 600, 2):
+        insert(coll, range(i, i + 2))
+    agent = agents()
+    agent.start()
+    task_id = create_task(agent)
+    wait_target(tgt, name, set(range(600)), agent=agent)
+    deadline = time.time() + 60
+    while time.time() < deadline and checkpoint(etcd_root, task_id, channel) < 300:
+        time.sleep(1)
+    agent.stop()
+    cp = checkpoint(etcd_root, task_id, channel)
+    assert cp >= 300, f"checkpoint of {channel}: {cp}"
+
+    restart_broker()
+    # The new source writes the channel again (one collection on all 16
+    # channels), so the topic exists, shorter than the checkpoint.
+    connections.disconnect(src)
+    src = connect(f"kpast-src2-{tag}", STACK["CDC_SOURCE_URI"])
+    again = Collection(f"kpast2_{tag}", SCHEMA, using=src, shards_num=16)
+    insert(again, range(10))
+    deadline = time.time() + 60
+    while time.time() < deadline and topic_end(channel) == 0:
+        time.sleep(1)
+    end = topic_end(channel)
+    assert 0 < end < cp, f"precondition: recreated topic {channel} ends at {end}, checkpoint {cp}"
+    return agents(port=agent.port), task_id, channel, cp, end
+
+
+def wait_past_end_logged(agent, offset, channel):
+    deadline, past = time.time() + 60, []
+    while time.time() < deadline and not past:
+        assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
+        past = [l for l in log_since(agent, offset).splitlines()
+                if channel in l and "past the end of the topic" in l]
+        time.sleep(1)
+    assert past, f"not reported: {log_since(agent, offset)[-3000:]}"
+    return past
+
+
+@pytest.mark.destroys_history
+def test_checkpoint_past_the_end_of_a_recreated_topic_is_reported(agents, etcd_root):
+    agent, task_id, channel, cp, end = recreated_topic_behind_checkpoint(agents, etcd_root)
+    offset = log_offset(agent)
+    agent.start()
+    wait_past_end_logged(agent, offset, channel)
+    # Retried, not given up, and never moved onto the new topic: every open
+    # asks for an offset past its end (the task may resume a little before
+    # its last checkpoint, never at the new topic's start), and the
+    # checkpoint is not rewritten to a position in the new topic.
+    time.sleep(10)
+    assert agent.proc.poll() is None
+    assert reconnects(agent, task_id, channel) >= 2
+    past = [l for l in log_since(agent, offset).splitlines()
+            if channel in l and "past the end of the topic" in l]
+    assert len(past) >= 2, past
+    asked = [int(re.search(r"position offset (\d+)", l).group(1)) for l in past]
+    assert all(end < a <= cp for a in asked), (asked, end, cp)
+    after = checkpoint(etcd_root, task_id, channel)
+    assert end < after <= cp, (after, end, cp)
+    assert not [l for l in log_since(agent, offset).splitlines()
+                if channel in l and "channel reopened" in l], "it read the new topic"
+
+
+@pytest.mark.destroys_history
+@pytest.mark.quarantine(reason="get/list do not show a channel stopped past the end of its "
+                               "topic: only the log and the reconnect metric do (the reader's "
+                               "open errors never reach the task record)")
+def test_checkpoint_past_the_end_is_shown_by_get_and_list(agents, etcd_root):
+    agent, task_id, channel, _, _ = recreated_topic_behind_checkpoint(agents, etcd_root)
+    offset = log_offset(agent)
+    agent.start()
+    wait_past_end_logged(agent, offset, channel)
+    task = get_task(agent, task_id)
+    status, listed = agent.cdc({"request_type": "list"})
+    assert status == 200, listed
+    mine = [t for t in listed["data"]["tasks"] if t["task_id"] == task_id]
+    for shown in (task, mine[0]):
+        text = json.dumps(shown)
+        assert "past the end" in text and channel in text, \
+            f"get/list do not report the checkpoint past the end of {channel}: {shown}"
