@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark of the source reader (not a test): read+decode throughput and
-peak memory of the Rust `ChannelReader` on a real Milvus 2.3.5 (natsmq).
+peak memory of the Rust `ChannelReader` on a real Milvus 2.3.5 whose queue is
+the stack's (natsmq, or Kafka with CDC_SOURCE_MQ=kafka: the reader opens it
+through the agent's own configuration and `open_queue`).
 
 1. Pre-fills the source of a running stack (scripts/stack.sh) with
    `--collections` collections of `--rows` rows in total (int64 key, int64
@@ -23,6 +25,9 @@ Usage (a stack of its own, on its own ports):
     .venv/bin/python benches/reader_bench.py            # pre-fill + measure
     .venv/bin/python benches/reader_bench.py --reuse    # measure again only
     scripts/stack.sh stop
+
+The same on a Kafka source: `export CDC_SOURCE_MQ=kafka` (and another
+CDC_RUN_DIR) before `scripts/stack.sh start`.
 """
 
 import argparse
@@ -49,6 +54,7 @@ def stack_env():
 
 
 STACK = stack_env()
+MQ = STACK.get("CDC_SOURCE_MQ", "natsmq")
 STATE = RUN_DIR / "reader-bench.json"
 
 
@@ -58,7 +64,13 @@ def log(msg):
 
 def cli_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILVUS_CDC_")}
-    env["MILVUS_CDC_SOURCE__NATS_URL"] = STACK["CDC_NATS_URL"]
+    if MQ == "kafka":
+        env["MILVUS_CDC_SOURCE__MQ_TYPE"] = "kafka"
+        env["MILVUS_CDC_SOURCE__KAFKA__BROKERS"] = json.dumps([STACK["CDC_KAFKA_BROKERS"]])
+    elif MQ == "natsmq":
+        env["MILVUS_CDC_SOURCE__NATS_URL"] = STACK["CDC_NATS_URL"]
+    else:
+        sys.exit(f"reader_bench.py: no settings for a {MQ} source yet")
     env["MILVUS_CDC_LOG__LEVEL"] = "warn"
     return env
 
@@ -173,7 +185,7 @@ def run_reader(chans, after, repeat):
     exe = TARGET_DIR / "release" / "examples" / "reader_bench"
     results = []
     for _ in range(repeat):
-        cmd = [str(exe), "--nats", STACK["CDC_NATS_URL"]]
+        cmd = [str(exe)]  # the queue comes from cli_env()
         for c in chans:
             cmd += ["--channel", f"{c}@{after[c]}"]
         out, wall, rss, cpu = timed(cmd)
@@ -250,7 +262,7 @@ def main():
                      run_dump(bulk[0], after, args.repeat), ref=one[0]))
 
     kinds = one[0]["kinds"]
-    print(f"\nMilvus 2.3.5 natsmq, {state['rows']:,} bulk rows (dim {state['dim']}) on "
+    print(f"\nMilvus 2.3.5 {MQ}, {state['rows']:,} bulk rows (dim {state['dim']}) on "
           f"{len(bulk)} channels + {state['small_rows']:,} rows in {state['small_batch']}-row "
           f"inserts; {os.cpu_count()} cores; median of {args.repeat} runs; "
           f"1 bulk channel holds {kinds}\n")

@@ -1,13 +1,20 @@
 //! Read+decode throughput of the source reader: runs the production
-//! [`ChannelReader`] (natsmq ordered consumer, typed decoding, metrics) on
-//! each given channel in parallel, as a replication task does, from `--after`
-//! up to the last message each channel held at start, and counts what comes
-//! out. Prints one JSON object; `benches/reader_bench.py` drives it.
+//! [`ChannelReader`] (the configured queue's client, typed decoding, metrics)
+//! on each given channel in parallel, as a replication task does, from
+//! `--after` up to the last message each channel held at start, and counts
+//! what comes out. Prints one JSON object; `benches/reader_bench.py` drives it.
+//!
+//! The queue is the agent's `[source]` configuration, opened by the same
+//! `open_queue` as `serve` (natsmq, Kafka, ...): `--config FILE` and the
+//! `MILVUS_CDC_SOURCE__*` variables; `--nats URL` is a shorthand for
+//! `MILVUS_CDC_SOURCE__NATS_URL`.
 //!
 //! ```text
 //! cargo build --release --example reader_bench
 //! target/release/examples/reader_bench --nats nats://127.0.0.1:4222 \
 //!     --channel by-dev-rootcoord-dml_0 --channel by-dev-rootcoord-dml_1@1200
+//! MILVUS_CDC_SOURCE__MQ_TYPE=kafka MILVUS_CDC_SOURCE__KAFKA__BROKERS='["127.0.0.1:9092"]' \
+//!     target/release/examples/reader_bench --channel by-dev-rootcoord-dml_0
 //! ```
 //!
 //! `NAME@SEQ` starts that channel after `SEQ`; otherwise after `--after`
@@ -15,16 +22,16 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use milvus_cdc::{
+    config::{Config, ConfigOverrides},
     metrics::{ChannelLabels, Metrics},
     source::{
         event::EventKind,
-        mq::{MessageQueue as _, StartAt},
-        natsmq::NatsMq,
+        mq::{MessageQueue, StartAt},
+        open_queue,
         reader::ChannelReader,
     },
 };
@@ -44,7 +51,7 @@ struct Counts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: reader_bench --nats URL --channel NAME[@SEQ] [--channel ...] [--after SEQ] [--queue N]"
+        "usage: reader_bench [--config FILE] [--nats URL] --channel NAME[@SEQ] [--channel ...] [--after SEQ] [--queue N]"
     );
     std::process::exit(2)
 }
@@ -63,7 +70,7 @@ fn peak_rss_kib() -> u64 {
 }
 
 /// The channel's last sequence; retried, a busy source can be slow to answer.
-async fn last_sequence(mq: &NatsMq, channel: &str) -> u64 {
+async fn last_sequence(mq: &dyn MessageQueue, channel: &str) -> u64 {
     let mut attempt = 0;
     loop {
         match mq.info(channel).await {
@@ -92,6 +99,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let mut nats = None;
+    let mut config = None;
     let mut channels = Vec::new();
     let mut after = 0u64;
     let mut queue = 1024usize;
@@ -100,23 +108,31 @@ async fn main() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
             "--nats" => nats = Some(val()),
+            "--config" => config = Some(std::path::PathBuf::from(val())),
             "--channel" => channels.push(val()),
             "--after" => after = val().parse().unwrap_or_else(|_| usage()),
             "--queue" => queue = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    let (Some(nats), false) = (nats, channels.is_empty()) else {
+    if channels.is_empty() {
         usage()
-    };
-    let mq = Arc::new(
-        NatsMq::connect(&nats, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| {
-                eprintln!("reader_bench: {e}");
-                std::process::exit(1)
-            }),
-    );
+    }
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(url) = nats {
+        env.push(("MILVUS_CDC_SOURCE__NATS_URL".into(), url));
+    }
+    let mut cfg =
+        Config::load(config.as_deref(), env, &ConfigOverrides::default()).unwrap_or_else(|e| {
+            eprintln!("reader_bench: {e}");
+            std::process::exit(2)
+        });
+    // A busy source can be slow to answer the first requests.
+    cfg.source.connect_timeout = cfg.source.connect_timeout.max(Duration::from_secs(10));
+    let mq = open_queue(&cfg.source, false).await.unwrap_or_else(|e| {
+        eprintln!("reader_bench: {e}");
+        std::process::exit(1)
+    });
     let metrics = Metrics::new();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -128,7 +144,7 @@ async fn main() {
         })
         .collect();
     for (ch, after) in channels.iter().cloned() {
-        let end = last_sequence(&mq, &ch).await;
+        let end = last_sequence(mq.as_ref(), &ch).await;
         let (tx, mut rx) = mpsc::channel(queue);
         let cancel = CancellationToken::new();
         let reader = ChannelReader::new(mq.clone(), &ch, StartAt::After(after))
