@@ -45,16 +45,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--inserts", type=int, default=24)
     ap.add_argument("--rows", type=int, default=1000, help="rows per insert")
-    ap.add_argument("--budget-mib", type=int, default=64)
+    ap.add_argument("--budget-mib", type=int, default=None,
+                    help="replicate.max_buffer_bytes in MiB (default: the agent's default)")
+    ap.add_argument("--backlog", action="store_true",
+                    help="write everything first, then create the task (a replay: the worst case)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:8]
-    agent = Agent(root=f"bench/{tag}", extra_env={
-        "MILVUS_CDC_REPLICATE__MAX_BUFFER_BYTES": str(args.budget_mib * 1024 * 1024)}).start()
+    extra = {}
+    if args.budget_mib is not None:
+        extra["MILVUS_CDC_REPLICATE__MAX_BUFFER_BYTES"] = str(args.budget_mib * 1024 * 1024)
+    agent = Agent(root=f"bench/{tag}", extra_env=extra).start()
     try:
-        status, body = agent.cdc(create_body())
-        assert status == 200, body
-        time.sleep(3)
-        base = applied_rows(agent)
+        base = 0.0
+        if not args.backlog:
+            status, body = agent.cdc(create_body())
+            assert status == 200, body
+            time.sleep(3)
+            base = applied_rows(agent)
         src = connect(f"mem-src-{tag}", STACK["CDC_SOURCE_URI"])
         c = Collection(f"bench_mem_{tag}", CollectionSchema([
             FieldSchema("id", DataType.INT64, is_primary=True),
@@ -66,6 +73,9 @@ def main():
             ids = list(range(i * args.rows, (i + 1) * args.rows))
             c.insert([ids, vec])
         total = args.inserts * args.rows
+        if args.backlog:
+            status, body = agent.cdc(create_body())
+            assert status == 200, body
         deadline = time.time() + 900
         while applied_rows(agent) - base < total:
             if time.time() > deadline:
@@ -79,7 +89,9 @@ def main():
     print(f"| inserts of {args.rows} rows x dim {DIM} (~{args.rows * DIM * 4 / 1e6:.0f} MB each) "
           f"| {args.inserts} |")
     print(f"| data replicated | {mb:,.0f} MB in {took:.1f} s |")
-    print(f"| replicate.max_buffer_bytes | {args.budget_mib} MiB |")
+    budget = "default" if args.budget_mib is None else f"{args.budget_mib} MiB"
+    print(f"| replicate.max_buffer_bytes | {budget} |")
+    print(f"| mode | {'backlog (written before the task)' if args.backlog else 'live'} |")
     print(f"| agent peak RSS | {rss} MiB |")
 
 

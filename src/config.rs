@@ -621,8 +621,8 @@ impl Default for ReplicateConfig {
     fn default() -> Self {
         Self {
             batch_rows: 10_000,
-            batch_bytes: 16 * 1024 * 1024,
-            max_buffer_bytes: 64 * 1024 * 1024,
+            batch_bytes: 8 * 1024 * 1024,
+            max_buffer_bytes: 32 * 1024 * 1024,
             batch_wait: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(1),
             reconcile_interval: Duration::from_secs(10),

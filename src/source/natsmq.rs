@@ -145,10 +145,13 @@ impl MessageQueue for NatsMq {
                     &format!("create consumer on {channel}"),
                     stream.create_consumer(OrderedConfig {
                         deliver_policy,
+                        // Messages in flight per channel: up to 1.5 pulls.
                         // natsmq disconnects a client with more than 64 MiB
-                        // pending; small pulls keep large inserts on several
-                        // channels below that (500 per pull stalled 10 s).
-                        max_batch: 64,
+                        // pending (500 per pull stalled 10 s), and prefetched
+                        // messages sit outside the byte budget: a pull of 8
+                        // keeps a backlog of large inserts within memory
+                        // (docs/benchmarks.md) and time ticks still flowing.
+                        max_batch: 8,
                         ..Default::default()
                     }),
                 )
