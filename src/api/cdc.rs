@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    source::health::SourceHealth,
+    source::{health::SourceHealth, reader::ReadError},
     task::{
         service::CreateTask, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState,
     },
@@ -184,27 +184,45 @@ pub fn created(id: &TaskId) -> Value {
     ok(json!({"task_id": id}))
 }
 
-/// `list`'s answer.
-pub fn listed(tasks: &[TaskRecord], source: &SourceHealth) -> Value {
-    let tasks: Vec<Value> = tasks.iter().map(|t| view(t, source)).collect();
+/// What the leader knows of a task besides its record: the source's
+/// reachability and the channels its readers cannot open right now.
+#[derive(Debug)]
+pub struct Live<'a> {
+    /// The last probe of the source's queue.
+    pub source: &'a SourceHealth,
+    /// The task's channels that cannot be read right now.
+    pub read_errors: Vec<ReadError>,
+}
+
+/// `list`'s answer; `live` gives each task's live state.
+pub fn listed<'a>(tasks: &[TaskRecord], live: impl Fn(&TaskRecord) -> Live<'a>) -> Value {
+    let tasks: Vec<Value> = tasks.iter().map(|t| view(t, &live(t))).collect();
     ok(json!({ "tasks": tasks }))
 }
 
 /// `get`'s answer (note the capital `Task`, part of the contract).
-pub fn got(task: &TaskRecord, source: &SourceHealth) -> Value {
-    ok(json!({"Task": view(task, source)}))
+pub fn got(task: &TaskRecord, live: &Live<'_>) -> Value {
+    ok(json!({"Task": view(task, live)}))
 }
 
-/// A task as the API shows it: a running task whose source does not answer
-/// says so (`source_error`, an extension field), since it cannot progress.
-fn view(task: &TaskRecord, source: &SourceHealth) -> Value {
+/// A task as the API shows it. A running task that cannot progress says
+/// why, in extension fields present only then: `source_error` (the source's
+/// queue does not answer) and `read_errors` (channels that cannot be opened,
+/// e.g. a checkpoint past the end of a recreated topic).
+fn view(task: &TaskRecord, live: &Live<'_>) -> Value {
     let mut v = task.public_view();
-    if let (TaskState::Running, SourceHealth::Down { error, since_ms }) = (task.state, source) {
-        if let Some(o) = v.as_object_mut() {
+    if task.state != TaskState::Running {
+        return v;
+    }
+    if let Some(o) = v.as_object_mut() {
+        if let SourceHealth::Down { error, since_ms } = live.source {
             o.insert(
                 "source_error".into(),
                 json!({"message": error, "since_ms": since_ms}),
             );
+        }
+        if !live.read_errors.is_empty() {
+            o.insert("read_errors".into(), json!(live.read_errors));
         }
     }
     v

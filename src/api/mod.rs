@@ -26,7 +26,7 @@ use self::cdc::{ApiError, CdcRequest};
 use crate::{
     metrics::Metrics,
     source::health::SourceHealth,
-    task::{service::TaskService, Action},
+    task::{service::TaskService, Action, TaskRecord},
 };
 
 /// What this replica currently is.
@@ -366,8 +366,20 @@ async fn execute(
     };
     match req {
         CdcRequest::Create(c) => service.create(c).await.map(|id| cdc::created(&id)),
-        CdcRequest::List => service.list().await.map(|t| cdc::listed(&t, source)),
-        CdcRequest::Get(id) => service.get(&id).await.map(|t| cdc::got(&t, source)),
+        CdcRequest::List => service.list().await.map(|tasks| {
+            let live = |t: &TaskRecord| cdc::Live {
+                source,
+                read_errors: service.read_errors(&t.task_id),
+            };
+            cdc::listed(&tasks, live)
+        }),
+        CdcRequest::Get(id) => service.get(&id).await.map(|t| {
+            let live = cdc::Live {
+                source,
+                read_errors: service.read_errors(&t.task_id),
+            };
+            cdc::got(&t, &live)
+        }),
         CdcRequest::Pause(id) => service
             .change_state(&id, Action::Pause)
             .await

@@ -54,7 +54,7 @@ use crate::{
     metrics::{ChannelLabels, ErrorLabels, Metrics, TaskLabels},
     source::{
         mq::{MessageQueue, StartAt},
-        reader::ChannelReader,
+        reader::{ChannelReader, ReadError, ReadErrors},
     },
     store::{now_ms, Checkpoints, StoreError, TaskStore},
     target::{writer::retry_delays, MilvusTarget},
@@ -116,6 +116,8 @@ struct Running {
     /// flushed position and the next leader replays a little more.
     quick: Arc<AtomicBool>,
     handle: JoinHandle<()>,
+    /// Channels its readers cannot open right now.
+    read_errors: ReadErrors,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -213,6 +215,7 @@ impl TaskWorkers for Engine {
         }
         let cancel = CancellationToken::new();
         let quick = Arc::new(AtomicBool::new(false));
+        let read_errors = ReadErrors::default();
         let term = lock(&self.inner.leadership).term;
         let span = tracing::info_span!(parent: None, "task", task_id = %task.task_id, term);
         let handle = tokio::spawn(
@@ -221,6 +224,7 @@ impl TaskWorkers for Engine {
                 task.clone(),
                 cancel.clone(),
                 quick.clone(),
+                read_errors.clone(),
             )
             .instrument(span),
         );
@@ -230,8 +234,16 @@ impl TaskWorkers for Engine {
                 cancel,
                 quick,
                 handle,
+                read_errors,
             },
         );
+    }
+
+    fn read_errors(&self, id: &TaskId) -> Vec<ReadError> {
+        lock(&self.inner.tasks)
+            .get(id)
+            .map(|r| r.read_errors.current())
+            .unwrap_or_default()
     }
 
     fn stop(&self, id: &TaskId) -> BoxFuture<'static, ()> {
@@ -322,6 +334,7 @@ async fn run_task(
     task: TaskRecord,
     cancel: CancellationToken,
     quick: Arc<AtomicBool>,
+    read_errors: ReadErrors,
 ) {
     info!("starting task workers");
     // Progress outlives each run, so the lag gauges keep being reported
@@ -334,7 +347,15 @@ async fn run_task(
     ));
     let mut from = None;
     loop {
-        match run_workers(&inner, &task, &cancel, &quick, &progress, from.take()).await {
+        let run = run_workers(
+            &inner,
+            &task,
+            (&cancel, &quick),
+            &progress,
+            &read_errors,
+            from.take(),
+        );
+        match run.await {
             Run::Done => break,
             Run::Rewind => {
                 warn!("the target was unreachable: replaying from the last flushed checkpoints, which a restarted target may have lost rows after");
@@ -421,9 +442,9 @@ enum Run {
 async fn run_workers(
     inner: &Arc<Inner>,
     task: &TaskRecord,
-    cancel: &CancellationToken,
-    quick: &AtomicBool,
+    (cancel, quick): (&CancellationToken, &AtomicBool),
     progress: &TaskProgress,
+    read_errors: &ReadErrors,
     from: Option<Checkpoints>,
 ) -> Run {
     let id = task.task_id.clone();
@@ -520,7 +541,8 @@ async fn run_workers(
         let reader = ChannelReader::new(inner.mq.clone(), &channel, start)
             .with_metrics(inner.metrics.clone(), id.as_str())
             .with_lost_ranges(lost_tx.clone())
-            .with_budget(budget.clone());
+            .with_budget(budget.clone())
+            .with_errors(read_errors.clone());
         handles.push(tokio::spawn(reader.run(tx, workers.clone())).abort_handle());
         let pipeline = Pipeline {
             channel: channel.as_str().into(),

@@ -22,7 +22,11 @@
 //! # }
 //! ```
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt as _;
@@ -46,6 +50,59 @@ pub struct ChannelReader<Q: ?Sized> {
     metrics: Option<Metrics>,
     lost: Option<mpsc::Sender<LostRange>>,
     budget: Option<super::budget::ByteBudget>,
+    errors: Option<ReadErrors>,
+}
+
+/// Why a channel cannot be read right now (e.g. its checkpoint is past the
+/// end of a recreated topic), while its reader retries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReadError {
+    /// The channel.
+    pub channel: String,
+    /// The last failure.
+    pub message: String,
+    /// Milliseconds since the epoch of the first failure in a row.
+    pub since_ms: u64,
+}
+
+/// The channels of a task that cannot be opened right now, shared by its
+/// readers (each sets its channel's entry on a failed open and clears it
+/// once a message arrives). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ReadErrors(Arc<Mutex<BTreeMap<String, ReadError>>>);
+
+impl ReadErrors {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, ReadError>) -> R) -> R {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn failed(&self, channel: &str, message: String) {
+        self.with(|m| {
+            let since_ms = m
+                .get(channel)
+                .map_or_else(crate::store::now_ms, |e| e.since_ms);
+            m.insert(
+                channel.to_string(),
+                ReadError {
+                    channel: channel.to_string(),
+                    message,
+                    since_ms,
+                },
+            );
+        });
+    }
+
+    fn recovered(&self, channel: &str) {
+        self.with(|m| m.remove(channel));
+    }
+
+    /// The current errors, by channel.
+    pub fn current(&self) -> Vec<ReadError> {
+        self.with(|m| m.values().cloned().collect())
+    }
 }
 
 /// Messages of a channel that the queue no longer held when they were due
@@ -92,7 +149,15 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
             metrics: None,
             lost: None,
             budget: None,
+            errors: None,
         }
+    }
+
+    /// Reports failed opens of the channel in `errors` (cleared by the next
+    /// message read).
+    pub fn with_errors(mut self, errors: ReadErrors) -> Self {
+        self.errors = Some(errors);
+        self
     }
 
     /// Takes each event's bytes from `budget` before queueing it (the
@@ -144,6 +209,8 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         };
         let mut delays = backoff();
         let mut first_open = true;
+        // Whether `errors` holds this channel (a failed open, no message since).
+        let mut failing = false;
         let dense = self.mq.dense_sequences();
         loop {
             let start = match last {
@@ -172,6 +239,10 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     warn!(channel = %self.channel, error = %e, retry_in = ?delay, "cannot open channel");
+                    if let Some(errors) = &self.errors {
+                        errors.failed(&self.channel, e.message.clone());
+                        failing = true;
+                    }
                     self.count(|m, l| m.source_reconnects.get_or_create(l).inc());
                     tokio::select! {
                         () = cancel.cancelled() => return Stopped::Cancelled,
@@ -196,6 +267,12 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                     }
                 };
                 delays = backoff();
+                if failing {
+                    if let Some(errors) = &self.errors {
+                        errors.recovered(&self.channel);
+                    }
+                    failing = false;
+                }
                 if let Some(l) = last {
                     if msg.sequence <= l {
                         debug!(channel = %self.channel, sequence = msg.sequence, "duplicate skipped");
@@ -312,6 +389,8 @@ mod tests {
         opens: Mutex<Vec<StartAt>>,
         /// What `dense_sequences` answers (Pulsar: false).
         dense: bool,
+        /// Opens left to refuse before the queue answers.
+        refused_opens: std::sync::atomic::AtomicUsize,
     }
 
     fn tick(ts: u64) -> Bytes {
@@ -343,6 +422,7 @@ mod tests {
                 break_every,
                 opens: Mutex::new(Vec::new()),
                 dense: true,
+                refused_opens: Default::default(),
             }
         }
 
@@ -371,6 +451,7 @@ mod tests {
                 break_every,
                 opens: Mutex::new(Vec::new()),
                 dense: false,
+                refused_opens: Default::default(),
             }
         }
 
@@ -382,6 +463,17 @@ mod tests {
     impl MessageQueue for FakeMq {
         fn open(&self, _c: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
             self.opens.lock().unwrap().push(start);
+            let refused = self
+                .refused_opens
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if refused {
+                return Box::pin(async { Err(MqError::retriable("position is past the end")) });
+            }
             let from = match start {
                 StartAt::Earliest => 0,
                 StartAt::Latest => self.messages.len(),
@@ -444,6 +536,36 @@ mod tests {
             "stream broke and was reopened"
         );
         assert_eq!(mq.opens.lock().unwrap()[1], StartAt::After(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_opens_are_shown_until_a_message_arrives() {
+        let mq = FakeMq::new(6, 100);
+        mq.refused_opens
+            .store(3, std::sync::atomic::Ordering::SeqCst);
+        let mq = Arc::new(mq);
+        let errors = ReadErrors::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            ChannelReader::new(mq.clone(), "c", StartAt::After(2))
+                .with_errors(errors.clone())
+                .run(tx, cancel.clone()),
+        );
+        // Refused three times: the error is shown, with its first time.
+        while mq.opens.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let shown = errors.current();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!(shown[0].channel, "c");
+        assert!(shown[0].message.contains("past the end"));
+        assert!(shown[0].since_ms > 0);
+        // The fourth open works: the first message clears it.
+        assert_eq!(rx.recv().await.unwrap().position.sequence, 3);
+        assert!(errors.current().is_empty(), "{:?}", errors.current());
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,10 @@ use super::{
 use crate::{
     config::SourceConfig,
     metrics::Metrics,
-    source::position::{self, SourcePosition},
+    source::{
+        position::{self, SourcePosition},
+        reader::ReadError,
+    },
     store::{now_ms, Checkpoint, Checkpoints, StoreError, TaskStore},
     target::{MilvusTarget, TargetError},
 };
@@ -61,6 +64,10 @@ pub trait TaskWorkers: Send + Sync {
     /// The task is paused or deleted: stop its workers after a final
     /// checkpoint. Resolves once they have stopped.
     fn stop(&self, id: &TaskId) -> futures::future::BoxFuture<'static, ()>;
+    /// The task's channels that its readers cannot open right now.
+    fn read_errors(&self, _id: &TaskId) -> Vec<ReadError> {
+        Vec::new()
+    }
 }
 
 /// Workers that do nothing.
@@ -248,6 +255,12 @@ impl TaskService {
     /// One task.
     pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, ServiceError> {
         Ok(self.store.get_task(id).await?.value)
+    }
+
+    /// The channels of task `id` that cannot be read right now (live state
+    /// of this leader's workers, not stored).
+    pub fn read_errors(&self, id: &TaskId) -> Vec<ReadError> {
+        self.workers.read_errors(id)
     }
 
     /// Pauses or resumes a task. Repeating an action is accepted and changes
