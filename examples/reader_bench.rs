@@ -20,6 +20,8 @@
 //! `NAME@SEQ` starts that channel after `SEQ`; otherwise after `--after`
 //! (default 0: the whole retained stream).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and bench helpers
+
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},

@@ -150,8 +150,8 @@ fn main() -> ExitCode {
             match runtime.block_on(milvus_cdc::server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "milvus-cdc stopped");
-                    eprintln!("milvus-cdc: {e:#}");
+                    tracing::error!(error = %e, "milvus-cdc stopped");
+                    eprintln!("milvus-cdc: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -46,16 +45,36 @@ impl StoreProbe for EtcdProbe {
     }
 }
 
+/// Why the agent could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The agent's own etcd did not answer at start.
+    #[error("cannot start without the agent's etcd: {0}")]
+    Etcd(#[source] crate::store::StoreError),
+    /// The source's message-queue settings cannot work.
+    #[error("invalid source message-queue settings: {0}")]
+    Source(#[source] crate::source::mq::MqError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while serving.
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
 /// Runs the agent until a shutdown signal.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let metrics = Metrics::new();
-    let client = store::connect(&cfg.etcd)
-        .await
-        .context("cannot start without the agent's etcd")?;
+    let client = store::connect(&cfg.etcd).await.map_err(ServeError::Etcd)?;
     let store = TaskStore::new(&client, &cfg.etcd.root, cfg.etcd.request_timeout);
     let mq = crate::source::open_queue(&cfg.source, true)
         .await
-        .context("invalid source message-queue settings")?;
+        .map_err(ServeError::Source)?;
     let stop_probe = CancellationToken::new();
     let source_health = crate::source::health::spawn_probe(
         mq.clone(),
@@ -101,7 +120,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.server.listen,
+            source,
+        })?;
     let election = Election {
         client: client.clone(),
         store,
@@ -128,7 +150,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             on_signal.cancel();
         })
         .await
-        .context("HTTP server failed");
+        .map_err(ServeError::Http);
     stop_election.cancel();
     stop_probe.cancel();
     if election_task.await.is_err() {

@@ -2,6 +2,8 @@
 //! (`tests/fixtures/`, made by `scripts/capture_fixtures.py`) and checks the
 //! decoded fields against what the pymilvus workload wrote.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
+
 use std::{path::PathBuf, sync::Arc};
 
 use milvus_cdc::{

@@ -14,6 +14,8 @@
 //!   dashboard and the alerts only use metrics that exist;
 //! - every alert has a runbook section in `docs/operations.md`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and bench helpers
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},

@@ -5,6 +5,8 @@
 //! Needs an etcd: `CDC_TEST_ETCD=127.0.0.1:12379` (scripts/test.sh sets it
 //! while its stack runs). Without it every test here says so and passes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and bench helpers
+
 use std::time::Duration;
 
 use etcd_client::Client;

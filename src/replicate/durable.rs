@@ -46,7 +46,7 @@ pub(super) struct Durability {
 
 impl Durability {
     /// A durability tracker for one run of a task.
-    pub fn new(
+    pub(crate) fn new(
         writer: TargetWriter,
         progress: TaskProgress,
         interval: Duration,
@@ -65,7 +65,7 @@ impl Durability {
     /// interval is zero). A flush in progress is abandoned on `cancel`, so a
     /// hand-over never waits for it: nothing is marked durable then, and the
     /// collections not flushed stay marked.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
         if self.interval.is_zero() {
             return;
         }
@@ -105,7 +105,7 @@ impl Durability {
     }
 
     /// With a zero interval, applied positions are durable at once.
-    pub fn without_flushes(&self) {
+    pub(crate) fn without_flushes(&self) {
         if self.interval.is_zero() {
             self.progress
                 .mark_durable(&self.progress.applied_snapshot());
@@ -114,7 +114,7 @@ impl Durability {
     }
 
     /// Before a task's final checkpoint: flush what is applied (bounded).
-    pub async fn final_flush(&self) {
+    pub(crate) async fn final_flush(&self) {
         if self.interval.is_zero() {
             self.without_flushes();
         } else {
@@ -129,7 +129,7 @@ impl Durability {
 
     /// Seconds since durable positions last caught up with the applied
     /// ones (grows while flushes fail).
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         self.lock().elapsed()
     }
 
