@@ -1,0 +1,288 @@
+//! Calls to one side of the comparison, with errors that say which side and what.
+
+use std::collections::BTreeMap;
+
+use super::{Side, VerifyError};
+use crate::{
+    proto::{
+        common::{self, ConsistencyLevel, KeyValuePair, LoadState},
+        milvus as pb,
+        schema::{field_data::Field, scalar_field::Data as Scalar, CollectionSchema, FieldData},
+    },
+    target::{MilvusTarget, TargetError},
+};
+
+/// Calls to one side, with errors that say which side and what.
+#[derive(Clone, Copy)]
+pub(super) struct Api<'a> {
+    pub(super) m: &'a MilvusTarget,
+    pub(super) side: Side,
+}
+
+/// A collection's metadata on one side.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CollectionMeta {
+    pub(super) desc: pb::DescribeCollectionResponse,
+    pub(super) partitions: Vec<String>,
+    pub(super) indexes: Vec<pb::IndexDescription>,
+    pub(super) load: i32,
+    /// Per-partition load state (only for loaded collections without a
+    /// partition key).
+    pub(super) partition_loads: BTreeMap<String, i32>,
+}
+
+impl CollectionMeta {
+    pub(super) fn schema(&self) -> CollectionSchema {
+        self.desc.schema.clone().unwrap_or_default()
+    }
+}
+
+impl<'a> Api<'a> {
+    fn call_error(
+        &self,
+        scope: &str,
+        call: &'static str,
+    ) -> impl Fn(TargetError) -> VerifyError + 'a {
+        let (side, scope) = (self.side, scope.to_string());
+        move |source| VerifyError::Call {
+            side,
+            scope: scope.clone(),
+            call,
+            source,
+        }
+    }
+
+    fn grpc(&self, scope: &str, call: &'static str, s: tonic::Status) -> VerifyError {
+        self.call_error(scope, call)(self.m.status_error(s))
+    }
+
+    fn check(
+        &self,
+        scope: &str,
+        call: &'static str,
+        st: Option<&common::Status>,
+    ) -> Result<(), VerifyError> {
+        self.m.check(call, st).map_err(self.call_error(scope, call))
+    }
+
+    pub(super) async fn databases(&self) -> Result<Vec<String>, VerifyError> {
+        let r = self
+            .m
+            .client()
+            .list_databases(pb::ListDatabasesRequest::default())
+            .await
+            .map_err(|s| self.grpc("databases", "ListDatabases", s))?
+            .into_inner();
+        self.check("databases", "ListDatabases", r.status.as_ref())?;
+        Ok(r.db_names)
+    }
+
+    pub(super) async fn collections(&self, db: &str) -> Result<Vec<String>, VerifyError> {
+        let r = self
+            .m
+            .client()
+            .show_collections(pb::ShowCollectionsRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(db, "ShowCollections", s))?
+            .into_inner();
+        self.check(db, "ShowCollections", r.status.as_ref())?;
+        Ok(r.collection_names)
+    }
+
+    pub(super) async fn meta(&self, db: &str, c: &str) -> Result<CollectionMeta, VerifyError> {
+        let scope = scope_of(db, c);
+        let desc = self.describe(db, c, &scope).await?;
+        let partitions = self.partitions(db, c, &scope).await?;
+        let indexes = self.indexes(db, c, &scope).await?;
+        let load = self.load_state(db, c, &scope, &[]).await?;
+        let has_partition_key = desc
+            .schema
+            .as_ref()
+            .is_some_and(|s| s.fields.iter().any(|f| f.is_partition_key));
+        let mut partition_loads = BTreeMap::new();
+        if is_loaded_or_loading(load) && !has_partition_key && partitions.len() > 1 {
+            for p in &partitions {
+                let state = self
+                    .load_state(db, c, &scope, std::slice::from_ref(p))
+                    .await?;
+                partition_loads.insert(p.clone(), state);
+            }
+        }
+        Ok(CollectionMeta {
+            desc,
+            partitions,
+            indexes,
+            load,
+            partition_loads,
+        })
+    }
+
+    async fn describe(
+        &self,
+        db: &str,
+        c: &str,
+        scope: &str,
+    ) -> Result<pb::DescribeCollectionResponse, VerifyError> {
+        let r = self
+            .m
+            .client()
+            .describe_collection(pb::DescribeCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: c.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(scope, "DescribeCollection", s))?
+            .into_inner();
+        self.check(scope, "DescribeCollection", r.status.as_ref())?;
+        Ok(r)
+    }
+
+    async fn partitions(&self, db: &str, c: &str, scope: &str) -> Result<Vec<String>, VerifyError> {
+        let r = self
+            .m
+            .client()
+            .show_partitions(pb::ShowPartitionsRequest {
+                db_name: db.to_string(),
+                collection_name: c.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(scope, "ShowPartitions", s))?
+            .into_inner();
+        self.check(scope, "ShowPartitions", r.status.as_ref())?;
+        Ok(r.partition_names)
+    }
+
+    /// Every index of the collection; none when Milvus says "index not found".
+    async fn indexes(
+        &self,
+        db: &str,
+        c: &str,
+        scope: &str,
+    ) -> Result<Vec<pb::IndexDescription>, VerifyError> {
+        let r = self
+            .m
+            .client()
+            .describe_index(pb::DescribeIndexRequest {
+                db_name: db.to_string(),
+                collection_name: c.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(scope, "DescribeIndex", s))?
+            .into_inner();
+        match self.m.check("DescribeIndex", r.status.as_ref()) {
+            Ok(()) => Ok(r.index_descriptions),
+            Err(TargetError::Rejected { code, reason, .. })
+                if is_index_not_found(code, &reason) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(self.call_error(scope, "DescribeIndex")(e)),
+        }
+    }
+
+    async fn load_state(
+        &self,
+        db: &str,
+        c: &str,
+        scope: &str,
+        partitions: &[String],
+    ) -> Result<i32, VerifyError> {
+        let r = self
+            .m
+            .client()
+            .get_load_state(pb::GetLoadStateRequest {
+                db_name: db.to_string(),
+                collection_name: c.to_string(),
+                partition_names: partitions.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(scope, "GetLoadState", s))?
+            .into_inner();
+        self.check(scope, "GetLoadState", r.status.as_ref())?;
+        Ok(r.state)
+    }
+
+    /// A strongly consistent query; `limit` None returns every match.
+    pub(super) async fn query(
+        &self,
+        db: &str,
+        c: &str,
+        expr: &str,
+        output_fields: &[&str],
+        limit: Option<usize>,
+    ) -> Result<Vec<FieldData>, VerifyError> {
+        let scope = scope_of(db, c);
+        let mut query_params = Vec::new();
+        if let Some(l) = limit {
+            query_params.push(KeyValuePair {
+                key: "limit".into(),
+                value: l.to_string(),
+            });
+        }
+        let r = self
+            .m
+            .client()
+            .query(pb::QueryRequest {
+                db_name: db.to_string(),
+                collection_name: c.to_string(),
+                expr: expr.to_string(),
+                output_fields: output_fields.iter().map(|s| s.to_string()).collect(),
+                query_params,
+                // Strong with guarantee_timestamp 0: the proxy uses "now".
+                consistency_level: ConsistencyLevel::Strong as i32,
+                use_default_consistency: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(&scope, "Query", s))?
+            .into_inner();
+        self.check(&scope, "Query", r.status.as_ref())?;
+        Ok(r.fields_data)
+    }
+
+    /// `count(*)` of the whole collection (duplicated keys count twice).
+    pub(super) async fn count(&self, db: &str, c: &str) -> Result<u64, VerifyError> {
+        let cols = self.query(db, c, "", &["count(*)"], None).await?;
+        let n = cols
+            .iter()
+            .find(|f| f.field_name == "count(*)")
+            .and_then(|f| match &f.field {
+                Some(Field::Scalars(s)) => match &s.data {
+                    Some(Scalar::LongData(d)) => d.data.first().copied(),
+                    _ => None,
+                },
+                _ => None,
+            });
+        n.and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| VerifyError::Unexpected {
+                side: self.side,
+                scope: scope_of(db, c),
+                message: "count(*) query returned no count".into(),
+            })
+    }
+}
+
+/// Milvus 2.3's answer to DescribeIndex on a collection without index:
+/// code 700 (`IndexNotFound`) or legacy code 25 (`IndexNotExist`).
+pub(super) fn is_index_not_found(code: i32, reason: &str) -> bool {
+    code == 700
+        || code == common::ErrorCode::IndexNotExist as i32
+        || reason.contains("index not found")
+        || reason.contains("index not exist")
+}
+
+pub(super) fn is_loaded_or_loading(state: i32) -> bool {
+    state == LoadState::Loaded as i32 || state == LoadState::Loading as i32
+}
+
+/// `db.collection`.
+pub(super) fn scope_of(db: &str, c: &str) -> String {
+    format!("{db}.{c}")
+}
