@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    config::Config, config::MqType, source::open_queue, store, target::MilvusTarget,
+    config::Config, config::MqType, milvus::MilvusClient, source::open_queue, store,
     task::MilvusConnectParam,
 };
 
@@ -95,7 +95,7 @@ async fn milvus(uri: &str, token: Option<String>, timeout_secs: u64) -> Result<S
         ..Default::default()
     };
     let addr = param.validate().map_err(|e| e.to_string())?;
-    let target = MilvusTarget::connect(&addr)
+    let target = MilvusClient::connect(&addr)
         .await
         .map_err(|e| e.to_string())?;
     let version = target.version().await.map_err(|e| e.to_string())?;

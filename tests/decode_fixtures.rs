@@ -10,12 +10,12 @@ use milvus_cdc::{
     proto::schema::{
         field_data::Field, scalar_field::Data as Scalar, vector_field::Data as Vector,
     },
+    sink::PrimaryKeys,
     source::{
         decode::decode,
         event::{Event, EventKind, Position},
         inspect::column_values,
     },
-    target::writer::PrimaryKeys,
 };
 use serde_json::{json, Value};
 

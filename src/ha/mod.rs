@@ -178,10 +178,10 @@ impl Election {
     /// Campaigns until `shutdown` fires; then, if leading, stops the workers
     /// and revokes the lease.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = crate::target::writer::retry_delays();
+        let mut backoff = crate::backoff::retry_delays();
         while !shutdown.is_cancelled() {
             match self.term(&shutdown).await {
-                Ok(()) => backoff = crate::target::writer::retry_delays(),
+                Ok(()) => backoff = crate::backoff::retry_delays(),
                 Err(e) => {
                     let d = backoff
                         .next()

@@ -20,12 +20,10 @@ use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
 use tracing::info;
 
 use crate::{
+    milvus::{MilvusClient, MilvusError},
     proto::milvus as pb,
+    sink::{Applied, CollectionSpec, MilvusSink, TargetCollection},
     source::event::CreateCollection,
-    target::{
-        writer::{Applied, CollectionSpec, TargetCollection, TargetWriter},
-        MilvusTarget, TargetError,
-    },
 };
 
 /// A source collection that exists on the target.
@@ -80,8 +78,8 @@ pub struct Catalog {
     entries: Arc<Mutex<HashMap<i64, Entry>>>,
     /// Source collection id → (database, name), refreshed on a miss.
     locations: Arc<Mutex<HashMap<i64, (String, String)>>>,
-    source: MilvusTarget,
-    writer: TargetWriter,
+    source: MilvusClient,
+    writer: MilvusSink,
     /// Serializes creating, replacing and registering target collections.
     creating: Arc<Mutex<()>>,
 }
@@ -89,7 +87,7 @@ pub struct Catalog {
 impl Catalog {
     /// A catalog that asks `source` about collections and creates them
     /// through `writer`.
-    pub fn new(source: MilvusTarget, writer: TargetWriter) -> Self {
+    pub fn new(source: MilvusClient, writer: MilvusSink) -> Self {
         Self {
             entries: Arc::new(Mutex::new(HashMap::new())),
             locations: Arc::new(Mutex::new(HashMap::new())),
@@ -111,7 +109,7 @@ impl Catalog {
 
     /// Where the source has collection `id` now: (database, name), or None
     /// if it no longer exists.
-    async fn source_location(&self, id: i64) -> Result<Option<(String, String)>, TargetError> {
+    async fn source_location(&self, id: i64) -> Result<Option<(String, String)>, MilvusError> {
         if let Some(l) = self.locations.lock().await.get(&id) {
             return Ok(Some(l.clone()));
         }
@@ -128,7 +126,7 @@ impl Catalog {
 
     /// Source collections (`database.name`) whose shards use physical
     /// channel `channel` now.
-    pub async fn source_collections_on(&self, channel: &str) -> Result<Vec<String>, TargetError> {
+    pub async fn source_collections_on(&self, channel: &str) -> Result<Vec<String>, MilvusError> {
         let mut out = Vec::new();
         for db in self.source.list_databases().await? {
             for (_, name) in self.source.show_collections(&db).await? {
@@ -160,7 +158,7 @@ impl Catalog {
         &self,
         db: &str,
         name: &str,
-    ) -> Result<Option<pb::DescribeCollectionResponse>, TargetError> {
+    ) -> Result<Option<pb::DescribeCollectionResponse>, MilvusError> {
         self.source.describe_collection(db, name).await
     }
 
@@ -169,7 +167,7 @@ impl Catalog {
         &self,
         db: &str,
         name: &str,
-    ) -> Result<Vec<String>, TargetError> {
+    ) -> Result<Vec<String>, MilvusError> {
         Ok(self
             .source
             .show_partitions(db, name)
@@ -179,7 +177,7 @@ impl Catalog {
 
     /// Applies a CreateCollection event: creates the collection on the target
     /// unless the source no longer has it (its drop follows in the stream).
-    pub async fn create_from_event(&self, ev: &CreateCollection) -> Result<Applied, TargetError> {
+    pub async fn create_from_event(&self, ev: &CreateCollection) -> Result<Applied, MilvusError> {
         let id = ev.request.collection_id;
         let Some((db, name)) = self.source_location(id).await? else {
             self.set_dropped(id).await;
@@ -211,7 +209,7 @@ impl Catalog {
 
     /// Creates (or replaces) the target collection of `spec` and registers
     /// it. The caller holds `creating`.
-    async fn create(&self, spec: &CollectionSpec) -> Result<Applied, TargetError> {
+    async fn create(&self, spec: &CollectionSpec) -> Result<Applied, MilvusError> {
         // A same-named target collection of another source collection is
         // replaced: that one was dropped on the source (the name is free
         // there), so pipelines still holding its rows must skip them, and
@@ -270,7 +268,7 @@ impl Catalog {
     /// The target collection for rows of source collection `id`, creating it
     /// from the source's description if the target lacks it; `Dropped` if the
     /// source no longer has it.
-    pub async fn resolve(&self, id: i64) -> Result<Entry, TargetError> {
+    pub async fn resolve(&self, id: i64) -> Result<Entry, MilvusError> {
         if let Some(e) = self.known(id).await {
             return Ok(e);
         }
@@ -313,7 +311,7 @@ impl Catalog {
 
     /// Makes sure the target collection of source collection `id` has
     /// `partition` (creation of partitions is not in Milvus 2.3.5's stream).
-    pub async fn ensure_partition(&self, id: i64, partition: &str) -> Result<(), TargetError> {
+    pub async fn ensure_partition(&self, id: i64, partition: &str) -> Result<(), MilvusError> {
         let Some(Entry::Live(live)) = self.known(id).await else {
             return Ok(());
         };
@@ -325,7 +323,7 @@ impl Catalog {
         &self,
         live: &LiveCollection,
         partition: &str,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), MilvusError> {
         if partition.is_empty() || partition == "_default" || live.meta.has_partition_key {
             return Ok(());
         }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::progress::TaskProgress;
-use crate::target::writer::TargetWriter;
+use crate::sink::MilvusSink;
 
 /// Longest wait for one collection's flush to be persisted.
 const FLUSH_WAIT: Duration = Duration::from_secs(60);
@@ -32,8 +32,8 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// Flushes the target and advances a task's durable positions.
 #[derive(Clone)]
 pub(super) struct Durability {
-    /// The task's target writer (knows which collections were written).
-    writer: TargetWriter,
+    /// The task's sink (knows which collections were written).
+    writer: MilvusSink,
     /// The task's progress.
     progress: TaskProgress,
     /// `replicate.flush_interval`; zero: applied positions are durable.
@@ -47,7 +47,7 @@ pub(super) struct Durability {
 impl Durability {
     /// A durability tracker for one run of a task.
     pub(crate) fn new(
-        writer: TargetWriter,
+        writer: MilvusSink,
         progress: TaskProgress,
         interval: Duration,
         errors: Counter,

@@ -138,8 +138,8 @@ impl Sink for ModelSink {
 
     async fn delete(&self, step: &DeleteStep) -> bool {
         let keys: Vec<i64> = match &step.keys {
-            crate::target::writer::PrimaryKeys::Int(v) => v.clone(),
-            crate::target::writer::PrimaryKeys::Str(_) => panic!("int keys only"),
+            crate::sink::PrimaryKeys::Int(v) => v.clone(),
+            crate::sink::PrimaryKeys::Str(_) => panic!("int keys only"),
         };
         self.log
             .lock()

@@ -49,15 +49,16 @@ use self::{
     progress::TaskProgress,
 };
 use crate::{
+    backoff::retry_delays,
     config::{ReplicateConfig, SourceConfig},
     ha::LeaseGuard,
     metrics::{ChannelLabels, ErrorLabels, Metrics, TaskLabels},
+    milvus::MilvusClient,
     source::{
         mq::{MessageQueue, StartAt},
         reader::{ChannelReader, ReadError, ReadErrors},
     },
     store::{now_ms, Checkpoints, StoreError, TaskStore},
-    target::{writer::retry_delays, MilvusTarget},
     task::{service::TaskWorkers, MilvusConnectParam, TaskId, TaskRecord},
 };
 
@@ -322,9 +323,9 @@ fn forget_gauges(inner: &Inner, id: &TaskId, progress: &TaskProgress) {
     });
 }
 
-async fn connect(param: &MilvusConnectParam) -> Result<MilvusTarget, String> {
+async fn connect(param: &MilvusConnectParam) -> Result<MilvusClient, String> {
     let addr = param.validate().map_err(|e| e.to_string())?;
-    MilvusTarget::connect(&addr)
+    MilvusClient::connect(&addr)
         .await
         .map_err(|e| e.to_string())
 }
@@ -518,7 +519,7 @@ async fn run_workers(
     else {
         return Run::Done;
     };
-    let writer = crate::target::writer::TargetWriter::new(target);
+    let writer = crate::sink::MilvusSink::new(target);
     let catalog = Catalog::new(source, writer.clone());
     let workers = cancel.child_token();
     let rewind = CancellationToken::new();
@@ -682,7 +683,7 @@ async fn backlog_end(mq: &Arc<dyn MessageQueue>, channel: &str) -> Option<u64> {
 /// Runs [`reconcile::reconcile_once`] every `interval` while leading.
 async fn reconcile_loop(
     catalog: Catalog,
-    writer: crate::target::writer::TargetWriter,
+    writer: crate::sink::MilvusSink,
     leadership: Leadership,
     interval: Duration,
     cancel: CancellationToken,

@@ -21,14 +21,13 @@ use super::{
     window::{Cut, Windows},
 };
 use crate::{
+    backoff::retry_delays,
     config::ReplicateConfig,
     metrics::{ChannelLabels, Metrics},
+    milvus::MilvusError,
+    sink::{Applied, MilvusSink, TargetCollectionRef},
     source::budget::event_bytes,
     source::event::{Event, EventKind, Position},
-    target::{
-        writer::{retry_delays, Applied, TargetCollectionRef, TargetWriter},
-        TargetError,
-    },
 };
 
 /// Everything a pipeline needs.
@@ -38,7 +37,7 @@ pub struct Pipeline {
     /// Whether this is a DML channel (else the replicate channel).
     pub dml: bool,
     /// Target writer.
-    pub writer: TargetWriter,
+    pub writer: MilvusSink,
     /// Collection catalog of the task.
     pub catalog: Catalog,
     /// Shared progress of the task.
@@ -524,15 +523,15 @@ impl Pipeline {
     /// Checked right before each write is sent (after any look-ups that may
     /// have taken time), so a replica that lost its lease meanwhile sends
     /// nothing.
-    fn still_leading(&self) -> Result<(), TargetError> {
+    fn still_leading(&self) -> Result<(), MilvusError> {
         if self.leadership.guard.is_valid() {
             Ok(())
         } else {
-            Err(TargetError::Fenced)
+            Err(MilvusError::Fenced)
         }
     }
 
-    async fn apply_once(&self, kind: &EventKind) -> Result<Applied, TargetError> {
+    async fn apply_once(&self, kind: &EventKind) -> Result<Applied, MilvusError> {
         self.still_leading()?;
         let w = &self.writer;
         match kind {
@@ -597,7 +596,7 @@ impl Pipeline {
     async fn retry<T, F, Fut>(&self, cancel: &CancellationToken, what: &str, op: F) -> Option<T>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, TargetError>>,
+        Fut: std::future::Future<Output = Result<T, MilvusError>>,
     {
         let mut delays = retry_delays();
         let mut attempt = 0u32;
@@ -614,7 +613,7 @@ impl Pipeline {
             // before its successor's takeover replay.
             let write = async {
                 match self.leadership.guard.write_deadline() {
-                    Some(deadline) => crate::target::with_deadline(deadline, op()).await,
+                    Some(deadline) => crate::milvus::with_deadline(deadline, op()).await,
                     None => op().await,
                 }
             };
@@ -637,19 +636,19 @@ impl Pipeline {
                     // Only the target being away can lose its rows: the
                     // source (the catalog's look-ups) going away does not.
                     unreachable |=
-                        matches!(&e, TargetError::Unreachable { url, .. } if *url == target_url);
+                        matches!(&e, MilvusError::Unreachable { url, .. } if *url == target_url);
                     permanent = if e.is_permanent() { permanent + 1 } else { 0 };
                     let kind = match &e {
-                        TargetError::Unreachable { url, .. } if *url != target_url => {
+                        MilvusError::Unreachable { url, .. } if *url != target_url => {
                             "source_unreachable"
                         }
-                        TargetError::Unreachable { .. } => "target_unreachable",
-                        TargetError::Unauthenticated { .. } => "target_auth",
-                        TargetError::Rejected {
+                        MilvusError::Unreachable { .. } => "target_unreachable",
+                        MilvusError::Unauthenticated { .. } => "target_auth",
+                        MilvusError::Rejected {
                             permanent: true, ..
                         } => "target_permanent",
-                        TargetError::Rejected { .. } => "target_rejected",
-                        TargetError::Fenced => "fenced",
+                        MilvusError::Rejected { .. } => "target_rejected",
+                        MilvusError::Fenced => "fenced",
                     };
                     self.metrics
                         .apply_errors

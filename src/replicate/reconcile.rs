@@ -10,16 +10,10 @@ use std::collections::BTreeSet;
 use tracing::{debug, info};
 
 use super::catalog::Catalog;
-use crate::{
-    proto::milvus as pb,
-    target::{writer::TargetWriter, TargetError},
-};
+use crate::{milvus::MilvusError, proto::milvus as pb, sink::MilvusSink};
 
 /// One pass over every live collection; returns the number of changes made.
-pub async fn reconcile_once(
-    catalog: &Catalog,
-    writer: &TargetWriter,
-) -> Result<usize, TargetError> {
+pub async fn reconcile_once(catalog: &Catalog, writer: &MilvusSink) -> Result<usize, MilvusError> {
     let mut changes = 0;
     for live in catalog.live_collections().await {
         let Some(source) = catalog.describe_source(&live.db, &live.name).await? else {

@@ -26,7 +26,7 @@ use crate::{
         },
     },
     replicate::batch::InsertBatch,
-    target::writer::PrimaryKeys,
+    sink::PrimaryKeys,
 };
 
 /// A row change of a DML channel.

@@ -53,7 +53,7 @@ impl CreateCollection {
         self.schema
             .fields
             .iter()
-            .filter(|f| !crate::target::writer::is_system_field(f))
+            .filter(|f| !crate::milvus::is_system_field(f))
     }
 }
 

@@ -14,12 +14,12 @@ use super::{
 use crate::{
     config::SourceConfig,
     metrics::Metrics,
+    milvus::{MilvusClient, MilvusError},
     source::{
         position::{self, SourcePosition},
         reader::ReadError,
     },
     store::{now_ms, Checkpoint, Checkpoints, StoreError, TaskStore},
-    target::{MilvusTarget, TargetError},
 };
 
 /// Why a task operation failed; [`ServiceError::status`] is its HTTP code.
@@ -29,8 +29,8 @@ pub enum ServiceError {
     #[error("{0}")]
     BadRequest(String),
     /// The target Milvus given at create time cannot be used.
-    #[error(transparent)]
-    Target(#[from] TargetError),
+    #[error("target {0}")]
+    Target(#[from] MilvusError),
     /// The store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -201,7 +201,7 @@ impl TaskService {
         check_collection_infos(&req.collection_infos)?;
         let start = self.start_checkpoints(&req.collection_infos)?;
         let addr = req.milvus_connect_param.validate()?;
-        let target = MilvusTarget::connect(&addr).await?;
+        let target = MilvusClient::connect(&addr).await?;
         // A target that accepts connections but never answers must not hang
         // the request; a busy one gets three times the connect timeout.
         let probe_limit = addr.connect_timeout * 3;
@@ -210,12 +210,13 @@ impl TaskService {
                 r?;
             }
             Err(_) => {
-                return Err(ServiceError::Target(TargetError::Unreachable {
+                return Err(ServiceError::Target(MilvusError::Unreachable {
                     url: addr.url.clone(),
                     message: format!(
                         "no answer to ShowCollections within {}s",
                         probe_limit.as_secs()
                     ),
+                    status: None,
                 }))
             }
         }

@@ -4,18 +4,18 @@ use std::collections::BTreeMap;
 
 use super::{Side, VerifyError};
 use crate::{
+    milvus::{MilvusClient, MilvusError},
     proto::{
         common::{self, ConsistencyLevel, KeyValuePair, LoadState},
         milvus as pb,
         schema::{field_data::Field, scalar_field::Data as Scalar, CollectionSchema, FieldData},
     },
-    target::{MilvusTarget, TargetError},
 };
 
 /// Calls to one side, with errors that say which side and what.
 #[derive(Clone, Copy)]
 pub(super) struct Api<'a> {
-    pub(super) m: &'a MilvusTarget,
+    pub(super) m: &'a MilvusClient,
     pub(super) side: Side,
 }
 
@@ -42,7 +42,7 @@ impl<'a> Api<'a> {
         &self,
         scope: &str,
         call: &'static str,
-    ) -> impl Fn(TargetError) -> VerifyError + 'a {
+    ) -> impl Fn(MilvusError) -> VerifyError + 'a {
         let (side, scope) = (self.side, scope.to_string());
         move |source| VerifyError::Call {
             side,
@@ -177,7 +177,7 @@ impl<'a> Api<'a> {
             .into_inner();
         match self.m.check("DescribeIndex", r.status.as_ref()) {
             Ok(()) => Ok(r.index_descriptions),
-            Err(TargetError::Rejected { code, reason, .. })
+            Err(MilvusError::Rejected { code, reason, .. })
                 if is_index_not_found(code, &reason) =>
             {
                 Ok(Vec::new())

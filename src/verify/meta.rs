@@ -7,12 +7,13 @@ use serde_json::Value;
 
 use super::{api::CollectionMeta, both, presence, rows::short};
 use crate::{
+    milvus::is_system_field,
     proto::{
         common::{ConsistencyLevel, KeyValuePair, LoadState},
         milvus as pb,
         schema::{CollectionSchema, DataType, FieldSchema},
     },
-    target::writer::{is_system_field, SOURCE_ID_PROPERTY},
+    sink::SOURCE_ID_PROPERTY,
 };
 
 /// Compares everything but rows. Pushes differences and notes (without scope).

@@ -13,10 +13,10 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use milvus_cdc::{task::MilvusConnectParam, target::MilvusTarget, verify};
+//! use milvus_cdc::{task::MilvusConnectParam, milvus::MilvusClient, verify};
 //! let addr = |uri: &str| MilvusConnectParam { uri: Some(uri.into()), ..Default::default() }.validate();
-//! let source = MilvusTarget::connect(&addr("http://127.0.0.1:19530")?).await?;
-//! let target = MilvusTarget::connect(&addr("http://127.0.0.1:19540")?).await?;
+//! let source = MilvusClient::connect(&addr("http://127.0.0.1:19530")?).await?;
+//! let target = MilvusClient::connect(&addr("http://127.0.0.1:19540")?).await?;
 //! let report = verify::verify(&source, &target, &verify::VerifyOptions::default()).await?;
 //! assert!(report.differences.is_empty(), "{:?}", report.differences);
 //! # Ok(()) }
@@ -50,8 +50,8 @@ use self::{
     rows::Progress,
 };
 use crate::{
+    milvus::{MilvusClient, MilvusError},
     proto::common::LoadState,
-    target::{MilvusTarget, TargetError},
     task::MilvusConnectParam,
 };
 
@@ -171,15 +171,15 @@ pub enum VerifyError {
         message: String,
     },
     /// A Milvus could not be reached.
-    #[error("cannot connect to the {side} Milvus: {}", plain(.source))]
+    #[error("cannot connect to the {side}: {source}")]
     Connect {
         /// Which side.
         side: Side,
         /// The connection error.
-        source: TargetError,
+        source: MilvusError,
     },
     /// A call failed.
-    #[error("{side} {scope}: {call} failed: {}", plain(.source))]
+    #[error("{side} {scope}: {call} failed: {source}")]
     Call {
         /// Which side.
         side: Side,
@@ -188,7 +188,7 @@ pub enum VerifyError {
         /// The Milvus call.
         call: &'static str,
         /// The error.
-        source: TargetError,
+        source: MilvusError,
     },
     /// A Milvus answered something this tool cannot interpret.
     #[error("{side} {scope}: {message}")]
@@ -200,25 +200,6 @@ pub enum VerifyError {
         /// What was unexpected.
         message: String,
     },
-}
-
-/// A [`TargetError`] without its "target Milvus" wording (the side is
-/// named by the caller).
-fn plain(e: &TargetError) -> String {
-    match e {
-        TargetError::Unreachable { url, message } => format!("{url} is unreachable: {message}"),
-        TargetError::Unauthenticated { url, message } => {
-            format!("{url} rejected the credentials: {message}")
-        }
-        TargetError::Rejected {
-            url,
-            what,
-            code,
-            reason,
-            ..
-        } => format!("{url} answered {what} with error {code}: {reason}"),
-        TargetError::Fenced => e.to_string(),
-    }
 }
 
 /// Runs `milvus-cdc verify`: prints the differences (or the JSON report) on
@@ -270,7 +251,7 @@ async fn connect(
     uri: &str,
     token: &Option<String>,
     timeout: u64,
-) -> Result<MilvusTarget, VerifyError> {
+) -> Result<MilvusClient, VerifyError> {
     let param = MilvusConnectParam {
         uri: Some(uri.to_string()),
         token: token.clone(),
@@ -281,7 +262,7 @@ async fn connect(
         side,
         message: e.to_string(),
     })?;
-    let m = MilvusTarget::connect(&addr)
+    let m = MilvusClient::connect(&addr)
         .await
         .map_err(|source| VerifyError::Connect { side, source })?;
     // Fail early, with a clear message, on refused credentials.
@@ -333,8 +314,8 @@ fn print_text(report: &Report) -> ExitCode {
 
 /// Compares `source` with `target` and reports every difference.
 pub async fn verify(
-    source: &MilvusTarget,
-    target: &MilvusTarget,
+    source: &MilvusClient,
+    target: &MilvusClient,
     opts: &VerifyOptions,
 ) -> Result<Report, VerifyError> {
     let mut v = Verifier {

@@ -1,13 +1,18 @@
-//! The target writer's connection to a Milvus `MilvusService` over tonic:
-//! address, TLS, authentication and timeouts from a task's
-//! `milvus_connect_param`.
+//! A client of one Milvus (`MilvusService` over tonic): address, TLS,
+//! authentication and timeouts from a `milvus_connect_param`, and the
+//! mapping of gRPC and Milvus statuses to [`MilvusError`].
+//!
+//! The one client for every Milvus the agent talks to: the source's
+//! metadata (catalog, reconciler), the target's writes (through
+//! [`crate::sink`]), `milvus-cdc check` and `milvus-cdc verify`. Its errors
+//! name the address, not a role; callers that know the role add it.
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), milvus_cdc::target::TargetError> {
+//! # async fn f() -> Result<(), milvus_cdc::milvus::MilvusError> {
 //! use milvus_cdc::task::MilvusConnectParam;
 //! let param = MilvusConnectParam { uri: Some("http://127.0.0.1:19540".into()), ..Default::default() };
-//! let target = milvus_cdc::target::MilvusTarget::connect(&param.validate().unwrap()).await?;
-//! target.probe().await?; // reachable and credentials accepted
+//! let milvus = milvus_cdc::milvus::MilvusClient::connect(&param.validate().unwrap()).await?;
+//! milvus.probe().await?; // reachable and credentials accepted
 //! # Ok(()) }
 //! ```
 
@@ -22,59 +27,81 @@ use tonic::{
 };
 
 use crate::{
-    proto::{common, milvus as pb, milvus::milvus_service_client::MilvusServiceClient},
+    proto::{common, milvus as pb, milvus::milvus_service_client::MilvusServiceClient, schema},
     task::params::{Credentials, TargetAddress},
 };
 
 /// Per-request deadline for calls to a Milvus.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why the target Milvus cannot be used.
+/// Why a Milvus cannot be used. The messages name the address, not the
+/// role (source or target): the caller adds that.
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum MilvusError {
     /// No connection within the connect timeout, or the transport failed.
-    #[error("target Milvus {url} is unreachable: {message}")]
+    #[error("Milvus {url} is unreachable: {message}")]
     Unreachable {
         /// The address tried.
         url: String,
         /// What failed.
         message: String,
+        /// The gRPC status, when a call failed (not when connecting).
+        #[source]
+        status: Option<Box<Status>>,
     },
-    /// The target refused the credentials.
-    #[error("target Milvus {url} rejected the credentials: {message}")]
+    /// The Milvus refused the credentials.
+    #[error("Milvus {url} rejected the credentials: {message}")]
     Unauthenticated {
         /// The address tried.
         url: String,
         /// The server's reason.
         message: String,
+        /// The gRPC status, when the refusal was one (not a Milvus status
+        /// in a response body).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// This replica may no longer write (its lease guard expired); nothing
     /// was sent.
     #[error("not the leader any more: write not sent")]
     Fenced,
-    /// The target answered with an error status.
-    #[error("target Milvus {url} answered {what} with error {code}: {reason}")]
+    /// The Milvus answered with an error status.
+    #[error("Milvus {url} answered {what} with error {code}: {reason}")]
     Rejected {
         /// The address tried.
         url: String,
         /// The call.
         what: &'static str,
-        /// Milvus error code.
+        /// Milvus error code (the gRPC code when `status` is set).
         code: i32,
         /// Milvus reason text.
         reason: String,
         /// Retrying cannot help (an invalid argument, a schema mismatch):
-        /// the request itself is wrong for this target.
+        /// the request itself is wrong for this Milvus.
         permanent: bool,
+        /// The gRPC status, when the call failed as one (not a Milvus
+        /// status in a response body).
+        #[source]
+        status: Option<Box<Status>>,
     },
 }
 
-impl TargetError {
+impl MilvusError {
+    /// The gRPC status the error came from, if a call failed as one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            MilvusError::Unreachable { status, .. }
+            | MilvusError::Unauthenticated { status, .. }
+            | MilvusError::Rejected { status, .. } => status.as_deref(),
+            MilvusError::Fenced => None,
+        }
+    }
+
     /// Whether retrying the same request cannot succeed.
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            TargetError::Rejected {
+            MilvusError::Rejected {
                 permanent: true,
                 ..
             }
@@ -141,22 +168,23 @@ impl Interceptor for AuthInterceptor {
     }
 }
 
-/// A generated Milvus client with authentication.
-pub type MilvusClient = MilvusServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+/// The generated Milvus client with authentication.
+pub type ServiceClient = MilvusServiceClient<InterceptedService<Channel, AuthInterceptor>>;
 
-/// A connection to one Milvus.
+/// A connection to one Milvus (source or target).
 #[derive(Clone)]
-pub struct MilvusTarget {
-    client: MilvusClient,
+pub struct MilvusClient {
+    client: ServiceClient,
     url: String,
 }
 
-impl MilvusTarget {
+impl MilvusClient {
     /// Connects to `addr` within its connect timeout.
-    pub async fn connect(addr: &TargetAddress) -> Result<Self, TargetError> {
-        let unreachable = |message: String| TargetError::Unreachable {
+    pub async fn connect(addr: &TargetAddress) -> Result<Self, MilvusError> {
+        let unreachable = |message: String| MilvusError::Unreachable {
             url: addr.url.clone(),
             message,
+            status: None,
         };
         let mut endpoint = Endpoint::from_shared(addr.url.clone())
             .map_err(|e| unreachable(e.to_string()))?
@@ -191,7 +219,7 @@ impl MilvusTarget {
     }
 
     /// The generated client, for calls this type does not wrap.
-    pub fn client(&self) -> MilvusClient {
+    pub fn client(&self) -> ServiceClient {
         self.client.clone()
     }
 
@@ -202,7 +230,7 @@ impl MilvusTarget {
 
     /// Checks that the target answers and accepts the credentials by listing
     /// its collections. Returns their names.
-    pub async fn probe(&self) -> Result<Vec<String>, TargetError> {
+    pub async fn probe(&self) -> Result<Vec<String>, MilvusError> {
         let resp = self
             .client()
             .show_collections(pb::ShowCollectionsRequest::default())
@@ -214,7 +242,7 @@ impl MilvusTarget {
     }
 
     /// The target's version string (`GetVersion`).
-    pub async fn version(&self) -> Result<String, TargetError> {
+    pub async fn version(&self) -> Result<String, MilvusError> {
         let resp = self
             .client()
             .get_version(pb::GetVersionRequest::default())
@@ -226,7 +254,7 @@ impl MilvusTarget {
     }
 
     /// Names of the databases.
-    pub async fn list_databases(&self) -> Result<Vec<String>, TargetError> {
+    pub async fn list_databases(&self) -> Result<Vec<String>, MilvusError> {
         let resp = self
             .client()
             .list_databases(pb::ListDatabasesRequest::default())
@@ -239,7 +267,7 @@ impl MilvusTarget {
 
     /// `(collection id, name)` of every collection in `db`; empty if the
     /// database is gone.
-    pub async fn show_collections(&self, db: &str) -> Result<Vec<(i64, String)>, TargetError> {
+    pub async fn show_collections(&self, db: &str) -> Result<Vec<(i64, String)>, MilvusError> {
         let resp = self
             .client()
             .show_collections(pb::ShowCollectionsRequest {
@@ -252,7 +280,7 @@ impl MilvusTarget {
         match self.check("ShowCollections", resp.status.as_ref()) {
             Ok(()) => {}
             // 800: database not found (dropped meanwhile).
-            Err(TargetError::Rejected { code: 800, .. }) => return Ok(Vec::new()),
+            Err(MilvusError::Rejected { code: 800, .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         }
         Ok(resp
@@ -267,7 +295,7 @@ impl MilvusTarget {
         &self,
         db: &str,
         name: &str,
-    ) -> Result<Option<pb::DescribeCollectionResponse>, TargetError> {
+    ) -> Result<Option<pb::DescribeCollectionResponse>, MilvusError> {
         let resp = self
             .client()
             .describe_collection(pb::DescribeCollectionRequest {
@@ -281,7 +309,7 @@ impl MilvusTarget {
         match self.check("DescribeCollection", resp.status.as_ref()) {
             Ok(()) => Ok(Some(resp)),
             // 100: collection not found (also when dropped meanwhile).
-            Err(TargetError::Rejected { code: 100, .. }) => Ok(None),
+            Err(MilvusError::Rejected { code: 100, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -291,7 +319,7 @@ impl MilvusTarget {
         &self,
         db: &str,
         name: &str,
-    ) -> Result<Option<Vec<String>>, TargetError> {
+    ) -> Result<Option<Vec<String>>, MilvusError> {
         let resp = self
             .client()
             .show_partitions(pb::ShowPartitionsRequest {
@@ -314,53 +342,60 @@ impl MilvusTarget {
         &self,
         what: &'static str,
         status: Option<&common::Status>,
-    ) -> Result<bool, TargetError> {
+    ) -> Result<bool, MilvusError> {
         match self.check(what, status) {
             Ok(()) => Ok(false),
-            Err(TargetError::Rejected {
+            Err(MilvusError::Rejected {
                 code: 100 | 800, ..
             }) => Ok(true),
             Err(e) => Err(e),
         }
     }
 
-    /// Maps a gRPC status to a [`TargetError`].
-    pub fn status_error(&self, s: Status) -> TargetError {
-        let rejected = |permanent: bool| TargetError::Rejected {
-            url: self.url.clone(),
-            what: "a call",
-            code: s.code() as i32,
-            reason: format!("gRPC {:?}: {}", s.code(), s.message()),
-            permanent,
-        };
+    /// Maps a gRPC status to a [`MilvusError`], which keeps it as its
+    /// source.
+    pub fn status_error(&self, s: Status) -> MilvusError {
+        let url = self.url.clone();
         match s.code() {
-            Code::Unauthenticated | Code::PermissionDenied => TargetError::Unauthenticated {
-                url: self.url.clone(),
+            Code::Unauthenticated | Code::PermissionDenied => MilvusError::Unauthenticated {
+                url,
                 message: s.message().to_string(),
+                status: Some(Box::new(s)),
             },
-            // The connection is gone or never came: the target may have
+            // The connection is gone or never came: the Milvus may have
             // restarted (and lost unflushed rows). (A call that ran out of
             // time is `Cancelled` or `DeadlineExceeded`: slow, not away.)
-            Code::Unavailable | Code::Unknown => TargetError::Unreachable {
-                url: self.url.clone(),
+            Code::Unavailable | Code::Unknown => MilvusError::Unreachable {
+                url,
                 message: format!("{:?}: {}", s.code(), s.message()),
+                status: Some(Box::new(s)),
             },
-            Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::Unimplemented
-            | Code::DataLoss => rejected(true),
-            // Slow, overloaded or rate-limited: retried, no rewind.
-            _ => rejected(false),
+            code => MilvusError::Rejected {
+                url,
+                what: "a call",
+                code: code as i32,
+                reason: format!("gRPC {:?}: {}", code, s.message()),
+                permanent: matches!(
+                    code,
+                    Code::InvalidArgument
+                        | Code::FailedPrecondition
+                        | Code::OutOfRange
+                        | Code::Unimplemented
+                        | Code::DataLoss
+                ),
+                // Slow, overloaded or rate-limited (not permanent): retried,
+                // no rewind.
+                status: Some(Box::new(s)),
+            },
         }
     }
 
-    /// Maps a Milvus status in a response body to a [`TargetError`].
+    /// Maps a Milvus status in a response body to a [`MilvusError`].
     pub fn check(
         &self,
         what: &'static str,
         status: Option<&common::Status>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), MilvusError> {
         let Some(st) = status else {
             return Ok(());
         };
@@ -372,20 +407,27 @@ impl MilvusTarget {
         // 1800 is Milvus 2.3's "privilege not permitted / auth failed" code.
         let auth_failure = legacy == common::ErrorCode::PermissionDenied as i32 || st.code == 1800;
         if auth_failure {
-            return Err(TargetError::Unauthenticated {
+            return Err(MilvusError::Unauthenticated {
                 url: self.url.clone(),
                 message: st.reason.clone(),
+                status: None,
             });
         }
-        Err(TargetError::Rejected {
+        Err(MilvusError::Rejected {
             url: self.url.clone(),
             what,
             code: if st.code != 0 { st.code } else { legacy },
             reason: st.reason.clone(),
             permanent: st.code == MILVUS_PARAMETER_INVALID
                 || legacy == common::ErrorCode::IllegalArgument as i32,
+            status: None,
         })
     }
+}
+
+/// Milvus's own `RowID` and `Timestamp` fields (ids below 100).
+pub fn is_system_field(f: &schema::FieldSchema) -> bool {
+    f.field_id < 100 && (f.name == "RowID" || f.name == "Timestamp")
 }
 
 /// The error and its causes, joined, so a transport error says why.
@@ -399,13 +441,40 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
-pub mod writer;
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[tokio::test]
+    async fn grpc_errors_keep_the_status_and_name_no_role() {
+        let url = "http://127.0.0.1:1";
+        let channel = Endpoint::from_static(url).connect_lazy();
+        let milvus = MilvusClient {
+            client: MilvusServiceClient::with_interceptor(
+                channel,
+                AuthInterceptor::new(&Credentials::None),
+            ),
+            url: url.into(),
+        };
+        let e = milvus.status_error(Status::unavailable("gone"));
+        assert_eq!(
+            e.to_string(),
+            "Milvus http://127.0.0.1:1 is unreachable: Unavailable: gone"
+        );
+        assert_eq!(e.status().map(Status::code), Some(Code::Unavailable));
+        assert!(std::error::Error::source(&e).is_some());
+        let e = milvus.status_error(Status::invalid_argument("bad"));
+        assert!(e.is_permanent());
+        assert_eq!(e.status().map(Status::message), Some("bad"));
+        let e = milvus.status_error(Status::resource_exhausted("slow down"));
+        assert!(!e.is_permanent());
+        assert!(matches!(
+            milvus.status_error(Status::permission_denied("no")),
+            MilvusError::Unauthenticated { .. }
+        ));
+    }
 
     #[tokio::test]
     async fn calls_inside_a_deadline_carry_it() {

@@ -1,4 +1,4 @@
-//! The target writer: applies replicated changes to the target Milvus so that
+//! The sink: applies replicated changes to the target Milvus so that
 //! applying any change twice leaves the target as applying it once.
 //!
 //! How each change is made idempotent:
@@ -20,7 +20,7 @@ use std::{
 
 use tonic::Status;
 
-use super::{MilvusTarget, TargetError};
+use crate::milvus::{is_system_field, MilvusClient, MilvusError};
 use crate::proto::{
     common::{self, KeyValuePair},
     milvus as pb,
@@ -104,11 +104,6 @@ pub fn target_schema(source: &CollectionSchema) -> CollectionSchema {
     }
 }
 
-/// Milvus's own `RowID` and `Timestamp` fields (ids below 100).
-pub fn is_system_field(f: &schema::FieldSchema) -> bool {
-    f.field_id < 100 && (f.name == "RowID" || f.name == "Timestamp")
-}
-
 fn kv(key: &str, value: &str) -> KeyValuePair {
     KeyValuePair {
         key: key.to_string(),
@@ -118,8 +113,8 @@ fn kv(key: &str, value: &str) -> KeyValuePair {
 
 /// Applies changes to one target Milvus.
 #[derive(Clone)]
-pub struct TargetWriter {
-    target: MilvusTarget,
+pub struct MilvusSink {
+    target: MilvusClient,
     /// Collections written since their last flush: `(database, name)` →
     /// write generation (a flush forgets an entry only if no write came
     /// after the flush started).
@@ -148,9 +143,9 @@ fn status_failed(st: Option<&common::Status>) -> Option<(i32, String)> {
     }
 }
 
-impl TargetWriter {
+impl MilvusSink {
     /// A writer over `target`.
-    pub fn new(target: MilvusTarget) -> Self {
+    pub fn new(target: MilvusClient) -> Self {
         Self {
             target,
             unflushed: Arc::default(),
@@ -174,15 +169,15 @@ impl TargetWriter {
     }
 
     /// The connection.
-    pub fn target(&self) -> &MilvusTarget {
+    pub fn target(&self) -> &MilvusClient {
         &self.target
     }
 
-    fn grpc(&self, s: Status) -> TargetError {
+    fn grpc(&self, s: Status) -> MilvusError {
         self.target.status_error(s)
     }
 
-    fn check(&self, what: &'static str, st: Option<&common::Status>) -> Result<(), TargetError> {
+    fn check(&self, what: &'static str, st: Option<&common::Status>) -> Result<(), MilvusError> {
         self.target.check(what, st)
     }
 
@@ -191,7 +186,7 @@ impl TargetWriter {
         &self,
         db: &str,
         name: &str,
-    ) -> Result<Option<TargetCollection>, TargetError> {
+    ) -> Result<Option<TargetCollection>, MilvusError> {
         let has = self
             .target
             .client()
@@ -238,7 +233,7 @@ impl TargetWriter {
     pub async fn find_by_source_id(
         &self,
         source_id: i64,
-    ) -> Result<Option<(String, String)>, TargetError> {
+    ) -> Result<Option<(String, String)>, MilvusError> {
         for db in self.target.list_databases().await? {
             for (_, name) in self.target.show_collections(&db).await? {
                 if let Some(c) = self.describe(&db, &name).await? {
@@ -252,7 +247,7 @@ impl TargetWriter {
     }
 
     /// Aliases of a target collection (empty if it does not exist).
-    pub async fn aliases(&self, db: &str, name: &str) -> Result<Vec<String>, TargetError> {
+    pub async fn aliases(&self, db: &str, name: &str) -> Result<Vec<String>, MilvusError> {
         Ok(self
             .target
             .describe_collection(db, name)
@@ -262,7 +257,7 @@ impl TargetWriter {
     }
 
     /// Creates the database if it does not exist ("" and "default" always exist).
-    pub async fn ensure_database(&self, db: &str) -> Result<Applied, TargetError> {
+    pub async fn ensure_database(&self, db: &str) -> Result<Applied, MilvusError> {
         if db.is_empty() || db == "default" {
             return Ok(Applied::AlreadyThere);
         }
@@ -289,7 +284,7 @@ impl TargetWriter {
     }
 
     /// Drops a database if it exists.
-    pub async fn drop_database(&self, db: &str) -> Result<Applied, TargetError> {
+    pub async fn drop_database(&self, db: &str) -> Result<Applied, MilvusError> {
         if db.is_empty() || db == "default" {
             return Ok(Applied::Skipped(
                 "the default database is never dropped".into(),
@@ -315,7 +310,7 @@ impl TargetWriter {
     /// Creates the collection unless the target has it already (with the same
     /// source id). A same-named collection from an older source collection is
     /// dropped first: the source dropped it before reusing the name.
-    pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<Applied, TargetError> {
+    pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<Applied, MilvusError> {
         self.ensure_database(&spec.db).await?;
         if let Some(existing) = self.describe(&spec.db, &spec.name).await? {
             if existing.source_id == Some(spec.source_id) || existing.source_id.is_none() {
@@ -364,7 +359,7 @@ impl TargetWriter {
         Ok(Applied::Done)
     }
 
-    async fn drop_collection_raw(&self, db: &str, name: &str) -> Result<(), TargetError> {
+    async fn drop_collection_raw(&self, db: &str, name: &str) -> Result<(), MilvusError> {
         let st = self
             .target
             .client()
@@ -389,7 +384,7 @@ impl TargetWriter {
         db: &str,
         name: &str,
         source_id: i64,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         match self.describe(db, name).await? {
             None => Ok(Applied::AlreadyThere),
             Some(c) if c.source_id.is_some_and(|id| id != source_id) => Ok(Applied::Skipped(
@@ -406,10 +401,10 @@ impl TargetWriter {
         &self,
         db: &str,
         collection: &str,
-    ) -> Result<Option<Vec<String>>, TargetError> {
+    ) -> Result<Option<Vec<String>>, MilvusError> {
         match self.target.show_partitions(db, collection).await {
             // Whatever the error code, a collection that is gone has none.
-            Err(TargetError::Rejected { .. }) if self.describe(db, collection).await?.is_none() => {
+            Err(MilvusError::Rejected { .. }) if self.describe(db, collection).await?.is_none() => {
                 Ok(None)
             }
             other => other,
@@ -422,7 +417,7 @@ impl TargetWriter {
         db: &str,
         collection: &str,
         partition: &str,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         match self.partitions(db, collection).await? {
             None => return Ok(Applied::Skipped(format!("collection {collection} is gone"))),
             Some(p) if p.iter().any(|n| n == partition) => return Ok(Applied::AlreadyThere),
@@ -450,7 +445,7 @@ impl TargetWriter {
         db: &str,
         collection: &str,
         partition: &str,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         match self.partitions(db, collection).await? {
             Some(p) if p.iter().any(|n| n == partition) => {}
             _ => return Ok(Applied::AlreadyThere),
@@ -489,7 +484,7 @@ impl TargetWriter {
         partition: &str,
         fields_data: Vec<FieldData>,
         num_rows: u32,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         let partition_name = if collection.meta.has_partition_key || partition == "_default" {
             String::new()
         } else {
@@ -522,7 +517,7 @@ impl TargetWriter {
         collection: &TargetCollectionRef<'_>,
         partition: &str,
         keys: &PrimaryKeys,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         let partition_name = if collection.meta.has_partition_key {
             String::new()
         } else {
@@ -549,7 +544,7 @@ impl TargetWriter {
     }
 
     /// Creates an index unless one with the same name exists on the field.
-    pub async fn create_index(&self, req: pb::CreateIndexRequest) -> Result<Applied, TargetError> {
+    pub async fn create_index(&self, req: pb::CreateIndexRequest) -> Result<Applied, MilvusError> {
         if self
             .describe(&req.db_name, &req.collection_name)
             .await?
@@ -585,7 +580,7 @@ impl TargetWriter {
         &self,
         db: &str,
         collection: &str,
-    ) -> Result<Vec<(String, String)>, TargetError> {
+    ) -> Result<Vec<(String, String)>, MilvusError> {
         let resp = self
             .target
             .client()
@@ -610,7 +605,7 @@ impl TargetWriter {
 
     /// Drops an index if it exists (releasing the collection is the user's
     /// job on the source, and arrives as its own event).
-    pub async fn drop_index(&self, req: pb::DropIndexRequest) -> Result<Applied, TargetError> {
+    pub async fn drop_index(&self, req: pb::DropIndexRequest) -> Result<Applied, MilvusError> {
         let exists = self
             .index_names(&req.db_name, &req.collection_name)
             .await?
@@ -658,7 +653,7 @@ impl TargetWriter {
     pub async fn load_collection(
         &self,
         req: pb::LoadCollectionRequest,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         if self
             .describe(&req.db_name, &req.collection_name)
             .await?
@@ -691,7 +686,7 @@ impl TargetWriter {
     pub async fn release_collection(
         &self,
         req: pb::ReleaseCollectionRequest,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         if self
             .describe(&req.db_name, &req.collection_name)
             .await?
@@ -714,7 +709,7 @@ impl TargetWriter {
     pub async fn load_partitions(
         &self,
         req: pb::LoadPartitionsRequest,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         if self
             .describe(&req.db_name, &req.collection_name)
             .await?
@@ -747,7 +742,7 @@ impl TargetWriter {
     pub async fn release_partitions(
         &self,
         req: pb::ReleasePartitionsRequest,
-    ) -> Result<Applied, TargetError> {
+    ) -> Result<Applied, MilvusError> {
         if self
             .describe(&req.db_name, &req.collection_name)
             .await?
@@ -767,7 +762,7 @@ impl TargetWriter {
     }
 
     /// Flushes the collections that still exist.
-    pub async fn flush(&self, req: pb::FlushRequest) -> Result<Applied, TargetError> {
+    pub async fn flush(&self, req: pb::FlushRequest) -> Result<Applied, MilvusError> {
         let mut names = Vec::new();
         for c in &req.collection_names {
             if self.describe(&req.db_name, c).await?.is_some() {
@@ -798,7 +793,7 @@ impl TargetWriter {
     /// killed Milvus 2.3.5 can lose are unflushed ("growing") ones:
     /// positions applied before this returns `Ok` are safe to checkpoint.
     /// On error the collections not flushed stay marked for the next call.
-    pub async fn flush_written(&self, wait: Duration) -> Result<usize, TargetError> {
+    pub async fn flush_written(&self, wait: Duration) -> Result<usize, MilvusError> {
         let pending: Vec<((String, String), u64)> = self
             .unflushed()
             .written
@@ -818,7 +813,7 @@ impl TargetWriter {
 
     /// Flushes one collection and waits for it; a collection that is gone
     /// has nothing to lose.
-    async fn flush_one(&self, db: &str, name: &str, wait: Duration) -> Result<(), TargetError> {
+    async fn flush_one(&self, db: &str, name: &str, wait: Duration) -> Result<(), MilvusError> {
         let resp = self
             .target
             .client()
@@ -863,9 +858,10 @@ impl TargetWriter {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(TargetError::Unreachable {
+                return Err(MilvusError::Unreachable {
                     url: self.target.url().to_string(),
                     message: format!("flush of {db}.{name} not persisted within {wait:?}"),
+                    status: None,
                 });
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -873,7 +869,7 @@ impl TargetWriter {
     }
 
     /// Creates an alias, or moves it if it exists.
-    pub async fn create_alias(&self, req: pb::CreateAliasRequest) -> Result<Applied, TargetError> {
+    pub async fn create_alias(&self, req: pb::CreateAliasRequest) -> Result<Applied, MilvusError> {
         let st = self
             .target
             .client()
@@ -897,7 +893,7 @@ impl TargetWriter {
     }
 
     /// Drops an alias (a missing alias is fine).
-    pub async fn drop_alias(&self, req: pb::DropAliasRequest) -> Result<Applied, TargetError> {
+    pub async fn drop_alias(&self, req: pb::DropAliasRequest) -> Result<Applied, MilvusError> {
         let st = self
             .target
             .client()
@@ -912,7 +908,7 @@ impl TargetWriter {
     }
 
     /// Points an alias at another collection.
-    pub async fn alter_alias(&self, req: pb::AlterAliasRequest) -> Result<Applied, TargetError> {
+    pub async fn alter_alias(&self, req: pb::AlterAliasRequest) -> Result<Applied, MilvusError> {
         let st = self
             .target
             .client()
@@ -1015,17 +1011,6 @@ fn quote(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// Backoff between retries of a failed write: 200 ms doubling to 10 s.
-pub fn retry_delays() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder as _;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 #[cfg(test)]
