@@ -1,0 +1,233 @@
+//! Databases, collections and partitions: created only when missing,
+//! dropped only when present (and, for a collection, only the one created
+//! from the same source collection).
+
+use super::{
+    kv, status_failed, target_schema, Applied, CollectionSpec, MilvusSink, SOURCE_ID_PROPERTY,
+};
+use crate::{
+    milvus::MilvusError,
+    proto::{common::KeyValuePair, milvus as pb},
+};
+
+impl MilvusSink {
+    /// Creates the database if it does not exist ("" and "default" always exist).
+    pub async fn ensure_database(&self, db: &str) -> Result<Applied, MilvusError> {
+        if db.is_empty() || db == "default" {
+            return Ok(Applied::AlreadyThere);
+        }
+        if self.target.list_databases().await?.iter().any(|d| d == db) {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .create_database(pb::CreateDatabaseRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some()
+            && self.target.list_databases().await?.iter().any(|d| d == db)
+        {
+            return Ok(Applied::AlreadyThere);
+        }
+        self.check("CreateDatabase", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Drops a database if it exists.
+    pub async fn drop_database(&self, db: &str) -> Result<Applied, MilvusError> {
+        if db.is_empty() || db == "default" {
+            return Ok(Applied::Skipped(
+                "the default database is never dropped".into(),
+            ));
+        }
+        if !self.target.list_databases().await?.iter().any(|d| d == db) {
+            return Ok(Applied::AlreadyThere);
+        }
+        let st = self
+            .target
+            .client()
+            .drop_database(pb::DropDatabaseRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("DropDatabase", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Creates the collection unless the target has it already (with the same
+    /// source id). A same-named collection from an older source collection is
+    /// dropped first: the source dropped it before reusing the name.
+    pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<Applied, MilvusError> {
+        self.ensure_database(&spec.db).await?;
+        if let Some(existing) = self.describe(&spec.db, &spec.name).await? {
+            if existing.source_id == Some(spec.source_id) || existing.source_id.is_none() {
+                return Ok(Applied::AlreadyThere);
+            }
+            self.drop_collection_raw(&spec.db, &spec.name).await?;
+        }
+        let schema = target_schema(&spec.schema);
+        let mut properties: Vec<KeyValuePair> = spec
+            .properties
+            .iter()
+            .filter(|p| p.key != SOURCE_ID_PROPERTY)
+            .cloned()
+            .collect();
+        properties.push(kv(SOURCE_ID_PROPERTY, &spec.source_id.to_string()));
+        let has_partition_key = schema.fields.iter().any(|f| f.is_partition_key);
+        let st = self
+            .target
+            .client()
+            .create_collection(pb::CreateCollectionRequest {
+                db_name: spec.db.clone(),
+                collection_name: spec.name.clone(),
+                schema: prost::Message::encode_to_vec(&schema),
+                shards_num: spec.shards_num.max(1),
+                consistency_level: spec.consistency_level,
+                properties,
+                num_partitions: if has_partition_key {
+                    spec.num_partitions
+                } else {
+                    0
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some() {
+            // Another pipeline of the same task may have created it meanwhile.
+            if let Some(now) = self.describe(&spec.db, &spec.name).await? {
+                if now.source_id == Some(spec.source_id) {
+                    return Ok(Applied::AlreadyThere);
+                }
+            }
+        }
+        self.check("CreateCollection", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    async fn drop_collection_raw(&self, db: &str, name: &str) -> Result<(), MilvusError> {
+        let st = self
+            .target
+            .client()
+            .drop_collection(pb::DropCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some() && self.describe(db, name).await?.is_none() {
+            return Ok(());
+        }
+        self.check("DropCollection", Some(&st))
+    }
+
+    /// Drops the collection if the target's one is the source collection
+    /// `source_id` (a newer collection with the same name is left alone).
+    pub async fn drop_collection(
+        &self,
+        db: &str,
+        name: &str,
+        source_id: i64,
+    ) -> Result<Applied, MilvusError> {
+        match self.describe(db, name).await? {
+            None => Ok(Applied::AlreadyThere),
+            Some(c) if c.source_id.is_some_and(|id| id != source_id) => Ok(Applied::Skipped(
+                format!("target collection {name} belongs to a newer source collection"),
+            )),
+            Some(_) => {
+                self.drop_collection_raw(db, name).await?;
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    async fn partitions(
+        &self,
+        db: &str,
+        collection: &str,
+    ) -> Result<Option<Vec<String>>, MilvusError> {
+        match self.target.show_partitions(db, collection).await {
+            // Whatever the error code, a collection that is gone has none.
+            Err(MilvusError::Rejected { .. }) if self.describe(db, collection).await?.is_none() => {
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Creates a partition unless it exists.
+    pub async fn create_partition(
+        &self,
+        db: &str,
+        collection: &str,
+        partition: &str,
+    ) -> Result<Applied, MilvusError> {
+        match self.partitions(db, collection).await? {
+            None => return Ok(Applied::Skipped(format!("collection {collection} is gone"))),
+            Some(p) if p.iter().any(|n| n == partition) => return Ok(Applied::AlreadyThere),
+            Some(_) => {}
+        }
+        let st = self
+            .target
+            .client()
+            .create_partition(pb::CreatePartitionRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                partition_name: partition.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("CreatePartition", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
+    /// Drops a partition if it exists (releasing it first, as Milvus requires).
+    pub async fn drop_partition(
+        &self,
+        db: &str,
+        collection: &str,
+        partition: &str,
+    ) -> Result<Applied, MilvusError> {
+        match self.partitions(db, collection).await? {
+            Some(p) if p.iter().any(|n| n == partition) => {}
+            _ => return Ok(Applied::AlreadyThere),
+        }
+        let _ = self
+            .target
+            .client()
+            .release_partitions(pb::ReleasePartitionsRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                partition_names: vec![partition.to_string()],
+                ..Default::default()
+            })
+            .await;
+        let st = self
+            .target
+            .client()
+            .drop_partition(pb::DropPartitionRequest {
+                db_name: db.to_string(),
+                collection_name: collection.to_string(),
+                partition_name: partition.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("DropPartition", Some(&st))?;
+        Ok(Applied::Done)
+    }
+}
