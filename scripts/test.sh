@@ -52,15 +52,18 @@ unit() {
 }
 
 # The queue-dependent tests, run again with a Kafka source: replication,
+# source outages, broker faults (test_kafka_faults),
 # concurrent writers, positions, the source reader and high availability.
 # (The task API, bad input and CLI tests do not depend on the queue.)
 # (In the natsmq suite's order: the source restart of the reader tests last.)
 KAFKA_TESTS=(tests/e2e/test_concurrent_writers.py tests/e2e/test_ha.py
-  tests/e2e/test_positions.py tests/e2e/test_replication.py tests/e2e/test_source_reader.py)
+  tests/e2e/test_positions.py tests/e2e/test_replication.py tests/e2e/test_source_health.py
+  tests/e2e/test_source_reader.py tests/e2e/test_kafka_faults.py)
 # The same queue-dependent part with a Pulsar source (pulsar-lite behind
 # scripts/pulsar_shim.py); kept to this list so that CI stays within its time.
 PULSAR_TESTS=(tests/e2e/test_concurrent_writers.py tests/e2e/test_ha.py
-  tests/e2e/test_positions.py tests/e2e/test_replication.py tests/e2e/test_source_reader.py)
+  tests/e2e/test_positions.py tests/e2e/test_replication.py tests/e2e/test_source_health.py
+  tests/e2e/test_source_reader.py)
 
 build() {
   scripts/setup.sh
