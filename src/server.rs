@@ -78,7 +78,6 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let stop_probe = CancellationToken::new();
     let source_health = crate::source::health::spawn_probe(
         mq.clone(),
-        cfg.source.channel_prefix.clone(),
         SOURCE_PROBE_INTERVAL,
         metrics.clone(),
         stop_probe.clone(),

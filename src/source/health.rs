@@ -63,11 +63,10 @@ impl SourceHealth {
     }
 }
 
-/// Probes `mq` every `interval` (listing the channels under `prefix`, each
-/// probe bounded by `interval`) until `cancel` fires; logs each change.
+/// Probes `mq` every `interval` ([`MessageQueue::probe`], bounded by
+/// `interval`) until `cancel` fires; logs each change.
 pub fn spawn_probe(
     mq: Arc<dyn MessageQueue>,
-    prefix: String,
     interval: Duration,
     metrics: Metrics,
     cancel: CancellationToken,
@@ -81,7 +80,7 @@ pub fn spawn_probe(
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let result = match tokio::time::timeout(interval, mq.channels(&prefix)).await {
+            let result = match tokio::time::timeout(interval, mq.probe()).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e.message),
                 Err(_) => Err(format!(

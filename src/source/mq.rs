@@ -72,6 +72,12 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Names of existing channels starting with `prefix`, sorted.
     fn channels(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, MqError>>;
 
+    /// One cheap round trip that proves the queue answers (the health
+    /// probe); by default, a channel list.
+    fn probe(&self) -> BoxFuture<'_, Result<(), MqError>> {
+        Box::pin(async move { self.channels("").await.map(|_| ()) })
+    }
+
     /// Whether consecutive messages of a channel have consecutive sequences
     /// (natsmq stream sequences, Kafka offsets), so that a hole in the
     /// sequences means lost messages. Pulsar message ids jump between

@@ -7,12 +7,17 @@
 //! *non-durable* consumer (an exclusive, non-durable subscription with a
 //! random name and a start message id, what Pulsar's readers are). The
 //! broker forgets it when it closes; the agent acknowledges nothing, so the
-//! checkpoint in etcd is the only truth. Topics are not created: a topic is looked up in
-//! the namespace's topic list before any reader is made (Pulsar creates a
-//! topic on first use when `allowAutoTopicCreation` is on). A broker that
-//! does not answer the topic list (pulsar-lite) is remembered as such: then
-//! topics are assumed to exist and [`MessageQueue::channels`] answers with
-//! the configured channels.
+//! checkpoint in etcd is the only truth.
+//!
+//! Nothing but the topics' own commands is used on the hot path: a reader is
+//! subscribed straight to its topic (a broker with `allowAutoTopicCreation`
+//! creates a missing DML topic then, empty, as Milvus itself would with its
+//! first message; one without answers "topic not found", which is an empty
+//! channel). The namespace's topic list is asked only by
+//! [`MessageQueue::channels`] (CLI, `check`), on a connection of its own, so
+//! that a broker that never answers it (pulsar-lite) cannot stall the
+//! readers' connection; such a broker is remembered, and the configured
+//! channels are answered instead. The health probe is a topic lookup.
 //!
 //! Sequences: a Pulsar message id is `(ledger, entry, batch index)`, ordered
 //! lexicographically. The agent packs it into one `u64` that keeps the
@@ -49,6 +54,10 @@ const BATCH_BITS: u32 = 10;
 /// Messages a reader asks the broker for at once (Milvus's inserts can be
 /// several MB each: this bounds a reader's buffer).
 const RECEIVER_QUEUE: u32 = 32;
+/// Longest wait for a topic list (a broker answers it at once, or never).
+const LIST_WAIT: Duration = Duration::from_secs(2);
+/// How errors say that a topic does not exist.
+const TOPIC_NOT_FOUND: &str = "topic not found";
 /// Longest wait for the oldest message of a topic in [`MessageQueue::info`].
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
 
@@ -212,6 +221,26 @@ fn is_permanent(e: &PulsarError) -> bool {
     }
 }
 
+/// Whether `e` says the topic does not exist (a broker without automatic
+/// topic creation).
+fn is_topic_not_found(e: &PulsarError) -> bool {
+    let conn = |c: &ConnectionError| {
+        matches!(
+            c,
+            ConnectionError::PulsarError(Some(ServerError::TopicNotFound), _)
+        )
+    };
+    match e {
+        PulsarError::Connection(c)
+        | PulsarError::ServiceDiscovery(ServiceDiscoveryError::Connection(c))
+        | PulsarError::Consumer(ConsumerError::Connection(c)) => conn(c),
+        PulsarError::ServiceDiscovery(ServiceDiscoveryError::Query(s, _)) => {
+            matches!(s, Some(ServerError::TopicNotFound))
+        }
+        _ => false,
+    }
+}
+
 impl PulsarMq {
     /// A client of the broker in `cfg`; nothing is contacted yet. Fails only
     /// on a configuration that cannot work (bad address, unreadable CA).
@@ -245,7 +274,7 @@ impl PulsarMq {
         self
     }
 
-    /// Connects now (the handshake, and a topic list); fails if the broker
+    /// Connects now (the handshake and a topic lookup); fails if the broker
     /// does not answer within the timeout.
     pub async fn connect(
         cfg: &PulsarConfig,
@@ -253,8 +282,25 @@ impl PulsarMq {
         known_channels: Vec<String>,
     ) -> Result<Self, MqError> {
         let mq = Self::new(cfg, timeout)?.with_known_channels(known_channels);
-        mq.topics().await?;
+        mq.lookup().await?;
         Ok(mq)
+    }
+
+    /// Looks up the first configured channel's topic: one cheap round trip
+    /// that needs the connection, the credentials and the namespace.
+    async fn lookup(&self) -> Result<(), MqError> {
+        let client = self.client().await?;
+        let channel = self
+            .known_channels
+            .first()
+            .map_or("milvus-cdc-probe", String::as_str);
+        let topic = self.cfg.topic(channel);
+        self.bounded(
+            &format!("look up {topic}"),
+            client.lookup_topic(topic.clone()),
+        )
+        .await
+        .map(|_| ())
     }
 
     fn namespace(&self) -> String {
@@ -292,6 +338,13 @@ impl PulsarMq {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
+        let client = self.new_client().await?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// A new client with its own connection.
+    async fn new_client(&self) -> Result<Pulsar<TokioExecutor>, MqError> {
         let mut b = Pulsar::builder(self.url.clone(), TokioExecutor)
             .with_connection_retry_options(ConnectionRetryOptions {
                 min_backoff: Duration::from_millis(100),
@@ -323,22 +376,22 @@ impl PulsarMq {
                 .with_allow_insecure_connection(self.cfg.tls_allow_insecure)
                 .with_tls_hostname_verification_enabled(!self.cfg.tls_allow_insecure);
         }
-        let client = self.bounded("connect", b.build()).await?;
-        *slot = Some(client.clone());
-        Ok(client)
+        self.bounded("connect", b.build()).await
     }
 
     /// Full names of the namespace's persistent topics; `None` when the
     /// broker does not list topics (it answered nothing while the
-    /// connection worked).
+    /// connection worked). Asked on a connection of its own: a request the
+    /// broker leaves unanswered must not stall the readers' connection.
     async fn topics(&self) -> Result<Option<Vec<String>>, MqError> {
         if self.no_listing.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let client = self.client().await?;
+        let client = self.new_client().await?;
         let what = format!("list topics of {}", self.namespace());
+        let wait = self.timeout.min(LIST_WAIT);
         let listed = tokio::time::timeout(
-            self.timeout,
+            wait,
             client.get_topics_of_namespace(self.namespace(), Mode::Persistent),
         )
         .await;
@@ -351,11 +404,10 @@ impl PulsarMq {
             Err(_) => true,
         };
         if silent {
-            // Connected (the client was built), but no answer: either the
-            // broker does not implement the command (pulsar-lite) or it
-            // hangs. Asking again would cost the timeout on every call.
-            warn!(url = %self.url, "the broker did not answer a topic list within {:?}: \
-                topics are assumed to exist from now on", self.timeout);
+            // Connected (the client was built), but no answer: the broker
+            // does not implement the command (pulsar-lite) or it hangs.
+            warn!(url = %self.url, "the broker did not answer a topic list within {wait:?}: \
+                the configured channels are listed instead");
             self.no_listing.store(true, Ordering::Relaxed);
             return Ok(None);
         }
@@ -363,15 +415,6 @@ impl PulsarMq {
             Ok(Err(e)) => Err(self.err(&what, &e)),
             _ => Err(self.timed_out(&what)),
         }
-    }
-
-    /// Whether `topic` exists (without creating it); `true` when the broker
-    /// cannot tell.
-    async fn exists(&self, topic: &str) -> Result<bool, MqError> {
-        Ok(self
-            .topics()
-            .await?
-            .is_none_or(|topics| topics.iter().any(|t| t == topic)))
     }
 
     /// A non-durable consumer of `topic` starting after `start` (or at the
@@ -395,11 +438,16 @@ impl PulsarMq {
             .with_consumer_name("milvus-cdc")
             .with_batch_size(RECEIVER_QUEUE)
             .with_options(options);
-        self.bounded(
-            &format!("open reader on {topic}"),
-            builder.build::<Vec<u8>>(),
-        )
-        .await
+        match tokio::time::timeout(self.timeout, builder.build::<Vec<u8>>()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) if is_topic_not_found(&e) => Err(MqError::retriable(format!(
+                "pulsar {} topic {topic}: {TOPIC_NOT_FOUND} (yet): Milvus creates it with the \
+                 channel's first message",
+                self.url
+            ))),
+            Ok(Err(e)) => Err(self.err(&format!("open reader on {topic}"), &e)),
+            Err(_) => Err(self.timed_out(&format!("open reader on {topic}"))),
+        }
     }
 
     /// The id of the newest message of the topic `reader` reads, `None`
@@ -437,13 +485,6 @@ impl MessageQueue for PulsarMq {
     fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
         let topic = self.cfg.topic(channel);
         Box::pin(async move {
-            if !self.exists(&topic).await? {
-                return Err(MqError::retriable(format!(
-                    "pulsar {} topic {topic} does not exist (yet): Milvus creates it with the \
-                     channel's first message",
-                    self.url
-                )));
-            }
             let after = match start {
                 StartAt::After(s) => PulsarMessageId::from_sequence(s),
                 StartAt::Earliest | StartAt::Latest => None,
@@ -532,12 +573,13 @@ impl MessageQueue for PulsarMq {
         let topic = self.cfg.topic(channel);
         Box::pin(async move {
             // Milvus creates a channel's topic with its first message.
-            if !self.exists(&topic).await? {
-                return Ok(ChannelInfo::default());
-            }
-            let mut reader = self
+            let mut reader = match self
                 .reader(&topic, earliest_id(), InitialPosition::Earliest)
-                .await?;
+                .await
+            {
+                Err(e) if e.message.contains(TOPIC_NOT_FOUND) => return Ok(ChannelInfo::default()),
+                r => r?,
+            };
             let Some(last) = self.last_id(&topic, &mut reader).await? else {
                 return Ok(ChannelInfo::default());
             };
@@ -591,6 +633,10 @@ impl MessageQueue for PulsarMq {
 
     fn dense_sequences(&self) -> bool {
         false
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), MqError>> {
+        Box::pin(self.lookup())
     }
 }
 
