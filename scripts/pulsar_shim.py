@@ -25,6 +25,15 @@ points, and on nothing else:
    shim sets proxy_through_service_url=true, as a Pulsar proxy does, so that
    clients keep talking to the address they were given (the shim).
 
+A consequence of the same difference as in point 2, for consumers closed by
+the client itself: a FLOW, ACK or REDELIVER that crosses a consumer's close
+(the client sent it before it learnt that the consumer is gone) is ignored by
+Apache Pulsar (ServerCnx finds no consumer and logs it); pulsar-lite closes the
+whole connection ("Unknown consumer ID"), failing every other consumer on it.
+The shim keeps the set of consumers open on the broker (a SUBSCRIBE answered
+SUCCESS, until a CLOSE_CONSUMER from either side) and drops those frames for
+any other consumer.
+
 The agent never relies on anything else of this shim or of pulsar-lite: what
 it reads through the shim is what an Apache Pulsar broker would send.
 
@@ -53,7 +62,8 @@ CHECKSUM_MAGIC = 0x0E01
 BROKER_ENTRY_METADATA_MAGIC = 0x0E02
 
 STATS = {"connections": 0, "frames": 0, "checksums_added": 0, "lookups_rewritten": 0,
-         "seeks_closed": 0, "dropped_for_closed_consumer": 0, "close_answered": 0}
+         "seeks_closed": 0, "dropped_for_closed_consumer": 0, "close_answered": 0,
+         "dropped_for_unknown_consumer": 0}
 
 
 def log(msg):
@@ -173,6 +183,8 @@ class Connection:
         self.own_requests = set()  # request ids of the CLOSE_CONSUMERs the shim sent upstream
         self.next_request_id = 1 << 62  # far from any client's request ids
         self.closed = set()      # consumers the shim closed, not subscribed again yet
+        self.subscribing = {}    # request id of a client SUBSCRIBE -> its consumer id
+        self.open = set()        # consumers open on the broker
 
 
 async def read_frame(reader):
@@ -192,14 +204,21 @@ async def client_to_broker(reader, client, broker, conn):
             if typ == SEEK:
                 seek = sub_command(cmd, SEEK)
                 conn.seeks[seek.get(2)] = seek.get(1)
-            elif conn.closed and typ == SUBSCRIBE:
-                conn.closed.discard(sub_command(cmd, SUBSCRIBE).get(4))
-            elif conn.closed and typ in (ACK, FLOW, REDELIVER_UNACKNOWLEDGED):
-                if sub_command(cmd, typ).get(1) in conn.closed:
+            elif typ == SUBSCRIBE:
+                sub = sub_command(cmd, SUBSCRIBE)
+                conn.closed.discard(sub.get(4))
+                conn.subscribing[sub.get(5)] = sub.get(4)
+            elif typ in (ACK, FLOW, REDELIVER_UNACKNOWLEDGED):
+                consumer_id = sub_command(cmd, typ).get(1)
+                if consumer_id in conn.closed:
                     STATS["dropped_for_closed_consumer"] += 1
                     continue
-            elif conn.closed and typ == CLOSE_CONSUMER:
+                if consumer_id not in conn.open:
+                    STATS["dropped_for_unknown_consumer"] += 1
+                    continue
+            elif typ == CLOSE_CONSUMER:
                 close = sub_command(cmd, CLOSE_CONSUMER)
+                conn.open.discard(close.get(1))
                 if close.get(1) in conn.closed:
                     conn.closed.discard(close.get(1))
                     STATS["close_answered"] += 1
@@ -224,14 +243,20 @@ async def broker_to_client(reader, client, broker, conn):
                 rest = add_checksum(rest)
             elif typ == LOOKUP_RESPONSE:
                 cmd = proxy_through_service_url(cmd)
+            elif typ == CLOSE_CONSUMER:  # the broker closed it
+                conn.open.discard(sub_command(cmd, CLOSE_CONSUMER).get(1))
             elif typ in (SUCCESS, ERROR):
                 request_id = sub_command(cmd, typ).get(1)
                 if request_id in conn.own_requests:  # the answer to the shim's own close
                     conn.own_requests.discard(request_id)
                     continue
+                subscribed = conn.subscribing.pop(request_id, None)
+                if typ == SUCCESS and subscribed is not None:
+                    conn.open.add(subscribed)
                 consumer_id = conn.seeks.pop(request_id, None)
                 client.write(frame_of(cmd, rest))
                 if typ == SUCCESS and consumer_id is not None:
+                    conn.open.discard(consumer_id)
                     conn.next_request_id += 1
                     conn.own_requests.add(conn.next_request_id)
                     conn.closed.add(consumer_id)
