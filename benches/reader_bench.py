@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the source reader (not a test): read+decode throughput and
 peak memory of the Rust `ChannelReader` on a real Milvus 2.3.5 whose queue is
-the stack's (natsmq, or Kafka with CDC_SOURCE_MQ=kafka: the reader opens it
+the stack's (natsmq, or Kafka / Pulsar with CDC_SOURCE_MQ=kafka|pulsar: the reader opens it
 through the agent's own configuration and `open_queue`).
 
 1. Pre-fills the source of a running stack (scripts/stack.sh) with
@@ -67,6 +67,11 @@ def cli_env():
     if MQ == "kafka":
         env["MILVUS_CDC_SOURCE__MQ_TYPE"] = "kafka"
         env["MILVUS_CDC_SOURCE__KAFKA__BROKERS"] = json.dumps([STACK["CDC_KAFKA_BROKERS"]])
+    elif MQ == "pulsar":
+        env["MILVUS_CDC_SOURCE__MQ_TYPE"] = "pulsar"
+        env["MILVUS_CDC_SOURCE__PULSAR__ADDRESS"] = STACK["CDC_PULSAR_URL"]
+        env["MILVUS_CDC_SOURCE__PULSAR__TENANT"] = STACK["CDC_PULSAR_TENANT"]
+        env["MILVUS_CDC_SOURCE__PULSAR__NAMESPACE"] = STACK["CDC_PULSAR_NAMESPACE"]
     elif MQ == "natsmq":
         env["MILVUS_CDC_SOURCE__NATS_URL"] = STACK["CDC_NATS_URL"]
     else:

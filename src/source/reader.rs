@@ -350,6 +350,9 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         // says the checkpoint's own message `s` is gone and the oldest
         // retained one is not the very next id.
         let wanted = match start {
+            // Nothing read yet (sequence 0): on a sparse queue as unknown as
+            // a replay from the start.
+            StartAt::After(0) if !dense => return None,
             StartAt::After(s) => s + 1,
             // Replaying history: it is complete only if the stream still
             // holds its first message (unknown on a sparse queue).
@@ -536,6 +539,24 @@ mod tests {
             "stream broke and was reopened"
         );
         assert_eq!(mq.opens.lock().unwrap()[1], StartAt::After(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sparse_queue_read_from_sequence_zero_reports_no_loss() {
+        let mq = Arc::new(FakeMq::sparse(100));
+        let (lost_tx, mut lost_rx) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            ChannelReader::new(mq.clone(), "c", StartAt::After(0))
+                .with_lost_ranges(lost_tx)
+                .run(tx, cancel.clone()),
+        );
+        let first = rx.recv().await.unwrap().position.sequence;
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(first, mq.sequences()[0], "read from the first message");
+        assert!(lost_rx.try_recv().is_err(), "no loss claimed");
     }
 
     #[tokio::test(start_paused = true)]
