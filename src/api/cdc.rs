@@ -255,6 +255,66 @@ pub fn done() -> Value {
 mod tests {
     use super::*;
 
+    fn task(state: TaskState) -> TaskRecord {
+        TaskRecord {
+            task_id: TaskId::generate(),
+            milvus_connect_param: MilvusConnectParam {
+                uri: Some("http://localhost:19530".into()),
+                ..Default::default()
+            },
+            collection_infos: vec![CollectionInfo {
+                name: "*".into(),
+                positions: Default::default(),
+            }],
+            state,
+            created_at_ms: 1,
+            history_gaps: Vec::new(),
+            last_error: None,
+            skipped_messages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn running_tasks_show_why_they_cannot_progress() {
+        let down = SourceHealth::Down {
+            error: "no answer".into(),
+            since_ms: 7,
+        };
+        let stuck = || {
+            vec![ReadError {
+                channel: "by-dev-rootcoord-dml_3".into(),
+                message: "position offset 9 is past the end of the topic".into(),
+                since_ms: 8,
+            }]
+        };
+        let live = Live {
+            source: &down,
+            read_errors: stuck(),
+        };
+        let v = got(&task(TaskState::Running), &live);
+        let t = &v["data"]["Task"];
+        assert_eq!(
+            t["source_error"],
+            json!({"message": "no answer", "since_ms": 7})
+        );
+        assert_eq!(t["read_errors"][0]["channel"], "by-dev-rootcoord-dml_3");
+        assert_eq!(t["read_errors"][0]["since_ms"], 8);
+        // Paused: nothing to report; healthy: the official shape, unchanged.
+        let paused = got(&task(TaskState::Paused), &live);
+        assert!(paused["data"]["Task"].get("source_error").is_none());
+        assert!(paused["data"]["Task"].get("read_errors").is_none());
+        let up = SourceHealth::Up { since_ms: 1 };
+        let healthy = listed(&[task(TaskState::Running)], |_| Live {
+            source: &up,
+            read_errors: Vec::new(),
+        });
+        let t = &healthy["data"]["tasks"][0];
+        assert!(
+            t.get("source_error").is_none() && t.get("read_errors").is_none(),
+            "{t}"
+        );
+    }
+
     fn err(body: &str) -> String {
         match parse(body.as_bytes()) {
             Ok(r) => panic!("accepted {body}: {r:?}"),
