@@ -518,7 +518,17 @@ def recreated_topic_behind_checkpoint(agents, etcd_root):
     # The new source writes the channel again (one collection on all 16
     # channels), so the topic exists, shorter than the checkpoint.
     connections.disconnect(src)
-    src = connect(f"kpast-src2-{tag}", STACK["CDC_SOURCE_URI"])
+    # The new source answers /healthz before its proxy takes connections
+    # under load: connect with retries.
+    deadline = time.time() + 120
+    for attempt in range(1000):
+        try:
+            src = connect(f"kpast-src2-{tag}-{attempt}", STACK["CDC_SOURCE_URI"])
+            break
+        except Exception:  # noqa: BLE001 - pymilvus raises MilvusException or grpc errors
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
     again = Collection(f"kpast2_{tag}", SCHEMA, using=src, shards_num=16)
     insert(again, range(10))
     deadline = time.time() + 60
