@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::{api::CollectionMeta, both, presence, rows::short};
+use super::{api::CollectionMeta, both, presence, rows::short, zip_maps};
 use crate::{
     milvus::is_system_field,
     proto::{
@@ -72,17 +72,6 @@ pub(super) fn compare_meta(
             ));
         }
     }
-}
-
-/// Keys of either map with their value on each side, in key order.
-pub(super) fn zip_maps<'m, V>(
-    s: &'m BTreeMap<String, V>,
-    t: &'m BTreeMap<String, V>,
-) -> Vec<(&'m str, Option<&'m V>, Option<&'m V>)> {
-    let keys: BTreeSet<&String> = s.keys().chain(t.keys()).collect();
-    keys.into_iter()
-        .map(|k| (k.as_str(), s.get(k), t.get(k)))
-        .collect()
 }
 
 /// Reports the members only one side has.

@@ -36,7 +36,7 @@ mod meta;
 mod rows;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt::{self, Display},
     io::IsTerminal as _,
     process::ExitCode,
@@ -444,4 +444,15 @@ fn presence(what: &str, on_source: bool) -> String {
 /// `what (source s, target t)`.
 fn both(what: &str, s: impl Display, t: impl Display) -> String {
     format!("{what} (source {s}, target {t})")
+}
+
+/// Keys of either map with their value on each side, in key order.
+fn zip_maps<'m, V>(
+    s: &'m BTreeMap<String, V>,
+    t: &'m BTreeMap<String, V>,
+) -> Vec<(&'m str, Option<&'m V>, Option<&'m V>)> {
+    let keys: BTreeSet<&String> = s.keys().chain(t.keys()).collect();
+    keys.into_iter()
+        .map(|k| (k.as_str(), s.get(k), t.get(k)))
+        .collect()
 }

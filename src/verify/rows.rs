@@ -12,8 +12,7 @@ use super::{
     api::scope_of,
     both,
     keys::{duplicates, in_chunks, in_expr, Key, KeyCursor, KeyDiff},
-    meta::zip_maps,
-    unexpected, Side, Verifier, VerifyError,
+    unexpected, zip_maps, Side, Verifier, VerifyError,
 };
 use crate::{
     proto::schema::{CollectionSchema, DataType, FieldData},
