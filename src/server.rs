@@ -127,7 +127,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         client: client.clone(),
         store,
         service,
-        engine,
+        work: Arc::new(engine),
         role: role_tx,
         metrics,
         advertise_url: advertise_url.clone(),

@@ -19,110 +19,87 @@
 //! - on SIGTERM a leader stops its workers (final checkpoints) and revokes
 //!   its lease, so a follower takes over at once.
 
+mod guard;
+mod role;
+
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse};
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use self::{guard::LeaseGuard, role::Role};
 use crate::{
-    api::Role,
     metrics::Metrics,
-    replicate::Engine,
-    store::{Fence, TaskStore},
-    task::{
-        service::{TaskService, TaskWorkers as _},
-        TaskState,
-    },
+    store::{Fence, StoreError, TaskStore},
+    task::{service::TaskService, TaskRecord, TaskState},
 };
 
-/// Whether this replica may still act as leader, judged from its own clock:
-/// valid until the last acknowledged keep-alive's send time plus the renew
-/// deadline. Cheap to clone and to check before every write.
-#[derive(Clone, Debug)]
-pub struct LeaseGuard {
-    valid_until: Arc<Mutex<Option<Instant>>>,
-    /// How long after `valid_until` a write sent before it may still run
-    /// (see [`LeaseGuard::write_deadline`]).
-    write_grace: Duration,
+/// A term this replica won: what the leader's workers need to write safely.
+pub struct Term {
+    /// Create revision of the leader key (the fencing token).
+    pub revision: i64,
+    /// The task store, fenced on this term.
+    pub store: TaskStore,
+    /// Refuses target writes once the lease may have ended.
+    pub guard: LeaseGuard,
+    /// Fired by a worker whose write fencing refused: leadership has moved.
+    pub deposed: CancellationToken,
+    /// How far back a new term replays (`ha.takeover_replay`), if at all.
+    pub takeover_replay: Option<Duration>,
 }
 
-impl Default for LeaseGuard {
-    fn default() -> Self {
-        Self::always_valid()
-    }
+/// The leader's work as the election drives it (the replication engine):
+/// the election imports this trait, never the engine itself.
+pub trait LeaderWork: Send + Sync {
+    /// This replica won `term`: the workers started from now on use it.
+    fn begin_term(&self, term: Term);
+    /// Starts a `Running` task's workers from its checkpoints.
+    fn start(&self, task: &TaskRecord);
+    /// Stops every task's workers (final checkpoints); resolves once they
+    /// have stopped.
+    fn stop_all(&self) -> BoxFuture<'_, ()>;
+    /// The term ended: every later target write is refused.
+    fn end_term(&self);
 }
 
-impl LeaseGuard {
-    /// A guard that never expires (single replica without election, tests).
-    pub fn always_valid() -> Self {
-        Self {
-            valid_until: Arc::new(Mutex::new(None)),
-            write_grace: Duration::ZERO,
-        }
-    }
-
-    fn until(at: Instant, write_grace: Duration) -> Self {
-        Self {
-            valid_until: Arc::new(Mutex::new(Some(at))),
-            write_grace,
-        }
-    }
-
-    fn extend(&self, at: Instant) {
-        let mut g = self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cur) = g.as_mut() {
-            *cur = (*cur).max(at);
-        }
-    }
-
-    /// Makes the guard refuse from now on.
-    pub fn expire_now(&self) {
-        self.expire();
-    }
-
-    fn expire(&self) {
-        let mut g = self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *g = Some(Instant::now());
-    }
-
-    /// Whether leadership is still valid now.
-    pub fn is_valid(&self) -> bool {
-        self.valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none_or(|t| Instant::now() < t)
-    }
-
-    /// Time left before the renew deadline (None: never expires).
-    pub fn remaining(&self) -> Option<Duration> {
-        self.valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .map(|t| t.saturating_duration_since(Instant::now()))
-    }
-
-    /// The latest moment a target write sent now may still run (None: no
-    /// limit): the renew deadline (2/3 of the TTL after the last renewal)
-    /// plus two TTLs. A successor takes over at the earliest one TTL after
-    /// that renewal and replays its takeover window `2 · TTL + 2 s` later,
-    /// so every write of a deposed leader has ended before that replay.
-    pub fn write_deadline(&self) -> Option<tokio::time::Instant> {
-        self.valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .map(|t| tokio::time::Instant::from_std(t + self.write_grace))
-    }
+/// Why an election round ended; the election starts another after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// etcd refused or failed a request.
+    #[error("etcd {op} failed: {source}")]
+    Etcd {
+        /// What was asked.
+        op: &'static str,
+        /// etcd's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// etcd did not answer in time.
+    #[error("no answer from etcd to {op} within {limit:?}")]
+    Timeout {
+        /// What was asked.
+        op: &'static str,
+        /// The request timeout.
+        limit: Duration,
+    },
+    /// The lease was not renewed before its renew deadline.
+    #[error("lease lost: renew deadline passed")]
+    LeaseLost,
+    /// The watch of the leader key ended or failed.
+    #[error("leader watch ended: {0}")]
+    WatchEnded(String),
+    /// A worker's write was refused by fencing: another replica leads.
+    #[error("a write was refused by fencing")]
+    Fenced,
+    /// The new leader could not read its tasks.
+    #[error("cannot load tasks: {0}")]
+    LoadTasks(#[source] StoreError),
 }
 
 /// What the election needs.
@@ -133,8 +110,8 @@ pub struct Election {
     pub store: TaskStore,
     /// Task service template (fenced per term).
     pub service: TaskService,
-    /// The replication engine.
-    pub engine: Engine,
+    /// The leader's work (the replication engine).
+    pub work: Arc<dyn LeaderWork>,
     /// Where the role is published.
     pub role: watch::Sender<Role>,
     /// Metrics.
@@ -154,15 +131,16 @@ enum Campaign {
     Lost { leader_url: String },
 }
 
-/// Runs `fut` with `limit`, flattening both error kinds into a message.
+/// Runs etcd request `op` with `limit`.
 async fn timed<T>(
+    op: &'static str,
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
+) -> Result<T, ElectionError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer from etcd within {limit:?}")),
+        Ok(Err(source)) => Err(ElectionError::Etcd { op, source }),
+        Err(_) => Err(ElectionError::Timeout { op, limit }),
     }
 }
 
@@ -196,17 +174,17 @@ impl Election {
                 }
             }
         }
-        self.engine.stop_all().await;
+        self.work.stop_all().await;
         self.role.send_replace(Role::Unknown);
     }
 
     /// One lease: grant, keep alive, campaign, lead or follow, until the
     /// lease is lost or shutdown.
-    async fn term(&self, shutdown: &CancellationToken) -> Result<(), String> {
+    async fn term(&self, shutdown: &CancellationToken) -> Result<(), ElectionError> {
         let mut client = self.client.clone();
         let t = self.request_timeout;
         let sent = Instant::now();
-        let lease = timed(t, client.lease_grant(self.ttl_secs(), None)).await?;
+        let lease = timed("lease grant", t, client.lease_grant(self.ttl_secs(), None)).await?;
         let lease_id = lease.id();
         let guard = LeaseGuard::until(sent + self.renew_deadline(), self.ttl * 2);
         let lost = CancellationToken::new();
@@ -222,7 +200,7 @@ impl Election {
         let result = self.campaign_loop(lease_id, &guard, &lost, shutdown).await;
         keeper.abort();
         // Best effort: a revoked lease frees the leader key at once.
-        let _ = timed(t, client.lease_revoke(lease_id)).await;
+        let _ = timed("lease revoke", t, client.lease_revoke(lease_id)).await;
         result
     }
 
@@ -232,10 +210,10 @@ impl Election {
         guard: &LeaseGuard,
         lost: &CancellationToken,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ElectionError> {
         loop {
             if lost.is_cancelled() {
-                return Err("lease lost".into());
+                return Err(ElectionError::LeaseLost);
             }
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -255,7 +233,7 @@ impl Election {
         }
     }
 
-    async fn campaign(&self, lease_id: i64) -> Result<Campaign, String> {
+    async fn campaign(&self, lease_id: i64) -> Result<Campaign, ElectionError> {
         let key = self.store.leader_key();
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
@@ -266,7 +244,7 @@ impl Election {
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let mut kv = self.client.kv_client();
-        let resp = timed(self.request_timeout, kv.txn(txn)).await?;
+        let resp = timed("campaign", self.request_timeout, kv.txn(txn)).await?;
         if resp.succeeded() {
             let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
             return Ok(Campaign::Won {
@@ -315,14 +293,23 @@ impl Election {
         &self,
         lost: &CancellationToken,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ElectionError> {
         let key = self.store.leader_key();
         let mut watch_client = self.client.watch_client();
-        let mut stream =
-            timed(self.request_timeout, watch_client.watch(key.as_str(), None)).await?;
+        let mut stream = timed(
+            "watch",
+            self.request_timeout,
+            watch_client.watch(key.as_str(), None),
+        )
+        .await?;
         // The key may have gone between the campaign and the watch.
         let mut kv = self.client.kv_client();
-        let now = timed(self.request_timeout, kv.get(key.as_str(), None)).await?;
+        let now = timed(
+            "get leader",
+            self.request_timeout,
+            kv.get(key.as_str(), None),
+        )
+        .await?;
         let Some(current) = now.kvs().first() else {
             return Ok(());
         };
@@ -330,7 +317,7 @@ impl Election {
         self.set_follower(&String::from_utf8_lossy(current.value()));
         loop {
             tokio::select! {
-                () = lost.cancelled() => return Err("lease lost while following".into()),
+                () = lost.cancelled() => return Err(ElectionError::LeaseLost),
                 () = shutdown.cancelled() => return Ok(()),
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
@@ -342,8 +329,8 @@ impl Election {
                             self.set_follower(&url);
                         }
                     }
-                    Ok(None) => return Err("leader watch ended".into()),
-                    Err(e) => return Err(format!("leader watch failed: {e}")),
+                    Ok(None) => return Err(ElectionError::WatchEnded("closed by etcd".into())),
+                    Err(e) => return Err(ElectionError::WatchEnded(e.to_string())),
                 },
             }
         }
@@ -356,7 +343,7 @@ impl Election {
         guard: &LeaseGuard,
         lost: &CancellationToken,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ElectionError> {
         let fence = Fence {
             key: self.store.leader_key(),
             create_revision,
@@ -366,14 +353,15 @@ impl Election {
         // A deposed leader frozen inside a target write completes it when it
         // thaws; a replay of the takeover window covers thaws within
         // 2 · TTL + 2 s of the takeover.
-        self.engine.set_leadership(
-            create_revision,
-            store.clone(),
-            guard.clone(),
-            deposed.clone(),
-            self.takeover_replay
+        self.work.begin_term(Term {
+            revision: create_revision,
+            store: store.clone(),
+            guard: guard.clone(),
+            deposed: deposed.clone(),
+            takeover_replay: self
+                .takeover_replay
                 .then(|| self.ttl * 2 + Duration::from_secs(2)),
-        );
+        });
         info!(lease = lease_id, term = create_revision, "became leader");
         self.metrics.is_leader.set(1);
         self.metrics.leader_changes.inc();
@@ -391,24 +379,24 @@ impl Election {
                     .into_iter()
                     .filter(|t| t.value.state == TaskState::Running)
                 {
-                    self.engine.start(&t.value);
+                    self.work.start(&t.value);
                 }
             }
             Err(e) => {
                 self.step_down("cannot load tasks").await;
-                return Err(format!("cannot load tasks: {e}"));
+                return Err(ElectionError::LoadTasks(e));
             }
         }
         let result = tokio::select! {
-            () = lost.cancelled() => Err("lease lost: renew deadline passed".to_string()),
-            () = deposed.cancelled() => Err("a write was refused by fencing".to_string()),
+            () = lost.cancelled() => Err(ElectionError::LeaseLost),
+            () = deposed.cancelled() => Err(ElectionError::Fenced),
             () = shutdown.cancelled() => Ok(()),
         };
         let reason = match &result {
-            Ok(()) => "shutdown",
-            Err(e) => e.as_str(),
+            Ok(()) => "shutdown".to_string(),
+            Err(e) => e.to_string(),
         };
-        self.step_down(reason).await;
+        self.step_down(&reason).await;
         result
     }
 
@@ -418,8 +406,8 @@ impl Election {
         warn!(reason, "stepping down");
         self.role.send_replace(Role::Unknown);
         self.metrics.is_leader.set(0);
-        self.engine.stop_all().await;
-        self.engine.clear_leadership();
+        self.work.stop_all().await;
+        self.work.end_term();
     }
 }
 

@@ -51,7 +51,7 @@ use self::{
 use crate::{
     backoff::retry_delays,
     config::{ReplicateConfig, SourceConfig},
-    ha::LeaseGuard,
+    ha::{LeaderWork, LeaseGuard, Term},
     metrics::{ChannelLabels, ErrorLabels, Metrics, TaskLabels},
     milvus::MilvusClient,
     source::{
@@ -202,6 +202,30 @@ impl Engine {
                 error!(task_id = %id, "task worker panicked");
             }
         }
+    }
+}
+
+impl LeaderWork for Engine {
+    fn begin_term(&self, term: Term) {
+        self.set_leadership(
+            term.revision,
+            term.store,
+            term.guard,
+            term.deposed,
+            term.takeover_replay,
+        );
+    }
+
+    fn start(&self, task: &TaskRecord) {
+        TaskWorkers::start(self, task);
+    }
+
+    fn stop_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Engine::stop_all(self))
+    }
+
+    fn end_term(&self) {
+        self.clear_leadership();
     }
 }
 
