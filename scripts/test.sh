@@ -82,8 +82,8 @@ e2e_on() {
   scripts/stack.sh reset
   scripts/stack.sh start
   if [ "$mq" = natsmq ]; then
-    log "cargo test --test etcd_store (the task store on the stack's etcd)"
-    CDC_TEST_ETCD="127.0.0.1:$CDC_ETCD_PORT" cargo test --quiet --test etcd_store
+    log "cargo test --test etcd_store --test etcd_election (the task store and the election on the stack's etcd)"
+    CDC_TEST_ETCD="127.0.0.1:$CDC_ETCD_PORT" cargo test --quiet --test etcd_store --test etcd_election
   fi
   log "pytest ($mq source) $*"
   # Tests marked quarantine fail for a known, documented reason (an open

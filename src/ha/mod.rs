@@ -199,6 +199,9 @@ impl Election {
         ));
         let result = self.campaign_loop(lease_id, &guard, &lost, shutdown).await;
         keeper.abort();
+        // The term is over whatever ended it: anything still holding the
+        // guard (a straggling worker) is refused from now on.
+        guard.expire();
         // Best effort: a revoked lease frees the leader key at once.
         let _ = timed("lease revoke", t, client.lease_revoke(lease_id)).await;
         result
