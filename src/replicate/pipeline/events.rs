@@ -1,0 +1,230 @@
+//! The replicate channel's changes (DDL, indexes, load state, flushes) and
+//! other non-row events: applied one by one in stream order, each after the
+//! DML channels have applied everything older.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Pipeline;
+use crate::{
+    milvus::MilvusError,
+    replicate::catalog::Entry,
+    sink::Applied,
+    source::event::{EventKind, Position},
+};
+
+impl Pipeline {
+    /// Applies one non-insert event and records it; false if cancelled first.
+    pub(super) async fn apply(
+        &self,
+        pos: Position,
+        ts: u64,
+        kind: EventKind,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let sequence = pos.sequence;
+        if !self.apply_unrecorded(pos, ts, kind, cancel).await {
+            return false;
+        }
+        self.progress.applied(&self.channel, sequence, ts);
+        true
+    }
+
+    /// Applies one non-insert event without recording progress; false if
+    /// cancelled first.
+    pub(super) async fn apply_unrecorded(
+        &self,
+        pos: Position,
+        ts: u64,
+        kind: EventKind,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let name = kind.name();
+        match &kind {
+            EventKind::TimeTick => return true,
+            EventKind::Unsupported { msg_type } => {
+                debug!(sequence = pos.sequence, msg_type, "not replicated");
+                let type_name = crate::proto::common::MsgType::try_from(*msg_type)
+                    .map_or_else(|_| msg_type.to_string(), |t| t.as_str_name().to_string());
+                self.skipped.note(
+                    &self.channel,
+                    pos.sequence,
+                    format!("unsupported {type_name}"),
+                    String::new(),
+                );
+                self.metrics
+                    .skipped_messages
+                    .get_or_create(&self.labels.with_kind(name))
+                    .inc();
+                return true;
+            }
+            EventKind::Undecodable(e) => {
+                warn!(sequence = pos.sequence, error = %e, "undecodable message skipped");
+                self.skipped
+                    .note(&self.channel, pos.sequence, "undecodable".into(), e.clone());
+                self.metrics
+                    .skipped_messages
+                    .get_or_create(&self.labels.with_kind(name))
+                    .inc();
+                return true;
+            }
+            _ => {}
+        }
+        if !self.dml && !self.wait_for_dml(ts, cancel).await {
+            return false;
+        }
+        if let Some((db, name)) = kind.collection_scoped() {
+            if !self.wait_for_collection(db, name, ts, cancel).await {
+                return false;
+            }
+        }
+        let started = Instant::now();
+        let kind = &kind;
+        let result = self.retry(cancel, name, || self.apply_once(kind)).await;
+        let Some(applied) = result else { return false };
+        if matches!(applied, Applied::Done) {
+            info!(sequence = pos.sequence, event = name, "applied");
+        }
+        self.metrics
+            .apply_latency
+            .get_or_create(&self.task_labels())
+            .observe(started.elapsed().as_secs_f64());
+        let rows = match kind {
+            EventKind::Delete(d) => u64::try_from(d.num_rows).unwrap_or(0),
+            _ => 0,
+        };
+        self.count_applied(name, &applied, rows, 0, 1);
+        true
+    }
+
+    /// A replicate-channel change (index, load, flush, database...) waits
+    /// until every busy DML channel has applied everything before it, so
+    /// that e.g. an index is created after its collection.
+    pub(super) async fn wait_for_dml(&self, ts: u64, cancel: &CancellationToken) -> bool {
+        let started = Instant::now();
+        while self.progress.dml_watermark() < ts {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                warn!(
+                    "DML channels did not reach this change's time within 60s; applying it anyway"
+                );
+                break;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        true
+    }
+
+    /// A replicate-channel change (time `ts`) of a collection that the
+    /// source has (created before `ts`, so the same collection, not a later
+    /// one with the same name) but the target does not have yet waits (up
+    /// to 60 s) for a DML channel to create it: "gone" must mean gone on the
+    /// source, or e.g. an index replayed by a new leader before the
+    /// collection would be lost.
+    pub(super) async fn wait_for_collection(
+        &self,
+        db: &str,
+        name: &str,
+        ts: u64,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let started = Instant::now();
+        loop {
+            let on_target = self.writer.describe(db, name).await;
+            if !matches!(on_target, Ok(None)) {
+                return true; // present, or an error the write itself will retry
+            }
+            match self.catalog.describe_source(db, name).await {
+                Ok(Some(c)) if c.created_timestamp <= ts => {}
+                // Gone on the source too (or replaced): the write skips it.
+                _ => return true,
+            }
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                warn!(
+                    db,
+                    collection = name,
+                    "collection exists on the source but not on the target after 60s; applying anyway"
+                );
+                return true;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Checked right before each write is sent (after any look-ups that may
+    /// have taken time), so a replica that lost its lease meanwhile sends
+    /// nothing.
+    pub(super) fn still_leading(&self) -> Result<(), MilvusError> {
+        if self.leadership.guard.is_valid() {
+            Ok(())
+        } else {
+            Err(MilvusError::Fenced)
+        }
+    }
+
+    pub(super) async fn apply_once(&self, kind: &EventKind) -> Result<Applied, MilvusError> {
+        self.still_leading()?;
+        let w = &self.writer;
+        match kind {
+            EventKind::CreateCollection(c) => self.catalog.create_from_event(c).await,
+            EventKind::DropCollection(d) => {
+                let location = match self.catalog.known(d.collection_id).await {
+                    Some(Entry::Live(live)) => Some((live.db.clone(), live.name.clone())),
+                    _ => w.find_by_source_id(d.collection_id).await?,
+                };
+                let r = match location {
+                    Some((db, name)) => w.drop_collection(&db, &name, d.collection_id).await?,
+                    None => Applied::AlreadyThere,
+                };
+                self.catalog.set_dropped(d.collection_id).await;
+                Ok(r)
+            }
+            EventKind::CreatePartition(p) => match self.catalog.resolve(p.collection_id).await? {
+                Entry::Live(_) => {
+                    self.catalog
+                        .ensure_partition(p.collection_id, &p.partition_name)
+                        .await?;
+                    Ok(Applied::Done)
+                }
+                Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+            },
+            EventKind::DropPartition(p) => match self.catalog.resolve(p.collection_id).await? {
+                Entry::Live(live) => {
+                    let r = w
+                        .drop_partition(&live.db, &live.name, &p.partition_name)
+                        .await?;
+                    self.catalog
+                        .forget_partition(p.collection_id, &p.partition_name)
+                        .await;
+                    Ok(r)
+                }
+                Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+            },
+            EventKind::CreateDatabase(r) => w.ensure_database(&r.db_name).await,
+            EventKind::DropDatabase(r) => w.drop_database(&r.db_name).await,
+            EventKind::CreateIndex(r) => w.create_index(r.clone()).await,
+            EventKind::DropIndex(r) => w.drop_index(r.clone()).await,
+            EventKind::LoadCollection(r) => w.load_collection(r.clone()).await,
+            EventKind::ReleaseCollection(r) => w.release_collection(r.clone()).await,
+            EventKind::LoadPartitions(r) => w.load_partitions(r.clone()).await,
+            EventKind::ReleasePartitions(r) => w.release_partitions(r.clone()).await,
+            EventKind::Flush(r) => w.flush(r.clone()).await,
+            EventKind::CreateAlias(r) => w.create_alias(r.clone()).await,
+            EventKind::DropAlias(r) => w.drop_alias(r.clone()).await,
+            EventKind::AlterAlias(r) => w.alter_alias(r.clone()).await,
+            // Row changes go through the windows (`run_windows`).
+            EventKind::Insert(_)
+            | EventKind::Delete(_)
+            | EventKind::TimeTick
+            | EventKind::Unsupported { .. }
+            | EventKind::Undecodable(_) => Ok(Applied::AlreadyThere),
+        }
+    }
+}
