@@ -122,6 +122,31 @@ def backlog(agent, task_id, rows, batch, tag):
     return rows / (time.time() - t0)
 
 
+def delay_buckets(agent):
+    """Cumulative counts of milvus_cdc_source_delay_seconds by upper bound."""
+    _, text, _ = http("GET", agent.url + "/metrics", timeout=10)
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("milvus_cdc_source_delay_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bucket_quantile(before, after, q):
+    """Upper bound of the bucket holding quantile q of what was observed
+    between two scrapes of the histogram."""
+    bounds = sorted(after)
+    delta = [after[b] - before.get(b, 0) for b in bounds]
+    if not delta or delta[-1] <= 0:
+        return float("nan")
+    for b, c in zip(bounds, delta):
+        if c >= q * delta[-1]:
+            return b
+    return bounds[-1]
+
+
 def lag_at_rate(agent, rate, seconds, tag, writers=1):
     """Lag while `writers` clients (each its own connection) insert at
     `rate` rows/s in total into one collection."""
@@ -153,6 +178,7 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
             time.sleep(max(0.0, 0.1 - (time.time() - t0)))
 
     th = threading.Thread(target=sample, daemon=True)
+    delays_before = delay_buckets(agent)
     t_end = time.time() + seconds
     th.start()
     clients = [threading.Thread(target=write, args=(w, t_end)) for w in range(writers)]
@@ -163,9 +189,12 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
     time.sleep(2)
     stop.set()
     th.join()
+    delays_after = delay_buckets(agent)
     samples.sort()
     p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]  # noqa: E731
-    return p(0.5), p(0.99), len(samples)
+    src = (bucket_quantile(delays_before, delays_after, 0.5),
+           bucket_quantile(delays_before, delays_after, 0.99))
+    return p(0.5), p(0.99), len(samples), src
 
 
 def main():
@@ -190,9 +219,9 @@ def main():
         direct = ceiling(args.rows, args.batch, tag)
         repl, src_rate = replication(agent, args.rows, args.batch, tag)
         drain = backlog(agent, body["data"]["task_id"], args.rows, args.batch, tag)
-        p50, p99, n = lag_at_rate(agent, direct / 2, args.lag_seconds, tag)
-        q50, q99, m = lag_at_rate(agent, direct / 2, args.lag_seconds, tag + "w",
-                                  writers=args.writers)
+        p50, p99, n, src1 = lag_at_rate(agent, direct / 2, args.lag_seconds, tag)
+        q50, q99, m, srcw = lag_at_rate(agent, direct / 2, args.lag_seconds, tag + "w",
+                                        writers=args.writers)
         cpu1, rss = proc_stats(agent.proc.pid)
     finally:
         agent.stop()
@@ -207,6 +236,10 @@ def main():
         ("lag p99 (goal < 1 s)", f"{p99:.2f} s"),
         (f"lag p50, {args.writers} concurrent writers, same rate ({m} samples)", f"{q50:.2f} s"),
         (f"lag p99, {args.writers} concurrent writers (goal < 1 s)", f"{q99:.2f} s"),
+        ("source's delay (timestamp → read by the agent), one client, p50 / p99",
+         f"≤ {src1[0]:g} s / ≤ {src1[1]:g} s"),
+        (f"source's delay, {args.writers} concurrent writers, p50 / p99",
+         f"≤ {srcw[0]:g} s / ≤ {srcw[1]:g} s"),
         ("agent CPU time during the bench", f"{cpu1 - cpu0:.1f} s"),
         ("agent peak RSS", f"{rss} MiB"),
     ]

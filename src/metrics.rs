@@ -125,6 +125,9 @@ pub struct Metrics {
     pub skipped_messages: Family<KindLabels, Counter>,
     /// Time to apply one write to the target.
     pub apply_latency: Family<TaskLabels, Histogram>,
+    /// From a message's source timestamp to the agent reading it: the part
+    /// of the replication lag that the source (and its queue) adds.
+    pub source_delay: Family<TaskLabels, Histogram>,
     /// Failed writes and checkpoint saves, by kind (each is retried).
     pub apply_errors: Family<ErrorLabels, Counter>,
     /// Now minus the source time of the last applied message, per channel.
@@ -242,6 +245,16 @@ impl Metrics {
             "Time to apply one write (batch or DDL) to the target",
             apply_latency.clone(),
         );
+        let source_delay = Family::<TaskLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 5.0, 10.0, 60.0,
+            ])
+        });
+        registry.register(
+            "source_delay_seconds",
+            "From a message's source timestamp to the agent reading it (the source's share of the lag; a backlog read shows its age)",
+            source_delay.clone(),
+        );
         let apply_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "apply_errors",
@@ -330,6 +343,7 @@ impl Metrics {
             reduced_rows,
             skipped_messages,
             apply_latency,
+            source_delay,
             apply_errors,
             replication_lag,
             checkpoint_age,

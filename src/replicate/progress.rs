@@ -10,11 +10,7 @@ use std::{
 
 use crate::store::{now_ms, Checkpoint, Checkpoints};
 
-/// Milliseconds since the Unix epoch of a Milvus hybrid timestamp (the
-/// physical part is the high bits, the low 18 bits are a logical counter).
-pub fn physical_ms(ts: u64) -> u64 {
-    ts >> 18
-}
+pub use crate::source::event::physical_ms;
 
 /// One channel's progress.
 #[derive(Debug, Clone, Default)]

@@ -149,3 +149,9 @@ impl EventKind {
         }
     }
 }
+
+/// Milliseconds since the Unix epoch of a Milvus hybrid timestamp (the
+/// physical part is the high bits, the low 18 bits are a logical counter).
+pub fn physical_ms(ts: u64) -> u64 {
+    ts >> 18
+}

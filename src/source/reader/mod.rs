@@ -36,10 +36,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     decode::decode,
-    event::{Event, EventKind, Position},
+    event::{physical_ms, Event, EventKind, Position},
     mq::{MessageQueue, StartAt},
 };
-use crate::metrics::{ChannelLabels, Metrics};
+use crate::metrics::{ChannelLabels, Metrics, TaskLabels};
 
 /// Reads one channel; see the module docs.
 pub struct ChannelReader<Q: ?Sized> {
@@ -304,10 +304,19 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                 if let EventKind::Unsupported { msg_type } = event.kind {
                     debug!(channel = %self.channel, sequence = msg.sequence, msg_type, "message type not replicated");
                 }
+                let read_at_ms = crate::store::now_ms();
                 self.count(|m, l| {
                     m.source_messages
                         .get_or_create(&l.with_kind(event.kind.name()))
                         .inc();
+                    if event.timestamp > 0 {
+                        let delay_ms = read_at_ms.saturating_sub(physical_ms(event.timestamp));
+                        m.source_delay
+                            .get_or_create(&TaskLabels {
+                                task_id: l.task_id.clone(),
+                            })
+                            .observe(delay_ms as f64 / 1000.0);
+                    }
                     m.source_bytes
                         .get_or_create(l)
                         .inc_by(msg.payload.len() as u64);
