@@ -39,13 +39,18 @@ impl LeaseGuard {
         }
     }
 
+    /// Moves the deadline to `at` if that is later. A guard whose deadline
+    /// has passed stays expired: a renewal acknowledged too late cannot
+    /// revive a term that may already have been handed over.
     pub(super) fn extend(&self, at: Instant) {
         let mut g = self
             .valid_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(cur) = g.as_mut() {
-            *cur = (*cur).max(at);
+            if *cur > Instant::now() {
+                *cur = (*cur).max(at);
+            }
         }
     }
 
@@ -88,5 +93,49 @@ impl LeaseGuard {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .map(|t| tokio::time::Instant::from_std(t + self.write_grace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_is_valid_until_its_deadline_and_never_shrinks() {
+        let g = LeaseGuard::until(Instant::now() + Duration::from_secs(60), Duration::ZERO);
+        assert!(g.is_valid());
+        let left = g.remaining().unwrap();
+        assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
+        // An older renewal arriving late does not pull the deadline in.
+        g.extend(Instant::now() + Duration::from_secs(1));
+        assert!(g.remaining().unwrap() > Duration::from_secs(59));
+        g.extend(Instant::now() + Duration::from_secs(120));
+        assert!(g.remaining().unwrap() > Duration::from_secs(119));
+    }
+
+    #[test]
+    fn an_expired_guard_refuses_and_cannot_be_revived() {
+        let g = LeaseGuard::until(Instant::now() + Duration::from_secs(60), Duration::ZERO);
+        let clone = g.clone();
+        g.expire_now();
+        assert!(!clone.is_valid(), "clones share the state");
+        assert_eq!(clone.remaining(), Some(Duration::ZERO));
+        g.extend(Instant::now() + Duration::from_secs(60));
+        assert!(!clone.is_valid(), "a late renewal does not revive it");
+    }
+
+    #[test]
+    fn the_write_deadline_adds_the_grace_to_the_renew_deadline() {
+        let at = Instant::now() + Duration::from_secs(10);
+        let g = LeaseGuard::until(at, Duration::from_secs(20));
+        let d = g.write_deadline().unwrap();
+        assert_eq!(
+            d,
+            tokio::time::Instant::from_std(at + Duration::from_secs(20))
+        );
+        let always = LeaseGuard::always_valid();
+        assert!(always.is_valid());
+        assert_eq!(always.remaining(), None);
+        assert_eq!(always.write_deadline(), None);
     }
 }
