@@ -7,7 +7,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
 };
 
-use super::{Checkpoint, Checkpoints, Fence, Result, StoreError, StoredTask, Versioned};
+use super::{
+    Checkpoint, Checkpoints, EtcdFailure, Fence, Result, StoreError, StoredTask, Versioned,
+};
 use crate::{
     config::EtcdConfig,
     task::{TaskId, TaskRecord},
@@ -42,10 +44,14 @@ async fn bounded<T>(
 ) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: {e}"))),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "{what}: no answer within {limit:?}"
-        ))),
+        Ok(Err(source)) => Err(StoreError::Unavailable(EtcdFailure::Failed {
+            what: what.to_string(),
+            source,
+        })),
+        Err(_) => Err(StoreError::Unavailable(EtcdFailure::NoAnswer {
+            what: what.to_string(),
+            limit,
+        })),
     }
 }
 

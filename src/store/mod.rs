@@ -20,12 +20,34 @@ use crate::task::{TaskId, TaskRecord};
 
 pub use etcd::{connect, TaskStore};
 
+/// Why etcd did not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdFailure {
+    /// etcd answered with an error (or the connection failed).
+    #[error("{what}: {source}")]
+    Failed {
+        /// What was asked.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// No answer in time.
+    #[error("{what}: no answer within {limit:?}")]
+    NoAnswer {
+        /// What was asked.
+        what: String,
+        /// The request timeout.
+        limit: std::time::Duration,
+    },
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// etcd could not be reached or did not answer in time.
     #[error("task store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] EtcdFailure),
     /// No task with this id.
     #[error("task {0} not found")]
     NotFound(TaskId),

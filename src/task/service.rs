@@ -366,7 +366,13 @@ mod tests {
             409
         );
         assert_eq!(
-            ServiceError::Store(StoreError::Unavailable("x".into())).status(),
+            ServiceError::Store(StoreError::Unavailable(
+                crate::store::EtcdFailure::NoAnswer {
+                    what: "x".into(),
+                    limit: std::time::Duration::ZERO
+                }
+            ))
+            .status(),
             503
         );
         assert_eq!(ServiceError::Store(StoreError::Fenced).status(), 503);
