@@ -97,6 +97,17 @@ pub struct ServerConfig {
     pub api_token: Option<String>,
     /// File holding `api_token`, instead of it.
     pub api_token_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain (this replica's certificate first): when set
+    /// with `tls_key_file`, every endpoint is served over HTTPS only and
+    /// `/cdc` is forwarded to the leader over HTTPS.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s) that the leader's certificate must chain to
+    /// when a follower forwards `/cdc`. Unset: the system's roots plus the
+    /// certificates of `tls_cert_file` (enough when that file holds the
+    /// issuing CA, or when every replica shares one self-signed certificate).
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +120,9 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(20),
             api_token: None,
             api_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -123,7 +137,55 @@ impl ServerConfig {
         if addr.ip().is_unspecified() {
             addr.set_ip([127, 0, 0, 1].into());
         }
-        format!("http://{addr}")
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+
+    /// Whether the API is served over HTTPS (`tls_cert_file` is set; the
+    /// key goes with it, which [`Config::validate`] checks).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Key {
+                key: key.into(),
+                message,
+            })
+        };
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return bad(
+                    "server.tls_key_file",
+                    "server.tls_cert_file is set but its key is not: set both or neither".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "server.tls_cert_file",
+                    "server.tls_key_file is set but the certificate is not: set both or neither"
+                        .into(),
+                )
+            }
+            (None, None) if self.tls_ca_file.is_some() => {
+                return bad(
+                    "server.tls_ca_file",
+                    "is only used with TLS on (server.tls_cert_file and tls_key_file)".into(),
+                )
+            }
+            (None, None) => return Ok(()),
+            // The files are read when `serve` starts (errors name the key
+            // and the path); loading a configuration does not need them.
+            (Some(_), Some(_)) => {}
+        }
+        if self.advertise.starts_with("http://") {
+            return bad(
+                "server.advertise",
+                "must be an https:// URL when TLS is on (followers forward over HTTPS)".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -801,6 +863,7 @@ impl Config {
         if !(adv.is_empty() || adv.starts_with("http://") || adv.starts_with("https://")) {
             return bad("server.advertise", "must be an http:// or https:// URL");
         }
+        self.server.validate_tls()?;
         Ok(())
     }
 }
@@ -843,6 +906,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("api_token", &redacted(&self.api_token))
             .field("api_token_file", &self.api_token_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -994,6 +1060,49 @@ mod tests {
         assert!(err.to_string().contains("tasks.max_tasks"), "{err}");
         let err = Config::from_toml_str("[server]\nadvertise = \"host:1\"\n").unwrap_err();
         assert!(err.to_string().contains("server.advertise"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        // A certificate without its key, and the reverse.
+        let err = Config::from_toml_str(&format!("[server]\ntls_cert_file = {}\n", q(&cert)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls_key_file"), "{err}");
+        let err = Config::from_toml_str(&format!("[server]\ntls_key_file = {}\n", q(&key)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls_cert_file"), "{err}");
+        // The files themselves are read by `serve` (api::tls names them).
+        let elsewhere = "[server]\ntls_cert_file = \"/n/c.pem\"\ntls_key_file = \"/n/k.pem\"\n";
+        assert!(Config::from_toml_str(elsewhere)
+            .unwrap()
+            .server
+            .tls_enabled());
+        // A CA without TLS on is a mistake.
+        let err = Config::from_toml_str(&format!("[server]\ntls_ca_file = {}\n", q(&cert)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls_ca_file"), "{err}");
+        // With TLS on, the advertised URL is https.
+        let both = format!(
+            "[server]\ntls_cert_file = {}\ntls_key_file = {}\n",
+            q(&cert),
+            q(&key)
+        );
+        let cfg = Config::from_toml_str(&both).unwrap();
+        assert_eq!(cfg.server.advertise_url(), "https://127.0.0.1:8444");
+        let err = Config::from_toml_str(&format!("{both}advertise = \"http://h:8444\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.advertise") && err.contains("https"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! Shutdown order: stop accepting HTTP requests, then the election stops the
 //! workers (final fenced checkpoints) and revokes the lease so that a
 //! follower takes over at once.
+//!
+//! With `server.tls_cert_file`/`tls_key_file` the API is served over HTTPS
+//! only (see [`crate::api::tls`]); its files are read before anything
+//! starts, so a bad certificate stops the start with the file's name.
 
 use std::{sync::Arc, time::Duration};
 
@@ -65,10 +69,37 @@ pub enum ServeError {
     /// The HTTP server failed while serving.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// The API's TLS files cannot be used.
+    #[error("invalid TLS settings of the HTTP API: {0}")]
+    Tls(#[source] crate::api::tls::ApiTlsError),
+}
+
+/// The API's listener.
+enum Listening {
+    /// Plain HTTP (the default).
+    Plain(tokio::net::TcpListener),
+    /// HTTPS only.
+    Tls(api::tls::TlsListener),
+}
+
+/// The server's and the forwarder's TLS settings (None: plain HTTP).
+type TlsSettings = (Option<Arc<rustls::ServerConfig>>, Arc<rustls::ClientConfig>);
+
+fn tls_settings(cfg: &crate::config::ServerConfig) -> Result<TlsSettings, ServeError> {
+    let server = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            Some(api::tls::server_config(cert, key).map_err(ServeError::Tls)?)
+        }
+        _ => None,
+    };
+    let client = api::tls::client_config(cfg.tls_ca_file.as_deref(), cfg.tls_cert_file.as_deref())
+        .map_err(ServeError::Tls)?;
+    Ok((server, client))
 }
 
 /// Runs the agent until a shutdown signal.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let (server_tls, client_tls) = tls_settings(&cfg.server)?;
     let metrics = Metrics::new();
     let client = store::connect(&cfg.etcd).await.map_err(ServeError::Etcd)?;
     let store = TaskStore::new(&client, &cfg.etcd.root, cfg.etcd.request_timeout);
@@ -109,7 +140,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             client: client.clone(),
             timeout: cfg.etcd.request_timeout,
         }),
-        forwarder: Forwarder::new(&advertise_url).with_token(cfg.server.api_token.clone()),
+        forwarder: Forwarder::new(&advertise_url, client_tls)
+            .with_token(cfg.server.api_token.clone()),
         leader_wait: cfg.ha.lease_ttl * 2,
         running_tasks: Arc::new(move || {
             running.running().iter().map(ToString::to_string).collect()
@@ -123,6 +155,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             addr: cfg.server.listen,
             source,
         })?;
+    let listener = match &server_tls {
+        Some(tls) => Listening::Tls(api::tls::TlsListener::new(listener, tls.clone()).map_err(
+            |source| ServeError::Listen {
+                addr: cfg.server.listen,
+                source,
+            },
+        )?),
+        None => Listening::Plain(listener),
+    };
     let election = Election {
         client: client.clone(),
         store,
@@ -137,19 +178,35 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     let stop_election = CancellationToken::new();
     let election_task = tokio::spawn(election.run(stop_election.clone()));
-    info!(listen = %cfg.server.listen, advertise = %advertise_url, "milvus-cdc serving");
+    info!(
+        listen = %cfg.server.listen,
+        advertise = %advertise_url,
+        tls = server_tls.is_some(),
+        "milvus-cdc serving"
+    );
     // On a signal, the election stops the workers and revokes the lease at
     // once, while the HTTP server drains its in-flight requests.
     let on_signal = stop_election.clone();
     let shutdown_timeout = cfg.server.shutdown_timeout;
-    let http = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            arm_shutdown_deadline(shutdown_timeout);
-            on_signal.cancel();
-        })
-        .await
-        .map_err(ServeError::Http);
+    let on_shutdown = async move {
+        shutdown_signal().await;
+        arm_shutdown_deadline(shutdown_timeout);
+        on_signal.cancel();
+    };
+    let router = api::router(state);
+    let http = match listener {
+        Listening::Tls(listener) => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(on_shutdown)
+                .await
+        }
+        Listening::Plain(listener) => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(on_shutdown)
+                .await
+        }
+    }
+    .map_err(ServeError::Http);
     stop_election.cancel();
     stop_probe.cancel();
     if election_task.await.is_err() {
@@ -194,5 +251,30 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => info!("SIGINT received, shutting down"),
         () = term => info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_tls_files_are_named_and_stop_the_start() {
+        let cfg = crate::config::ServerConfig {
+            tls_cert_file: Some("/nonexistent/tls.crt".into()),
+            tls_key_file: Some("/nonexistent/tls.key".into()),
+            ..Default::default()
+        };
+        let Err(err) = tls_settings(&cfg) else {
+            panic!("missing files accepted")
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("server.tls_cert_file") && err.contains("/nonexistent/tls.crt"),
+            "{err}"
+        );
+        // Plain HTTP (the default) needs no file.
+        let (server, _) = tls_settings(&crate::config::ServerConfig::default()).unwrap();
+        assert!(server.is_none());
     }
 }

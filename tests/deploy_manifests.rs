@@ -12,7 +12,10 @@
 //!   StatefulSet and of the systemd environment file load as a configuration;
 //! - every metric registered in `src/metrics.rs` has a Grafana panel, and the
 //!   dashboard and the alerts only use metrics that exist;
-//! - every alert has a runbook section in `docs/operations.md`.
+//! - every alert has a runbook section in `docs/operations.md`;
+//! - the TLS overlay (`deploy/k8s-tls`) patches the base consistently: its
+//!   environment loads with TLS on and an https advertised URL, the files
+//!   are on the Secret's mount, probes and scraping use HTTPS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and bench helpers
 
@@ -424,6 +427,109 @@ fn configmap_and_environment_load_as_a_configuration() {
             default_port()
         )
     );
+}
+
+/// The documents of one YAML file.
+fn yaml_file(rel: &str) -> Value {
+    let text = read(rel);
+    let mut docs = serde_norway::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}")))
+        .filter(|v| !v.is_null());
+    let doc = docs.next().unwrap_or_else(|| panic!("{rel} is empty"));
+    assert!(docs.next().is_none(), "{rel}: one document expected");
+    doc
+}
+
+#[test]
+fn tls_overlay_patches_the_base_consistently() {
+    let kustomization = yaml_file("deploy/k8s-tls/kustomization.yaml");
+    assert_eq!(kustomization["kind"], "Kustomization");
+    assert_eq!(kustomization["resources"], serde_json::json!(["../k8s"]));
+    let patches: Vec<String> = kustomization["patches"]
+        .as_array()
+        .expect("patches")
+        .iter()
+        .map(|p| p["path"].as_str().expect("patch path").to_string())
+        .collect();
+    let files: BTreeSet<String> = std::fs::read_dir(repo().join("deploy/k8s-tls"))
+        .expect("deploy/k8s-tls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|f| f != "kustomization.yaml")
+        .collect();
+    assert_eq!(
+        patches.iter().cloned().collect::<BTreeSet<_>>(),
+        files,
+        "patches vs files in deploy/k8s-tls"
+    );
+    let base = statefulset();
+    let patch = yaml_file("deploy/k8s-tls/statefulset-tls.yaml");
+    assert_eq!(patch["kind"], base["kind"]);
+    assert_eq!(patch["metadata"]["name"], base["metadata"]["name"]);
+    let c = container(&patch);
+    // A merged env list puts the patch's entries first: a $(VAR) they use
+    // must be defined in the patch too, ahead of it.
+    let names: Vec<&str> = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for (i, e) in c["env"].as_array().expect("env").iter().enumerate() {
+        for var in ["POD_NAME", "POD_NAMESPACE"] {
+            if e["value"]
+                .as_str()
+                .is_some_and(|v| v.contains(&format!("$({var})")))
+            {
+                assert!(names[..i].contains(&var), "{var} used before it is defined");
+            }
+        }
+    }
+    // The environment: the base's, with the patch's variables merged by name.
+    let mut env: BTreeMap<String, String> = statefulset_env(&base).into_iter().collect();
+    env.extend(statefulset_env(&patch));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, configmap_text()).expect("write config");
+    let cfg = Config::load(Some(&file), env, &ConfigOverrides::default())
+        .unwrap_or_else(|e| panic!("the TLS overlay's environment does not load: {e}"));
+    assert!(cfg.server.tls_enabled());
+    assert!(
+        cfg.server
+            .advertise_url()
+            .starts_with("https://milvus-cdc-0."),
+        "{}",
+        cfg.server.advertise_url()
+    );
+    // The files are on the mount of the Secret's volume.
+    let mount = c["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .expect("a tls volume mount");
+    let dir = Path::new(mount["mountPath"].as_str().expect("mountPath"));
+    for f in [&cfg.server.tls_cert_file, &cfg.server.tls_key_file] {
+        let f = f.as_ref().expect("a TLS file");
+        assert_eq!(f.parent(), Some(dir), "{} not on the mount", f.display());
+    }
+    let volumes = patch["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    assert!(volumes
+        .iter()
+        .any(|v| v["name"] == "tls" && v["secret"]["secretName"].is_string()));
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
+    let sm = yaml_file("deploy/k8s-tls/servicemonitor-tls.yaml");
+    let base_sm = one(&objects(), "ServiceMonitor");
+    assert_eq!(sm["metadata"]["name"], base_sm["metadata"]["name"]);
+    let endpoint = &sm["spec"]["endpoints"][0];
+    let base_endpoint = &base_sm["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    for k in ["port", "path", "interval", "scrapeTimeout"] {
+        assert_eq!(endpoint[k], base_endpoint[k], "ServiceMonitor endpoint {k}");
+    }
 }
 
 /// `KEY=value` lines of the systemd environment file, commented examples

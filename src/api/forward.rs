@@ -1,13 +1,16 @@
 //! Forwarding `/cdc` from a follower to the leader: the leader's answer
 //! (status and body) is returned unchanged. A header marks forwarded
 //! requests, so a replica that is not the leader never forwards one again
-//! (no loops while leadership moves).
+//! (no loops while leadership moves). The leader's advertised URL decides
+//! the scheme: `https://` when the API is served with TLS, the leader's
+//! certificate verified against the configured roots.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use super::tls::{https_client, HttpsClient};
 
 /// Header set on forwarded requests.
 pub const FORWARDED_HEADER: &str = "x-milvus-cdc-forwarded-by";
@@ -49,23 +52,24 @@ pub enum ForwardError {
     },
 }
 
+/// Longest time spent opening a connection to the leader (TCP, then TLS).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// An HTTP/1 client for forwarding. Cheap to clone.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: HttpsClient,
     me: String,
     timeout: Duration,
     token: Option<String>,
 }
 
 impl Forwarder {
-    /// A forwarder for the replica advertised as `me`.
-    pub fn new(me: &str) -> Self {
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        connector.set_nodelay(true);
+    /// A forwarder for the replica advertised as `me`, trusting `tls`'s
+    /// roots for `https://` leaders.
+    pub fn new(me: &str, tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: https_client(tls, CONNECT_TIMEOUT),
             me: me.to_string(),
             timeout: FORWARD_TIMEOUT,
             token: None,
@@ -106,8 +110,8 @@ impl Forwarder {
             .map_err(|e| not_sent(format!("cannot build request to {url}: {e}")))?;
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) if e.is_connect() => return Err(not_sent(e.to_string())),
-            Ok(Err(e)) => return Err(no_answer(e.to_string())),
+            Ok(Err(e)) if e.is_connect() => return Err(not_sent(error_chain(&e))),
+            Ok(Err(e)) => return Err(no_answer(error_chain(&e))),
             Err(_) => return Err(no_answer(format!("none within {:?}", self.timeout))),
         };
         let status = resp.status().as_u16();
@@ -129,6 +133,22 @@ impl Forwarder {
     }
 }
 
+/// The error and its causes on one line (a failed TLS handshake is only
+/// visible in the causes).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cur = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt as _;
@@ -137,7 +157,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_not_sent_and_a_silent_leader_is_no_answer() {
-        let fwd = Forwarder::new("http://me").with_timeout(Duration::from_millis(300));
+        let tls = crate::api::tls::client_config(None, None).unwrap();
+        let fwd = Forwarder::new("http://me", tls).with_timeout(Duration::from_millis(300));
         // Nothing listens: the request never left.
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = closed.local_addr().unwrap().port();

@@ -7,6 +7,7 @@
 
 pub mod cdc;
 pub mod forward;
+pub mod tls;
 
 use std::time::Duration;
 

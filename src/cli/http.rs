@@ -1,25 +1,25 @@
 //! The HTTP side of the client commands: addresses, requests with a
 //! timeout, and what an answer means for the exit code.
 
-use std::{fmt::Write as _, io::Write as _, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, io::Write as _, path::Path, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use serde_json::Value;
 
 use super::CONNECT_TIMEOUT;
 
-pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(super) type HttpClient = crate::api::tls::HttpsClient;
 
-pub(super) fn http_client(timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout)));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+/// A client for `http://` and `https://` servers; `https://` ones must
+/// present a certificate that chains to `cacert` (PEM) when given, to the
+/// system's roots otherwise. An unusable `cacert` is an error naming it.
+pub(super) fn http_client(timeout: Duration, cacert: Option<&Path>) -> Result<HttpClient, String> {
+    let tls = crate::api::tls::client_config(cacert, None).map_err(|e| format!("--cacert: {e}"))?;
+    Ok(crate::api::tls::https_client(
+        tls,
+        CONNECT_TIMEOUT.min(timeout),
+    ))
 }
 
 /// An HTTP answer.
@@ -62,28 +62,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Checks a `--server` value and returns it as `http://host:port` without a
-/// trailing slash. A value without a scheme gets `http://`.
+/// Checks a `--server` value and returns it as `http://host:port` or
+/// `https://host:port` without a trailing slash. A value without a scheme
+/// gets `http://`.
 fn base_url(server: &str) -> Result<String, String> {
     let s = server.trim();
     if s.is_empty() {
         return Err("--server: empty URL".into());
     }
-    if s.starts_with("https://") {
-        return Err(format!(
-            "--server {server}: https is not supported (the agent serves plain HTTP)"
-        ));
-    }
-    let rest = match s.split_once("://") {
-        None => s,
-        Some(("http", rest)) => rest,
-        Some(_) => return Err(format!("--server {server}: expected http://host:port")),
+    let (scheme, rest) = match s.split_once("://") {
+        None => ("http", s),
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some(_) => {
+            return Err(format!(
+                "--server {server}: expected http://host:port or https://host:port"
+            ))
+        }
     };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!("--server {server}: no host in the URL"));
     }
-    let url = format!("http://{rest}");
+    let url = format!("{scheme}://{rest}");
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("--server {server}: not a valid URL: {e}"))?;
@@ -266,7 +266,8 @@ mod tests {
     fn server_urls_are_checked() {
         assert_eq!(base_url("127.0.0.1:8444").unwrap(), "http://127.0.0.1:8444");
         assert_eq!(base_url(" http://h:1/ ").unwrap(), "http://h:1");
-        assert!(base_url("https://h:1").unwrap_err().contains("https"));
+        assert_eq!(base_url("https://h:1/").unwrap(), "https://h:1");
+        assert!(base_url("ftps://h:1").unwrap_err().contains("https://"));
         assert!(base_url("ftp://h").is_err());
         assert!(base_url("").is_err());
         assert!(base_url("http://").is_err());

@@ -8,6 +8,7 @@
 //! milvus-cdc task list --server http://cdc-0:8444,http://cdc-1:8444
 //! milvus-cdc task pause 0123456789abcdef0123456789abcdef
 //! milvus-cdc status --server http://cdc-0:8444,http://cdc-1:8444,http://cdc-2:8444
+//! milvus-cdc task list --server https://cdc-0:8444 --cacert ca.pem
 //! ```
 //!
 //! Exit codes: [`EXIT_OK`] (0), [`EXIT_API_ERROR`] (1: the server answered
@@ -35,6 +36,8 @@ use serde_json::{json, Value};
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8444";
 /// Environment variable that sets `--server`.
 pub const SERVER_ENV: &str = "MILVUS_CDC_SERVER";
+/// Environment variable that sets `--cacert`.
+pub const CACERT_ENV: &str = "MILVUS_CDC_CACERT";
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -79,6 +82,10 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// CA certificate(s) (PEM) that an `https://` server's certificate must
+    /// chain to; the system's roots without it.
+    #[arg(long, value_name = "FILE", env = CACERT_ENV)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Seconds to wait for an answer (a `create` waits at least its
     /// connect timeout plus 30 s).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -246,6 +253,10 @@ pub struct StatusArgs {
     /// its running tasks) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// CA certificate(s) (PEM) that an `https://` server's certificate must
+    /// chain to; the system's roots without it.
+    #[arg(long, value_name = "FILE", env = CACERT_ENV)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Seconds to wait for each replica's answers.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
@@ -356,6 +367,7 @@ mod tests {
             json: false,
             timeout: 5,
             api_token: None,
+            cacert: None,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
@@ -363,6 +375,7 @@ mod tests {
             server: vec!["127.0.0.1:1".into()],
             json: true,
             timeout: 5,
+            cacert: None,
         })
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
@@ -371,6 +384,26 @@ mod tests {
             json: false,
             timeout: 5,
             api_token: None,
+            cacert: None,
+        }))
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
+        let code = run_task(TaskCommand::List(ServerArgs {
+            server: vec!["ftp://127.0.0.1:1".into()],
+            json: false,
+            timeout: 5,
+            api_token: None,
+            cacert: None,
+        }))
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_USAGE));
+        // An unusable CA file is a usage error that names it.
+        let code = run_task(TaskCommand::List(ServerArgs {
+            server: vec!["https://127.0.0.1:1".into()],
+            json: false,
+            timeout: 5,
+            api_token: None,
+            cacert: Some("/nonexistent/ca.pem".into()),
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_USAGE));

@@ -382,7 +382,10 @@ pub async fn run_status(args: StatusArgs) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, &e),
     };
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let client = http_client(timeout);
+    let client = match http_client(timeout, args.cacert.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
     let reports: Vec<ReplicaReport> = futures::future::join_all(
         urls.into_iter()
             .map(|url| ask_replica(&client, url, timeout)),

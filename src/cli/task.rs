@@ -173,7 +173,10 @@ pub async fn run_task(cmd: TaskCommand) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, &e),
     };
     let timeout = cmd.timeout();
-    let client = http_client(timeout);
+    let client = match http_client(timeout, args.cacert.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
     let body = Bytes::from(cmd.body().to_string());
     let mut last_error = String::new();
     let mut answer = None;

@@ -720,7 +720,7 @@ async fn reconcile_loop(
         if !leadership.guard.is_valid() {
             return;
         }
-        if let Err(e) = reconcile::reconcile_once(&catalog, &writer).await {
+        if let Err(e) = reconcile::reconcile_once(&catalog, &writer, &leadership.guard).await {
             warn!(error = %e, "metadata reconciliation failed, will retry");
         }
     }

@@ -182,7 +182,8 @@ def test_exit_codes(agent):
                  ["task", "create", "--target-uri", TARGET, "--username", "u"],  # no password
                  ["task", "create", "--target-uri", TARGET, "--target-token", "a:b",
                   "--username", "u", "--password", "p"],  # token and user conflict
-                 ["task", "list", "--server", "https://127.0.0.1:8444"],
+                 ["task", "list", "--server", "https://127.0.0.1:8444",
+                  "--cacert", "/nonexistent/ca.pem"],  # unreadable CA file
                  ["task", "frobnicate"],
                  ["status", "--server", "ftp://x"]):
         r = cli(*args)
