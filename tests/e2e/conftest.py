@@ -234,3 +234,31 @@ def create_body(**param_overrides):
             "collection_infos": [{"name": "*"}],
         },
     }
+
+
+def create_task(agent):
+    """Creates the standard `*` task on `agent`; returns its id."""
+    status, body = agent.cdc(create_body())
+    assert status == 200, body
+    return body["data"]["task_id"]
+
+
+def get_task(agent, task_id):
+    """The task as `get` shows it."""
+    status, body = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
+    assert status == 200, body
+    return body["data"]["Task"]
+
+
+def stack_env_for_restart(stack):
+    """The CDC_* variables scripts/stack.sh needs to restart the same stack."""
+    return {
+        "CDC_RUN_DIR": stack["CDC_RUN_DIR"],
+        "CDC_ETCD_PORT": stack["CDC_ETCD_ENDPOINT"].rsplit(":", 1)[1],
+        "CDC_SOURCE_PORT": stack["CDC_SOURCE_ADDR"].rsplit(":", 1)[1],
+        "CDC_NATS_PORT": stack["CDC_NATS_URL"].rsplit(":", 1)[1],
+        "CDC_SOURCE_MQ": stack.get("CDC_SOURCE_MQ", "natsmq"),
+        "CDC_TARGET_PORT": stack["CDC_TARGET_ADDR"].rsplit(":", 1)[1],
+        "CDC_TARGET_AUTH": stack.get("CDC_TARGET_AUTH", "0"),
+        "CDC_SOURCE_AUTH": stack.get("CDC_SOURCE_AUTH", "0"),
+    }

@@ -11,7 +11,8 @@ import pytest
 
 from writers import ConcurrentWriters, create_collection, wait_equal
 from conftest import STACK, TARGET_TOKEN
-from test_replication import create_task, wait_verified
+from conftest import create_task
+from test_replication import wait_verified
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 TARGET = STACK["CDC_TARGET_URI"]

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from pymilvus import Collection
 
-from conftest import (BIN, REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, http,
-                      source_env)
+from conftest import (BIN, REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, create_task, free_port,
+                      http, source_env)
 from test_replication import keys, wait_verified
 from workload import BackgroundInserts, connect
 
@@ -268,12 +268,6 @@ def running_on(agent, task_id):
 
 def tag():
     return uuid.uuid4().hex[:8]
-
-
-def create_task(agent):
-    status_, body = agent.cdc(create_body())
-    assert status_ == 200, body
-    return body["data"]["task_id"]
 
 
 def checkpoints(etcd, root, task_id):

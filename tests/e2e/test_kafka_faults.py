@@ -31,10 +31,9 @@ import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections
 from pymilvus.grpc_gen import milvus_pb2
 
-from conftest import (BIN, REPO, STACK, TARGET_TOKEN, create_body, etcd_get_prefix, free_port,
-                      http, kafka_only)
+from conftest import (BIN, REPO, STACK, TARGET_TOKEN, create_task, etcd_get_prefix, free_port,
+                      get_task, http, kafka_only, stack_env_for_restart)
 from test_replication import keys
-from test_source_reader import stack_env_for_restart
 from workload import connect
 
 pytestmark = kafka_only
@@ -137,18 +136,6 @@ def reconnects(agent, task_id, channel=None):
                 and (channel is None or f'channel="{channel}"' in line)):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def create_task(agent):
-    status, body = agent.cdc(create_body())
-    assert status == 200, body
-    return body["data"]["task_id"]
-
-
-def get_task(agent, task_id):
-    status, body = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
-    assert status == 200, body
-    return body["data"]["Task"]
 
 
 def physical_channel(alias, name):

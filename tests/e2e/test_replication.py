@@ -12,7 +12,7 @@ import uuid
 import pytest
 from pymilvus import Collection, connections, utility
 
-from conftest import BIN, STACK, TARGET_TOKEN, create_body, http
+from conftest import BIN, STACK, TARGET_TOKEN, create_task, http, stack_env_for_restart
 from workload import BackgroundInserts, Workload, connect
 
 SOURCE = STACK["CDC_SOURCE_URI"]
@@ -48,12 +48,6 @@ def wait_verified(collections, limit=420):
 
 def tag():
     return uuid.uuid4().hex[:8]
-
-
-def create_task(agent):
-    status, body = agent.cdc(create_body())
-    assert status == 200, body
-    return body["data"]["task_id"]
 
 
 @pytest.fixture(scope="module")
@@ -195,17 +189,3 @@ def test_target_down_for_30s_then_catches_up(agents):
     assert any(l.startswith("milvus_cdc_apply_errors_total{") and 'kind="target_rewind"' in l
                and float(l.rsplit(" ", 1)[1]) >= 1 for l in text.splitlines()), \
         [l for l in text.splitlines() if "apply_errors" in l]
-
-
-def stack_env_for_restart(stack):
-    """The CDC_* variables scripts/stack.sh needs to restart the same stack."""
-    return {
-        "CDC_RUN_DIR": stack["CDC_RUN_DIR"],
-        "CDC_ETCD_PORT": stack["CDC_ETCD_ENDPOINT"].rsplit(":", 1)[1],
-        "CDC_SOURCE_PORT": stack["CDC_SOURCE_ADDR"].rsplit(":", 1)[1],
-        "CDC_NATS_PORT": stack["CDC_NATS_URL"].rsplit(":", 1)[1],
-        "CDC_SOURCE_MQ": stack.get("CDC_SOURCE_MQ", "natsmq"),
-        "CDC_TARGET_PORT": stack["CDC_TARGET_ADDR"].rsplit(":", 1)[1],
-        "CDC_TARGET_AUTH": stack.get("CDC_TARGET_AUTH", "0"),
-        "CDC_SOURCE_AUTH": stack.get("CDC_SOURCE_AUTH", "0"),
-    }

@@ -11,7 +11,7 @@ import uuid
 
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema
 
-from conftest import REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, http
+from conftest import REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, get_task, http
 from test_replication import keys
 from test_task_errors import wait_for
 from workload import connect
@@ -47,11 +47,6 @@ def source_up(agent):
         if line.startswith("milvus_cdc_source_up "):
             return float(line.split()[1])
     return None
-
-
-def get_task(agent, task_id):
-    _, body = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
-    return body["data"]["Task"]
 
 
 def test_an_unreachable_source_is_reported_and_replication_resumes(agents, tmp_path):

@@ -36,7 +36,7 @@ import pytest
 from pymilvus import (Collection, CollectionSchema, DataType, FieldSchema, Partition,
                       connections, db, utility)
 
-from conftest import BIN, REPO, SOURCE_MQ, STACK, source_env
+from conftest import BIN, REPO, SOURCE_MQ, STACK, source_env, stack_env_for_restart
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 SOURCE_TOKEN = "root:Milvus" if STACK.get("CDC_SOURCE_AUTH") == "1" else None
@@ -542,20 +542,6 @@ def test_resume_after_checkpoint_equals_uninterrupted_read(wl):
 
 
 # ---------------------------------------------------------- source restart
-
-def stack_env_for_restart(stack):
-    """The CDC_* variables scripts/stack.sh needs to restart the same stack."""
-    return {
-        "CDC_RUN_DIR": stack["CDC_RUN_DIR"],
-        "CDC_ETCD_PORT": stack["CDC_ETCD_ENDPOINT"].rsplit(":", 1)[1],
-        "CDC_SOURCE_PORT": stack["CDC_SOURCE_ADDR"].rsplit(":", 1)[1],
-        "CDC_NATS_PORT": stack["CDC_NATS_URL"].rsplit(":", 1)[1],
-        "CDC_SOURCE_MQ": stack.get("CDC_SOURCE_MQ", "natsmq"),
-        "CDC_TARGET_PORT": stack["CDC_TARGET_ADDR"].rsplit(":", 1)[1],
-        "CDC_TARGET_AUTH": stack.get("CDC_TARGET_AUTH", "0"),
-        "CDC_SOURCE_AUTH": stack.get("CDC_SOURCE_AUTH", "0"),
-    }
-
 
 def restart_source(attempts=3):
     """scripts/stack.sh start for the killed source. Retried: a port of the
