@@ -8,8 +8,8 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use super::{
-    params::ParamError, Action, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState,
-    Transition,
+    params::{ParamError, Selection},
+    Action, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState, Transition,
 };
 use crate::{
     config::SourceConfig,
@@ -34,6 +34,10 @@ pub enum ServiceError {
     /// The store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another task already replicates some of the selected collections to
+    /// the same target.
+    #[error("{0}")]
+    Overlap(String),
 }
 
 impl From<ParamError> for ServiceError {
@@ -47,6 +51,7 @@ impl ServiceError {
     pub fn status(&self) -> u16 {
         match self {
             ServiceError::BadRequest(_) | ServiceError::Target(_) => 400,
+            ServiceError::Overlap(_) => 409,
             ServiceError::Store(StoreError::NotFound(_)) => 404,
             ServiceError::Store(StoreError::Conflict(_)) => 409,
             ServiceError::Store(StoreError::LimitReached(_)) => 409,
@@ -198,7 +203,7 @@ impl TaskService {
     /// Validates `req`, checks that the target answers and accepts the
     /// credentials, then stores the task as `Running` and starts it.
     pub async fn create(&self, req: CreateTask) -> Result<TaskId, ServiceError> {
-        check_collection_infos(&req.collection_infos)?;
+        let selection = check_collection_infos(&req.collection_infos)?;
         let start = self.start_checkpoints(&req.collection_infos)?;
         let addr = req.milvus_connect_param.validate()?;
         let target = MilvusClient::connect(&addr).await?;
@@ -221,6 +226,22 @@ impl TaskService {
             }
         }
         let _guard = self.write_lock.lock().await;
+        // Two tasks writing the same target collection would fight over it
+        // (and their drops and re-creations would undo each other).
+        let existing: Vec<TaskRecord> = self
+            .store
+            .load_tasks()
+            .await?
+            .into_iter()
+            .map(|t| t.value)
+            .collect();
+        if let Some((other, mine, theirs)) = overlapping_task(&addr.url, &selection, &existing) {
+            return Err(ServiceError::Overlap(format!(
+                "collection_infos: {mine} overlaps {theirs} of task {} (state {}), which \
+                 replicates to the same target {}; select disjoint collections or delete that task",
+                other.task_id, other.state, addr.url
+            )));
+        }
         let record = TaskRecord {
             task_id: TaskId::generate(),
             milvus_connect_param: req.milvus_connect_param,
@@ -319,18 +340,39 @@ impl TaskService {
     }
 }
 
-/// Only whole-cluster replication (`[{"name": "*"}]`) is supported, as in
-/// the official server.
-fn check_collection_infos(infos: &[CollectionInfo]) -> Result<(), ServiceError> {
-    match infos {
-        [one] if one.name == "*" => Ok(()),
-        [] => Err(ServiceError::BadRequest(
-            "collection_infos must not be empty; use [{\"name\": \"*\"}]".into(),
-        )),
-        _ => Err(ServiceError::BadRequest(
-            "collection_infos: only [{\"name\": \"*\"}] (every collection) is supported".into(),
-        )),
-    }
+/// Checks `collection_infos` (see [`Selection::parse`]).
+fn check_collection_infos(infos: &[CollectionInfo]) -> Result<Selection, ServiceError> {
+    Ok(Selection::parse(infos)?)
+}
+
+/// The first existing task that replicates a collection of `selection` to
+/// the same target (`url`), with the patterns that overlap. Tasks whose
+/// stored parameters no longer parse are ignored.
+fn overlapping_task<'a>(
+    url: &str,
+    selection: &Selection,
+    tasks: &'a [TaskRecord],
+) -> Option<(&'a TaskRecord, String, String)> {
+    tasks.iter().find_map(|t| {
+        let other_url = t.milvus_connect_param.validate().ok()?.url;
+        if !same_target(&other_url, url) {
+            return None;
+        }
+        let other = Selection::parse(&t.collection_infos).ok()?;
+        selection
+            .overlap(&other)
+            .map(|(mine, theirs)| (t, mine.to_string(), theirs.to_string()))
+    })
+}
+
+/// Whether two validated target urls name the same Milvus.
+fn same_target(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        u.trim_end_matches('/')
+            .to_ascii_lowercase()
+            .replace("://localhost:", "://127.0.0.1:")
+    };
+    norm(a) == norm(b)
 }
 
 #[cfg(test)]
@@ -339,18 +381,69 @@ mod tests {
 
     #[test]
     fn collection_infos_rules() {
-        let star = CollectionInfo {
-            name: "*".into(),
+        let info = |n: &str| CollectionInfo {
+            name: n.into(),
             positions: Default::default(),
         };
-        let named = CollectionInfo {
-            name: "c".into(),
-            positions: Default::default(),
+        assert!(check_collection_infos(&[info("*")]).is_ok());
+        assert!(check_collection_infos(&[info("c"), info("db.*")]).is_ok());
+        for bad in [vec![], vec![info("*"), info("*")], vec![info("a b")]] {
+            let e = check_collection_infos(&bad).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+        }
+    }
+
+    fn task(uri: &str, names: &[&str]) -> TaskRecord {
+        TaskRecord {
+            task_id: TaskId::generate(),
+            milvus_connect_param: MilvusConnectParam {
+                uri: Some(uri.into()),
+                ..Default::default()
+            },
+            collection_infos: names
+                .iter()
+                .map(|n| CollectionInfo {
+                    name: (*n).into(),
+                    positions: Default::default(),
+                })
+                .collect(),
+            state: TaskState::Paused,
+            created_at_ms: 1,
+            history_gaps: Vec::new(),
+            last_error: None,
+            skipped_messages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn overlapping_tasks_to_the_same_target_are_found() {
+        let sel =
+            |names: &[&str]| Selection::parse(&task("http://x:1", names).collection_infos).unwrap();
+        let tasks = vec![
+            task("http://b:19530", &["*"]),
+            task("http://a:19530", &["c1", "shop.*"]),
+        ];
+        let url = |u: &str| {
+            MilvusConnectParam {
+                uri: Some(u.into()),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap()
+            .url
         };
-        assert!(check_collection_infos(std::slice::from_ref(&star)).is_ok());
-        assert!(check_collection_infos(&[]).is_err());
-        assert!(check_collection_infos(&[named]).is_err());
-        assert!(check_collection_infos(&[star.clone(), star]).is_err());
+        // disjoint names on a: fine; anything on another target: fine
+        assert!(overlapping_task(&url("http://a:19530"), &sel(&["c2", "db.*"]), &tasks).is_none());
+        assert!(overlapping_task(&url("http://c:19530"), &sel(&["*"]), &tasks).is_none());
+        let (t, mine, theirs) =
+            overlapping_task(&url("http://a:19530"), &sel(&["x", "shop.orders"]), &tasks).unwrap();
+        assert_eq!(t.task_id, tasks[1].task_id);
+        assert_eq!((mine.as_str(), theirs.as_str()), ("shop.orders", "shop.*"));
+        let (t, _, theirs) =
+            overlapping_task(&url("http://B:19530/"), &sel(&["c1"]), &tasks).unwrap();
+        assert_eq!((&t.task_id, theirs.as_str()), (&tasks[0].task_id, "*"));
+        assert!(same_target("http://localhost:1", "http://127.0.0.1:1"));
+        assert_eq!(ServiceError::Overlap("x".into()).status(), 409);
     }
 
     #[test]
