@@ -15,6 +15,7 @@ use crate::{
     config::SourceConfig,
     metrics::Metrics,
     milvus::{MilvusClient, MilvusError},
+    sink::MilvusSink,
     source::{
         position::{self, SourcePosition},
         reader::ReadError,
@@ -93,6 +94,25 @@ pub struct CreateTask {
     /// What to replicate.
     pub collection_infos: Vec<CollectionInfo>,
 }
+
+/// What `promote` did to a task's target.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// The task that fed the promoted collections (now paused).
+    pub task_id: TaskId,
+    /// Its target, where the collections are now owned.
+    pub target: String,
+    /// The collections promoted, as `database.name`.
+    pub promoted: Vec<String>,
+    /// How far the task had replicated its source: `(channel, base64
+    /// MsgPosition, source timestamp)`, by channel.
+    pub positions: Vec<(String, String, u64)>,
+    /// The source Milvus of this agent (the reverse task's target).
+    pub source_uri: String,
+}
+
+/// Longest a promote may spend on the target.
+const PROMOTE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Task operations. Writes are serialized inside one process; across
 /// processes, only the leader calls them (fencing guards the rest).
@@ -319,6 +339,47 @@ impl TaskService {
         }
         self.refresh_metrics().await;
         Ok(())
+    }
+
+    /// Fail-over of task `id`'s replicas to its target: pauses the task
+    /// (final checkpoint), turns every replica of its selection on the
+    /// target into an owned collection (the marker emptied, so a reverse
+    /// task replicates it) and returns the source positions reached.
+    /// Repeating it is harmless.
+    pub async fn promote(&self, id: &TaskId) -> Result<Promotion, ServiceError> {
+        let task = self.get(id).await?;
+        let selection = Selection::parse(&task.collection_infos)?;
+        self.change_state(id, Action::Pause).await?;
+        let addr = task.milvus_connect_param.validate()?;
+        let unmark = async {
+            let sink = MilvusSink::new(MilvusClient::connect(&addr).await?);
+            let mut promoted = Vec::new();
+            for (db, name, source_id) in sink.replicas().await? {
+                if selection.matches(&db, &name) {
+                    sink.unmark_collection(&db, &name).await?;
+                    info!(task_id = %id, db = %db, collection = %name, source_id, "replica promoted to an owned collection");
+                    promoted.push(format!("{db}.{name}"));
+                }
+            }
+            Ok::<_, MilvusError>(promoted)
+        };
+        let promoted = match tokio::time::timeout(PROMOTE_LIMIT, unmark).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ServiceError::Target(MilvusError::Unreachable {
+                    url: addr.url.clone(),
+                    message: format!("promote did not finish within {}s", PROMOTE_LIMIT.as_secs()),
+                    status: None,
+                }))
+            }
+        };
+        Ok(Promotion {
+            task_id: id.clone(),
+            target: addr.url,
+            promoted,
+            positions: self.positions(id).await?,
+            source_uri: self.source.milvus_uri.clone(),
+        })
     }
 
     /// Removes a task with its checkpoints, then stops its workers (which

@@ -284,3 +284,67 @@ def test_a_task_replicates_only_the_selected_collections(agents):
     _, got = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
     assert "skipped_messages" not in got["data"]["Task"], got
 
+
+def test_promote_and_fail_back(agents, peer):
+    """A->B runs; A is "lost" (its writes stop); B is promoted and written to;
+    A comes back stale (its copy dropped, as the runbook says); the reverse
+    task from promote's answer brings A up to date; verify says equal."""
+    tag = uuid.uuid4().hex[:6]
+    name = f"pr_{tag}"
+    a = connect(f"pr-a-{tag}", SOURCE, SOURCE_TOKEN)
+    b = connect(f"pr-b-{tag}", peer["uri"])
+    agent_a = agents(extra_env=NO_REPLAY).start()
+    ab = create(agent_a, task_body(peer["uri"], [name]))
+    errors = []
+    write(make_collection(a, name), "a", 4, 50, errors)
+    assert not errors, errors
+    wait_rows(b, name, rows(a, name))
+    assert properties(b, name).get(MARKER)
+
+    # A is lost: fail over to B.
+    status, resp = agent_a.cdc({"request_type": "promote", "request_data": {"task_id": ab}})
+    assert status == 200, resp
+    data = resp["data"]
+    assert data["state"] == "Paused" and data["promoted"] == [f"default.{name}"], data
+    assert data["positions"] and all(p["msg_id"] and p["tt"] > 0 for p in data["positions"])
+    reverse = data["reverse_task"]
+    assert reverse["request_data"]["collection_infos"] == [{"name": f"default.{name}"}]
+    assert reverse["request_data"]["milvus_connect_param"]["uri"] == SOURCE
+    _, got = agent_a.cdc({"request_type": "get", "request_data": {"task_id": ab}})
+    assert got["data"]["Task"]["state"] == "Paused"
+    assert properties(b, name).get(MARKER, "") == ""  # owned now
+    # promote again: nothing left to promote, still fine
+    status, again = agent_a.cdc({"request_type": "promote", "request_data": {"task_id": ab}})
+    assert status == 200 and again["data"]["promoted"] == [], again
+
+    # Clients write to B (new keys and changed ones, and deletes).
+    cb = Collection(name, using=b)
+    cb.insert([list(range(1000, 1100)), [f"b-{k}" for k in range(1000, 1100)],
+               [[1.0, 2.0, 3.0, 4.0]] * 100])
+    cb.upsert([list(range(0, 20)), [f"b-up-{k}" for k in range(20)], [[0.0, 0.0, 0.0, 1.0]] * 20])
+    cb.delete("pk in [30, 31, 32]")
+
+    # A is back, stale: drop its copy (runbook), delete the old task, and
+    # run the reverse task from promote's answer on an agent whose source is B.
+    utility.drop_collection(name, using=a)
+    assert agent_a.cdc({"request_type": "delete", "request_data": {"task_id": ab}})[0] == 200
+    if SOURCE_TOKEN:
+        reverse["request_data"]["milvus_connect_param"]["token"] = SOURCE_TOKEN
+    agent_b = agents(root=f"milvus-cdc-test/{uuid.uuid4().hex[:12]}",
+                     extra_env=peer_env(peer)).start()
+    create(agent_b, reverse)
+    want = rows(b, name)
+    assert len(want) == 200 + 100 - 3
+    wait_rows(a, name, want)
+    env = {**os.environ}
+    if SOURCE_TOKEN:
+        env["MILVUS_CDC_TARGET_TOKEN"] = SOURCE_TOKEN
+    deadline = time.time() + 120
+    while True:
+        r = subprocess.run([str(REPO / "target" / "debug" / "milvus-cdc"), "verify", "--source",
+                            peer["uri"], "--target", SOURCE, "--collection", name],
+                           env=env, capture_output=True, text=True, timeout=120)
+        if r.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(3)  # index or load state still on its way
+    assert r.returncode == 0, r.stdout + r.stderr
