@@ -55,6 +55,9 @@ enum Command {
     /// Show each replica's role, readiness, leader and term, and the lag of
     /// the tasks it runs.
     Status(milvus_cdc::cli::StatusArgs),
+    /// Fail over a task's target: pause the task, make its replicas there
+    /// owned collections, print the positions reached and the reverse task.
+    Promote(milvus_cdc::cli::PromoteArgs),
 }
 
 #[derive(Subcommand)]
@@ -203,6 +206,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => runtime.block_on(milvus_cdc::verify::run(&args)),
         Command::Task(cmd) => runtime.block_on(milvus_cdc::cli::run_task(cmd)),
         Command::Status(args) => runtime.block_on(milvus_cdc::cli::run_status(args)),
+        Command::Promote(args) => runtime.block_on(milvus_cdc::cli::run_promote(args)),
     }
 }
 

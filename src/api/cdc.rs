@@ -28,6 +28,9 @@ pub enum CdcRequest {
     Delete(TaskId),
     /// A task's checkpoints per channel (an extension of the official server).
     Position(TaskId),
+    /// Fail over: pause the task, make its replicas on the target owned
+    /// collections, answer the positions reached (an extension).
+    Promote(TaskId),
 }
 
 impl CdcRequest {
@@ -41,6 +44,7 @@ impl CdcRequest {
             CdcRequest::Resume(_) => "resume",
             CdcRequest::Delete(_) => "delete",
             CdcRequest::Position(_) => "position",
+            CdcRequest::Promote(_) => "promote",
         }
     }
 }
@@ -69,7 +73,7 @@ impl ApiError {
     }
 }
 
-const REQUEST_TYPES: &str = "create, list, get, pause, resume, delete, position";
+const REQUEST_TYPES: &str = "create, list, get, pause, resume, delete, position, promote";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +169,7 @@ pub fn parse(body: &[u8]) -> Result<CdcRequest, ApiError> {
         "resume" => Ok(CdcRequest::Resume(task_id(data)?)),
         "delete" => Ok(CdcRequest::Delete(task_id(data)?)),
         "position" => Ok(CdcRequest::Position(task_id(data)?)),
+        "promote" => Ok(CdcRequest::Promote(task_id(data)?)),
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(ApiError::bad_request(format!(
@@ -244,6 +249,34 @@ pub fn positioned(positions: &[(String, String, u64)]) -> Value {
         })
         .collect();
     ok(json!({ "positions": list }))
+}
+
+/// `promote`'s answer: what was promoted, the positions the task reached
+/// (as `position` shapes them), and the `create` body of the reverse task
+/// (to send to an agent whose source is the promoted cluster; it starts at
+/// that cluster's earliest retained message, which holds the replicated
+/// history too, applied again idempotently).
+pub fn promoted(p: &crate::task::service::Promotion) -> Value {
+    let positions = positioned(&p.positions)["data"]["positions"].clone();
+    let names: Vec<Value> = if p.promoted.is_empty() {
+        Vec::new()
+    } else {
+        p.promoted.iter().map(|n| json!({ "name": n })).collect()
+    };
+    ok(json!({
+        "task_id": p.task_id,
+        "state": TaskState::Paused,
+        "target": p.target,
+        "promoted": p.promoted,
+        "positions": positions,
+        "reverse_task": {
+            "request_type": "create",
+            "request_data": {
+                "milvus_connect_param": {"uri": p.source_uri, "connect_timeout": 10},
+                "collection_infos": names,
+            }
+        }
+    }))
 }
 
 /// The empty answer of pause, resume and delete.

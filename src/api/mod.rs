@@ -360,6 +360,7 @@ async fn execute(
             .map(|()| cdc::done()),
         CdcRequest::Delete(id) => service.delete(&id).await.map(|()| cdc::done()),
         CdcRequest::Position(id) => service.positions(&id).await.map(|p| cdc::positioned(&p)),
+        CdcRequest::Promote(id) => service.promote(&id).await.map(|p| cdc::promoted(&p)),
     }
     .map_err(to_api)
 }

@@ -22,10 +22,15 @@
 //! status command.
 
 mod http;
+mod promote;
 mod status;
 mod task;
 
-pub use self::{status::run_status, task::run_task};
+pub use self::{
+    promote::{run_promote, PromoteArgs},
+    status::run_status,
+    task::run_task,
+};
 
 use std::time::Duration;
 

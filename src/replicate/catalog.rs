@@ -10,6 +10,13 @@
 //! longer has are skipped: the stream also holds their drop, so the final
 //! state is the same, and they can never land in a newer collection that
 //! reuses the name (target collections carry the source id as a property).
+//!
+//! The catalog also decides which collections the task replicates: those its
+//! [`Selection`] names, except replicas (collections that carry
+//! [`SOURCE_ID_PROPERTY`] on the source: another task created them, and
+//! replicating them onward would send them back where they came from when
+//! two tasks run in opposite directions). The decision is made once per
+//! source collection id and kept ([`Entry::Excluded`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,8 +29,9 @@ use tracing::info;
 use crate::{
     milvus::{MilvusClient, MilvusError},
     proto::milvus as pb,
-    sink::{Applied, CollectionSpec, MilvusSink, TargetCollection},
-    source::event::CreateCollection,
+    sink::{Applied, CollectionSpec, MilvusSink, TargetCollection, SOURCE_ID_PROPERTY},
+    source::event::{CreateCollection, EventKind},
+    task::params::Selection,
 };
 
 /// A source collection that exists on the target.
@@ -70,6 +78,30 @@ pub enum Entry {
     Live(Arc<LiveCollection>),
     /// Gone from the source: its rows are skipped.
     Dropped,
+    /// Not replicated by this task (not selected, or a replica itself):
+    /// its changes are ignored, not counted as skipped.
+    Excluded,
+}
+
+/// Whether a source collection with these properties is a replica made by
+/// milvus-cdc (an empty marker, left by `promote` where a property cannot
+/// be removed, means it is owned).
+pub fn is_replica(properties: &[crate::proto::common::KeyValuePair]) -> bool {
+    properties
+        .iter()
+        .any(|p| p.key == SOURCE_ID_PROPERTY && !p.value.trim().is_empty())
+}
+
+/// Whether the task replicates source collection `db.name` with these
+/// properties: selected, and not a replica unless `replicas` allows them.
+pub fn replicates(
+    selection: &Selection,
+    replicas: bool,
+    db: &str,
+    name: &str,
+    properties: &[crate::proto::common::KeyValuePair],
+) -> bool {
+    selection.matches(db, name) && (replicas || !is_replica(properties))
 }
 
 /// Shared by the pipelines of one task.
@@ -82,6 +114,10 @@ pub struct Catalog {
     writer: MilvusSink,
     /// Serializes creating, replacing and registering target collections.
     creating: Arc<Mutex<()>>,
+    /// The collections the task replicates.
+    selection: Arc<Selection>,
+    /// Replicate replicas too (off: the loop guard).
+    replicas: bool,
 }
 
 impl Catalog {
@@ -94,7 +130,116 @@ impl Catalog {
             source,
             writer,
             creating: Arc::new(Mutex::new(())),
+            selection: Arc::new(Selection::all()),
+            replicas: false,
         }
+    }
+
+    /// The same catalog replicating only `selection` (default: `*`).
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = Arc::new(selection);
+        self
+    }
+
+    /// Whether source collection `db.name` is one this task replicates: an
+    /// RPC to the source only when the loop guard needs its properties (and
+    /// never for one whose id is already decided). True when the source no
+    /// longer has it (the change is applied as before; its drop follows).
+    pub async fn selects_collection(&self, db: &str, name: &str) -> Result<bool, MilvusError> {
+        if !self.selection.matches(db, name) {
+            return Ok(false);
+        }
+        if self.replicas {
+            return Ok(true);
+        }
+        let cached = {
+            let locations = self.locations.lock().await;
+            let entries = self.entries.lock().await;
+            locations
+                .iter()
+                .filter(|(_, (d, n))| {
+                    crate::task::params::normal_db(d) == crate::task::params::normal_db(db)
+                        && n == name
+                })
+                .find_map(|(id, _)| entries.get(id).cloned())
+        };
+        match cached {
+            Some(Entry::Excluded) => return Ok(false),
+            Some(Entry::Live(_)) => return Ok(true),
+            _ => {}
+        }
+        let Some(desc) = self.describe_source(db, name).await? else {
+            return Ok(true);
+        };
+        if is_replica(&desc.properties) {
+            self.entries
+                .lock()
+                .await
+                .insert(desc.collection_id, Entry::Excluded);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Whether a non-row change applies to this task: one of a selected
+    /// collection, of a wholly selected database, or of no collection.
+    /// Changes of a collection by id (create, drop, partitions) are decided
+    /// when applied ([`Catalog::resolve`], [`Catalog::create_from_event`]).
+    pub async fn selects(&self, kind: &EventKind) -> Result<bool, MilvusError> {
+        if self.selection.is_all() && self.replicas {
+            return Ok(true);
+        }
+        let (db, name) = match kind {
+            EventKind::CreateDatabase(r) => return Ok(self.selection.covers_database(&r.db_name)),
+            EventKind::DropDatabase(r) => return Ok(self.selection.covers_database(&r.db_name)),
+            EventKind::CreateIndex(r) => (&r.db_name, &r.collection_name),
+            EventKind::DropIndex(r) => (&r.db_name, &r.collection_name),
+            EventKind::LoadCollection(r) => (&r.db_name, &r.collection_name),
+            EventKind::ReleaseCollection(r) => (&r.db_name, &r.collection_name),
+            EventKind::LoadPartitions(r) => (&r.db_name, &r.collection_name),
+            EventKind::ReleasePartitions(r) => (&r.db_name, &r.collection_name),
+            EventKind::CreateAlias(r) => (&r.db_name, &r.collection_name),
+            EventKind::AlterAlias(r) => (&r.db_name, &r.collection_name),
+            // DropAlias names no collection; a Flush is filtered name by
+            // name (`Catalog::flush_names`); changes by collection id are
+            // decided when applied.
+            _ => return Ok(true),
+        };
+        self.selects_collection(db, name).await
+    }
+
+    /// The collections of a Flush that this task replicates.
+    pub async fn flush_names(
+        &self,
+        db: &str,
+        names: &[String],
+    ) -> Result<Vec<String>, MilvusError> {
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if self.selects_collection(db, n).await? {
+                out.push(n.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decides (once per id) whether the source collection `id` at
+    /// `db.name`, described by `desc`, is replicated; records `Excluded`
+    /// if not.
+    async fn exclude_unless_selected(
+        &self,
+        id: i64,
+        db: &str,
+        name: &str,
+        desc: Option<&pb::DescribeCollectionResponse>,
+    ) -> bool {
+        let props = desc.map(|d| d.properties.as_slice()).unwrap_or_default();
+        if replicates(&self.selection, self.replicas, db, name, props) {
+            return false;
+        }
+        info!(collection = %name, db = %db, source_id = id, "not replicated by this task (not selected, or a replica made by milvus-cdc)");
+        self.entries.lock().await.insert(id, Entry::Excluded);
+        true
     }
 
     /// Records that `id` was dropped.
@@ -148,7 +293,7 @@ impl Catalog {
             .values()
             .filter_map(|e| match e {
                 Entry::Live(l) => Some(l.clone()),
-                Entry::Dropped => None,
+                Entry::Dropped | Entry::Excluded => None,
             })
             .collect()
     }
@@ -186,7 +331,16 @@ impl Catalog {
                 ev.name()
             )));
         };
+        if let Some(Entry::Excluded) = self.known(id).await {
+            return Ok(Applied::Excluded);
+        }
         let desc = self.describe_source(&db, &name).await?;
+        if self
+            .exclude_unless_selected(id, &db, &name, desc.as_ref())
+            .await
+        {
+            return Ok(Applied::Excluded);
+        }
         let spec = CollectionSpec {
             db: db.clone(),
             name: name.clone(),
@@ -280,6 +434,20 @@ impl Catalog {
             self.set_dropped(id).await;
             return Ok(Entry::Dropped);
         };
+        if !self.selection.matches(&db, &name) {
+            self.exclude_unless_selected(id, &db, &name, None).await;
+            return Ok(Entry::Excluded);
+        }
+        let Some(desc) = self.describe_source(&db, &name).await? else {
+            self.set_dropped(id).await;
+            return Ok(Entry::Dropped);
+        };
+        if self
+            .exclude_unless_selected(id, &db, &name, Some(&desc))
+            .await
+        {
+            return Ok(Entry::Excluded);
+        }
         if let Some(meta) = self.writer.describe(&db, &name).await? {
             if meta.source_id == Some(id) || meta.source_id.is_none() {
                 let live = Arc::new(LiveCollection::new(db, name, meta));
@@ -290,10 +458,6 @@ impl Catalog {
                 return Ok(Entry::Live(live));
             }
         }
-        let Some(desc) = self.describe_source(&db, &name).await? else {
-            self.set_dropped(id).await;
-            return Ok(Entry::Dropped);
-        };
         let spec = CollectionSpec {
             db: db.clone(),
             name: name.clone(),
@@ -342,5 +506,61 @@ impl Catalog {
         if let Some(Entry::Live(live)) = self.known(id).await {
             live.partitions.lock().await.remove(partition);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{proto::common::KeyValuePair, task::CollectionInfo};
+
+    fn kv(k: &str, v: &str) -> KeyValuePair {
+        KeyValuePair {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn sel(names: &[&str]) -> Selection {
+        let infos: Vec<CollectionInfo> = names
+            .iter()
+            .map(|n| CollectionInfo {
+                name: (*n).into(),
+                positions: Default::default(),
+            })
+            .collect();
+        Selection::parse(&infos).unwrap()
+    }
+
+    #[test]
+    fn replicas_are_not_replicated_onward() {
+        let owned = [kv("collection.ttl.seconds", "60")];
+        let replica = [kv(SOURCE_ID_PROPERTY, "4455"), kv("x", "y")];
+        // promote leaves an empty marker where it cannot remove it
+        let promoted = [kv(SOURCE_ID_PROPERTY, "")];
+        assert!(!is_replica(&owned) && is_replica(&replica) && !is_replica(&promoted));
+        let all = Selection::all();
+        assert!(replicates(&all, false, "", "c", &owned));
+        assert!(!replicates(&all, false, "", "c", &replica));
+        assert!(replicates(&all, false, "", "c", &promoted));
+        // the override replicates replicas too
+        assert!(replicates(&all, true, "", "c", &replica));
+    }
+
+    #[test]
+    fn only_selected_collections_are_replicated() {
+        let s = sel(&["c", "shop.*"]);
+        assert!(replicates(&s, false, "", "c", &[]));
+        assert!(replicates(&s, false, "default", "c", &[]));
+        assert!(!replicates(&s, false, "", "d", &[]));
+        assert!(replicates(&s, false, "shop", "d", &[]));
+        assert!(!replicates(
+            &s,
+            false,
+            "shop",
+            "d",
+            &[kv(SOURCE_ID_PROPERTY, "1")]
+        ));
+        assert!(!replicates(&Selection::none(), true, "", "c", &[]));
     }
 }

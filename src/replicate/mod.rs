@@ -544,7 +544,14 @@ async fn run_workers(
         return Run::Done;
     };
     let writer = crate::sink::MilvusSink::new(target);
-    let catalog = Catalog::new(source, writer.clone());
+    // The task replicates only its selection (validated when it was
+    // created); a stored selection that no longer parses replicates nothing.
+    let selection = crate::task::params::Selection::parse(&task.collection_infos)
+        .unwrap_or_else(|e| {
+            error!(task_id = %id, error = %e, "stored collection_infos are invalid: nothing is replicated");
+            crate::task::params::Selection::none()
+        });
+    let catalog = Catalog::new(source, writer.clone()).with_selection(selection);
     let workers = cancel.child_token();
     let rewind = CancellationToken::new();
     let failed = Failure::default();

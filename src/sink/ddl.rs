@@ -231,3 +231,41 @@ impl MilvusSink {
         Ok(Applied::Done)
     }
 }
+
+impl MilvusSink {
+    /// The target's collections created by milvus-cdc: `(database, name,
+    /// source collection id)`, from their marker property.
+    pub async fn replicas(&self) -> Result<Vec<(String, String, i64)>, MilvusError> {
+        let mut out = Vec::new();
+        for db in self.target.list_databases().await? {
+            for (_, name) in self.target.show_collections(&db).await? {
+                if let Some(c) = self.describe(&db, &name).await? {
+                    if let Some(id) = c.source_id {
+                        out.push((db.clone(), name, id));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Turns the replica `db.name` into a collection of its own cluster
+    /// (promote): its marker is emptied, since Milvus 2.3.5's
+    /// AlterCollection sets properties but cannot remove one; an empty
+    /// marker means "not a replica" everywhere it is read.
+    pub async fn unmark_collection(&self, db: &str, name: &str) -> Result<(), MilvusError> {
+        let st = self
+            .target
+            .client()
+            .alter_collection(pb::AlterCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                properties: vec![kv(SOURCE_ID_PROPERTY, "")],
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("AlterCollection", Some(&st))
+    }
+}

@@ -50,6 +50,9 @@ pub enum Applied {
     AlreadyThere,
     /// The change no longer applies (its collection is gone); it was skipped.
     Skipped(String),
+    /// The change belongs to a collection the task does not replicate (not
+    /// selected, or a replica): ignored, neither applied nor skipped.
+    Excluded,
 }
 
 /// What the writer knows of a target collection.

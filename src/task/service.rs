@@ -8,13 +8,14 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use super::{
-    params::ParamError, Action, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState,
-    Transition,
+    params::{ParamError, Selection},
+    Action, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState, Transition,
 };
 use crate::{
     config::SourceConfig,
     metrics::Metrics,
     milvus::{MilvusClient, MilvusError},
+    sink::MilvusSink,
     source::{
         position::{self, SourcePosition},
         reader::ReadError,
@@ -34,6 +35,10 @@ pub enum ServiceError {
     /// The store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another task already replicates some of the selected collections to
+    /// the same target.
+    #[error("{0}")]
+    Overlap(String),
 }
 
 impl From<ParamError> for ServiceError {
@@ -47,6 +52,7 @@ impl ServiceError {
     pub fn status(&self) -> u16 {
         match self {
             ServiceError::BadRequest(_) | ServiceError::Target(_) => 400,
+            ServiceError::Overlap(_) => 409,
             ServiceError::Store(StoreError::NotFound(_)) => 404,
             ServiceError::Store(StoreError::Conflict(_)) => 409,
             ServiceError::Store(StoreError::LimitReached(_)) => 409,
@@ -88,6 +94,25 @@ pub struct CreateTask {
     /// What to replicate.
     pub collection_infos: Vec<CollectionInfo>,
 }
+
+/// What `promote` did to a task's target.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// The task that fed the promoted collections (now paused).
+    pub task_id: TaskId,
+    /// Its target, where the collections are now owned.
+    pub target: String,
+    /// The collections promoted, as `database.name`.
+    pub promoted: Vec<String>,
+    /// How far the task had replicated its source: `(channel, base64
+    /// MsgPosition, source timestamp)`, by channel.
+    pub positions: Vec<(String, String, u64)>,
+    /// The source Milvus of this agent (the reverse task's target).
+    pub source_uri: String,
+}
+
+/// Longest a promote may spend on the target.
+const PROMOTE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Task operations. Writes are serialized inside one process; across
 /// processes, only the leader calls them (fencing guards the rest).
@@ -198,7 +223,7 @@ impl TaskService {
     /// Validates `req`, checks that the target answers and accepts the
     /// credentials, then stores the task as `Running` and starts it.
     pub async fn create(&self, req: CreateTask) -> Result<TaskId, ServiceError> {
-        check_collection_infos(&req.collection_infos)?;
+        let selection = check_collection_infos(&req.collection_infos)?;
         let start = self.start_checkpoints(&req.collection_infos)?;
         let addr = req.milvus_connect_param.validate()?;
         let target = MilvusClient::connect(&addr).await?;
@@ -221,6 +246,22 @@ impl TaskService {
             }
         }
         let _guard = self.write_lock.lock().await;
+        // Two tasks writing the same target collection would fight over it
+        // (and their drops and re-creations would undo each other).
+        let existing: Vec<TaskRecord> = self
+            .store
+            .load_tasks()
+            .await?
+            .into_iter()
+            .map(|t| t.value)
+            .collect();
+        if let Some((other, mine, theirs)) = overlapping_task(&addr.url, &selection, &existing) {
+            return Err(ServiceError::Overlap(format!(
+                "collection_infos: {mine} overlaps {theirs} of task {} (state {}), which \
+                 replicates to the same target {}; select disjoint collections or delete that task",
+                other.task_id, other.state, addr.url
+            )));
+        }
         let record = TaskRecord {
             task_id: TaskId::generate(),
             milvus_connect_param: req.milvus_connect_param,
@@ -300,6 +341,47 @@ impl TaskService {
         Ok(())
     }
 
+    /// Fail-over of task `id`'s replicas to its target: pauses the task
+    /// (final checkpoint), turns every replica of its selection on the
+    /// target into an owned collection (the marker emptied, so a reverse
+    /// task replicates it) and returns the source positions reached.
+    /// Repeating it is harmless.
+    pub async fn promote(&self, id: &TaskId) -> Result<Promotion, ServiceError> {
+        let task = self.get(id).await?;
+        let selection = Selection::parse(&task.collection_infos)?;
+        self.change_state(id, Action::Pause).await?;
+        let addr = task.milvus_connect_param.validate()?;
+        let unmark = async {
+            let sink = MilvusSink::new(MilvusClient::connect(&addr).await?);
+            let mut promoted = Vec::new();
+            for (db, name, source_id) in sink.replicas().await? {
+                if selection.matches(&db, &name) {
+                    sink.unmark_collection(&db, &name).await?;
+                    info!(task_id = %id, db = %db, collection = %name, source_id, "replica promoted to an owned collection");
+                    promoted.push(format!("{db}.{name}"));
+                }
+            }
+            Ok::<_, MilvusError>(promoted)
+        };
+        let promoted = match tokio::time::timeout(PROMOTE_LIMIT, unmark).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ServiceError::Target(MilvusError::Unreachable {
+                    url: addr.url.clone(),
+                    message: format!("promote did not finish within {}s", PROMOTE_LIMIT.as_secs()),
+                    status: None,
+                }))
+            }
+        };
+        Ok(Promotion {
+            task_id: id.clone(),
+            target: addr.url,
+            promoted,
+            positions: self.positions(id).await?,
+            source_uri: self.source.milvus_uri.clone(),
+        })
+    }
+
     /// Removes a task with its checkpoints, then stops its workers (which
     /// can no longer write a checkpoint of it).
     pub async fn delete(&self, id: &TaskId) -> Result<(), ServiceError> {
@@ -319,18 +401,39 @@ impl TaskService {
     }
 }
 
-/// Only whole-cluster replication (`[{"name": "*"}]`) is supported, as in
-/// the official server.
-fn check_collection_infos(infos: &[CollectionInfo]) -> Result<(), ServiceError> {
-    match infos {
-        [one] if one.name == "*" => Ok(()),
-        [] => Err(ServiceError::BadRequest(
-            "collection_infos must not be empty; use [{\"name\": \"*\"}]".into(),
-        )),
-        _ => Err(ServiceError::BadRequest(
-            "collection_infos: only [{\"name\": \"*\"}] (every collection) is supported".into(),
-        )),
-    }
+/// Checks `collection_infos` (see [`Selection::parse`]).
+fn check_collection_infos(infos: &[CollectionInfo]) -> Result<Selection, ServiceError> {
+    Ok(Selection::parse(infos)?)
+}
+
+/// The first existing task that replicates a collection of `selection` to
+/// the same target (`url`), with the patterns that overlap. Tasks whose
+/// stored parameters no longer parse are ignored.
+fn overlapping_task<'a>(
+    url: &str,
+    selection: &Selection,
+    tasks: &'a [TaskRecord],
+) -> Option<(&'a TaskRecord, String, String)> {
+    tasks.iter().find_map(|t| {
+        let other_url = t.milvus_connect_param.validate().ok()?.url;
+        if !same_target(&other_url, url) {
+            return None;
+        }
+        let other = Selection::parse(&t.collection_infos).ok()?;
+        selection
+            .overlap(&other)
+            .map(|(mine, theirs)| (t, mine.to_string(), theirs.to_string()))
+    })
+}
+
+/// Whether two validated target urls name the same Milvus.
+fn same_target(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        u.trim_end_matches('/')
+            .to_ascii_lowercase()
+            .replace("://localhost:", "://127.0.0.1:")
+    };
+    norm(a) == norm(b)
 }
 
 #[cfg(test)]
@@ -339,18 +442,69 @@ mod tests {
 
     #[test]
     fn collection_infos_rules() {
-        let star = CollectionInfo {
-            name: "*".into(),
+        let info = |n: &str| CollectionInfo {
+            name: n.into(),
             positions: Default::default(),
         };
-        let named = CollectionInfo {
-            name: "c".into(),
-            positions: Default::default(),
+        assert!(check_collection_infos(&[info("*")]).is_ok());
+        assert!(check_collection_infos(&[info("c"), info("db.*")]).is_ok());
+        for bad in [vec![], vec![info("*"), info("*")], vec![info("a b")]] {
+            let e = check_collection_infos(&bad).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+        }
+    }
+
+    fn task(uri: &str, names: &[&str]) -> TaskRecord {
+        TaskRecord {
+            task_id: TaskId::generate(),
+            milvus_connect_param: MilvusConnectParam {
+                uri: Some(uri.into()),
+                ..Default::default()
+            },
+            collection_infos: names
+                .iter()
+                .map(|n| CollectionInfo {
+                    name: (*n).into(),
+                    positions: Default::default(),
+                })
+                .collect(),
+            state: TaskState::Paused,
+            created_at_ms: 1,
+            history_gaps: Vec::new(),
+            last_error: None,
+            skipped_messages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn overlapping_tasks_to_the_same_target_are_found() {
+        let sel =
+            |names: &[&str]| Selection::parse(&task("http://x:1", names).collection_infos).unwrap();
+        let tasks = vec![
+            task("http://b:19530", &["*"]),
+            task("http://a:19530", &["c1", "shop.*"]),
+        ];
+        let url = |u: &str| {
+            MilvusConnectParam {
+                uri: Some(u.into()),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap()
+            .url
         };
-        assert!(check_collection_infos(std::slice::from_ref(&star)).is_ok());
-        assert!(check_collection_infos(&[]).is_err());
-        assert!(check_collection_infos(&[named]).is_err());
-        assert!(check_collection_infos(&[star.clone(), star]).is_err());
+        // disjoint names on a: fine; anything on another target: fine
+        assert!(overlapping_task(&url("http://a:19530"), &sel(&["c2", "db.*"]), &tasks).is_none());
+        assert!(overlapping_task(&url("http://c:19530"), &sel(&["*"]), &tasks).is_none());
+        let (t, mine, theirs) =
+            overlapping_task(&url("http://a:19530"), &sel(&["x", "shop.orders"]), &tasks).unwrap();
+        assert_eq!(t.task_id, tasks[1].task_id);
+        assert_eq!((mine.as_str(), theirs.as_str()), ("shop.orders", "shop.*"));
+        let (t, _, theirs) =
+            overlapping_task(&url("http://B:19530/"), &sel(&["c1"]), &tasks).unwrap();
+        assert_eq!((&t.task_id, theirs.as_str()), (&tasks[0].task_id, "*"));
+        assert!(same_target("http://localhost:1", "http://127.0.0.1:1"));
+        assert_eq!(ServiceError::Overlap("x".into()).status(), 409);
     }
 
     #[test]

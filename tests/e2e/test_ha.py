@@ -468,8 +468,10 @@ def test_one_leader_and_every_follower_answers_like_it(cluster):
 
     # create through each replica: same status and shape
     created = []
-    for a in replicas:
-        code, body = a.cdc(create_body())
+    for i, a in enumerate(replicas):
+        body = create_body()  # tasks to one target select disjoint collections
+        body["request_data"]["collection_infos"] = [{"name": f"ha_c{i}"}]
+        code, body = a.cdc(body)
         if a is not lead:
             forwarded[a.url] += 1
         assert code == 200, body

@@ -111,11 +111,19 @@ def test_unknown_task_is_404(agent):
         assert status == 404 and body["code"] == 404, (rt, body)
 
 
+def selecting(name):
+    """A create body for the test target that replicates only `name` (tasks
+    to one target must select disjoint collections)."""
+    body = create_body()
+    body["request_data"]["collection_infos"] = [{"name": name}]
+    return body
+
+
 def test_task_limit(agents, etcd_root):
     a = agents(extra_env={"MILVUS_CDC_TASKS__MAX_TASKS": "2"}).start()
-    for _ in range(2):
-        assert a.cdc(create_body())[0] == 200
-    status, body = a.cdc(create_body())
+    for i in range(2):
+        assert a.cdc(selecting(f"c{i}"))[0] == 200
+    status, body = a.cdc(selecting("c2"))
     assert status == 409 and "maximum number of tasks (2)" in body["message"]
     assert len(task_keys(etcd_root)) == 2
 
@@ -128,7 +136,7 @@ def test_compat_mode_answers_200_with_code(agents):
 
 def test_tasks_survive_restart(agents, etcd_root):
     a = agents().start()
-    ids = [a.cdc(create_body())[1]["data"]["task_id"] for _ in range(2)]
+    ids = [a.cdc(selecting(f"c{i}"))[1]["data"]["task_id"] for i in range(2)]
     assert a.cdc({"request_type": "pause", "request_data": {"task_id": ids[1]}})[0] == 200
     before = a.cdc({"request_type": "list"})[1]
     a.kill9()

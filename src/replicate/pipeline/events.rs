@@ -75,6 +75,23 @@ impl Pipeline {
         if !self.dml && !self.wait_for_dml(ts, cancel).await {
             return false;
         }
+        // Changes of collections the task does not replicate are ignored
+        // (before waiting for such a collection to appear on the target).
+        match self
+            .retry(cancel, "select", || self.catalog.selects(&kind))
+            .await
+        {
+            None => return false,
+            Some(false) => {
+                debug!(
+                    sequence = pos.sequence,
+                    event = name,
+                    "not replicated by this task"
+                );
+                return true;
+            }
+            Some(true) => {}
+        }
         if let Some((db, name)) = kind.collection_scoped() {
             if !self.wait_for_collection(db, name, ts, cancel).await {
                 return false;
@@ -176,6 +193,7 @@ impl Pipeline {
             EventKind::CreateCollection(c) => self.catalog.create_from_event(c).await,
             EventKind::DropCollection(d) => {
                 let location = match self.catalog.known(d.collection_id).await {
+                    Some(Entry::Excluded) => return Ok(Applied::Excluded),
                     Some(Entry::Live(live)) => Some((live.db.clone(), live.name.clone())),
                     _ => w.find_by_source_id(d.collection_id).await?,
                 };
@@ -194,6 +212,7 @@ impl Pipeline {
                     Ok(Applied::Done)
                 }
                 Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+                Entry::Excluded => Ok(Applied::Excluded),
             },
             EventKind::DropPartition(p) => match self.catalog.resolve(p.collection_id).await? {
                 Entry::Live(live) => {
@@ -206,6 +225,7 @@ impl Pipeline {
                     Ok(r)
                 }
                 Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+                Entry::Excluded => Ok(Applied::Excluded),
             },
             EventKind::CreateDatabase(r) => w.ensure_database(&r.db_name).await,
             EventKind::DropDatabase(r) => w.drop_database(&r.db_name).await,
@@ -215,7 +235,17 @@ impl Pipeline {
             EventKind::ReleaseCollection(r) => w.release_collection(r.clone()).await,
             EventKind::LoadPartitions(r) => w.load_partitions(r.clone()).await,
             EventKind::ReleasePartitions(r) => w.release_partitions(r.clone()).await,
-            EventKind::Flush(r) => w.flush(r.clone()).await,
+            EventKind::Flush(r) => {
+                let mut r = r.clone();
+                r.collection_names = self
+                    .catalog
+                    .flush_names(&r.db_name, &r.collection_names)
+                    .await?;
+                if r.collection_names.is_empty() {
+                    return Ok(Applied::Excluded);
+                }
+                w.flush(r).await
+            }
             EventKind::CreateAlias(r) => w.create_alias(r.clone()).await,
             EventKind::DropAlias(r) => w.drop_alias(r.clone()).await,
             EventKind::AlterAlias(r) => w.alter_alias(r.clone()).await,

@@ -236,6 +236,7 @@ impl Pipeline {
         let result = self
             .retry(cancel, "insert", || async move {
                 match self.catalog.resolve(batch.collection_id).await? {
+                    Entry::Excluded => Ok(Applied::Excluded),
                     Entry::Dropped => Ok(Applied::Skipped(format!(
                         "collection {} was dropped on the source",
                         batch.collection
@@ -306,6 +307,7 @@ impl Pipeline {
                             .await
                     }
                     Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
+                    Entry::Excluded => Ok(Applied::Excluded),
                 }
             })
             .await;
@@ -338,7 +340,7 @@ impl Pipeline {
             .await?;
         Some(match entry {
             Entry::Live(live) => Some(live.meta.pk_field.clone()),
-            Entry::Dropped => None,
+            Entry::Dropped | Entry::Excluded => None,
         })
     }
 
@@ -366,6 +368,7 @@ impl Pipeline {
                         .inc_by(bytes);
                 }
             }
+            Applied::Excluded => debug!(kind, "not replicated by this task"),
             Applied::Skipped(reason) => {
                 debug!(kind, reason = %reason, "skipped");
                 self.metrics
