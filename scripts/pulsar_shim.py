@@ -37,33 +37,63 @@ any other consumer.
 The agent never relies on anything else of this shim or of pulsar-lite: what
 it reads through the shim is what an Apache Pulsar broker would send.
 
+Two optional broker settings of Apache Pulsar, emulated for fault tests
+(off by default; the stack's own shim, which Milvus uses, runs without them;
+a test starts a second shim in front of the same pulsar-lite with them):
+
+- --require-token TOKEN (or --require-token-file FILE): Apache Pulsar with
+  authenticationEnabled=true and AuthenticationProviderToken and no
+  anonymous role. Every CONNECT must carry auth_method_name "token" and
+  auth_data equal to TOKEN; any other CONNECT (no credentials, another
+  method, another token) is answered as ServerCnx.handleConnect answers a
+  failed authentication, ERROR(request_id -1, AuthenticationError,
+  "Unable to authenticate"), and the connection is closed. (Apache Pulsar
+  checks the JWT's signature and subject; the shim compares the bytes, which
+  is the same verdict for a token that is or is not the one issued.) A valid
+  CONNECT goes on to pulsar-lite unchanged. The token is never printed.
+- --tls-cert FILE --tls-key FILE: the listener speaks TLS (Apache Pulsar's
+  brokerServicePortTls), and each LOOKUP_RESPONSE also carries
+  brokerServiceUrlTls (pulsar+ssl://LISTEN), as a TLS-enabled broker's
+  does (pulsar-rs takes the lookup URL of its service URL's scheme).
+
 Everything else passes through byte for byte. One upstream connection per
 client connection. Counters are printed every 30 s and at exit.
 
 usage: pulsar_shim.py --listen 127.0.0.1:PORT --broker 127.0.0.1:PORT
+           [--require-token TOKEN | --require-token-file FILE]
+           [--tls-cert PEM --tls-key PEM]
        pulsar_shim.py --self-test
 """
 
 import argparse
 import asyncio
 import signal
+import ssl
 import struct
 import sys
 
 import crc32c  # PyPI crc32c, in the shim's venv (scripts/setup.sh: <venv>/pulsar/venv)
 
 # BaseCommand.Type values. For each command, BaseCommand's field number equals its type.
-SUBSCRIBE, MESSAGE, ACK, FLOW = 4, 9, 10, 11
+CONNECT, SUBSCRIBE, MESSAGE, ACK, FLOW = 2, 4, 9, 10, 11
 SUCCESS, ERROR, CLOSE_CONSUMER = 13, 14, 16
 REDELIVER_UNACKNOWLEDGED, LOOKUP_RESPONSE, SEEK = 20, 24, 28
-# CommandLookupTopicResponse.proxy_through_service_url
-PROXY_THROUGH_SERVICE_URL = 8
+# CommandLookupTopicResponse.brokerServiceUrlTls and .proxy_through_service_url
+BROKER_SERVICE_URL_TLS, PROXY_THROUGH_SERVICE_URL = 2, 8
+# CommandConnect.auth_data and .auth_method_name
+AUTH_DATA, AUTH_METHOD_NAME = 3, 5
+# ServerError.AuthenticationError
+AUTHENTICATION_ERROR = 3
 CHECKSUM_MAGIC = 0x0E01
 BROKER_ENTRY_METADATA_MAGIC = 0x0E02
 
 STATS = {"connections": 0, "frames": 0, "checksums_added": 0, "lookups_rewritten": 0,
          "seeks_closed": 0, "dropped_for_closed_consumer": 0, "close_answered": 0,
-         "dropped_for_unknown_consumer": 0}
+         "dropped_for_unknown_consumer": 0,
+         "auth_refused": 0}
+
+# The optional Apache Pulsar settings of this run (see the docstring).
+OPTIONS = {"token": None, "tls_url": None}
 
 
 def log(msg):
@@ -145,6 +175,14 @@ def close_consumer_cmd(consumer_id, request_id):
         + varint(len(sub)) + sub
 
 
+def error_cmd(request_id, error, message):
+    """CommandError (request_id is a uint64: -1 travels as 2^64 - 1)."""
+    text = message.encode()
+    sub = varint(1 << 3) + varint(request_id) + varint(2 << 3) + varint(error) \
+        + varint((3 << 3) | 2) + varint(len(text)) + text
+    return varint(1 << 3) + varint(ERROR) + varint((ERROR << 3) | 2) + varint(len(sub)) + sub
+
+
 def success_cmd(request_id):
     sub = varint(1 << 3) + varint(request_id)
     return varint(1 << 3) + varint(SUCCESS) + varint((SUCCESS << 3) | 2) + varint(len(sub)) + sub
@@ -161,13 +199,18 @@ def add_checksum(rest):
     return struct.pack(">HI", CHECKSUM_MAGIC, crc32c.crc32c(rest)) + rest
 
 
-def proxy_through_service_url(cmd):
-    """Point 3: a LOOKUP_RESPONSE command with proxy_through_service_url = true."""
+def proxy_through_service_url(cmd, tls_url=None):
+    """Point 3: a LOOKUP_RESPONSE command with proxy_through_service_url = true
+    (and with --tls-*, brokerServiceUrlTls = tls_url)."""
     out = bytearray()
+    replaced = {PROXY_THROUGH_SERVICE_URL} | ({BROKER_SERVICE_URL_TLS} if tls_url else set())
     for no, wt, raw, v in fields(cmd):
         if no == LOOKUP_RESPONSE and wt == 2:
-            sub = b"".join(r for n, _w, r, _v in fields(v) if n != PROXY_THROUGH_SERVICE_URL)
+            sub = b"".join(r for n, _w, r, _v in fields(v) if n not in replaced)
             sub += varint(PROXY_THROUGH_SERVICE_URL << 3) + varint(1)
+            if tls_url:
+                url = tls_url.encode()
+                sub += varint((BROKER_SERVICE_URL_TLS << 3) | 2) + varint(len(url)) + url
             out += varint((LOOKUP_RESPONSE << 3) | 2) + varint(len(sub)) + sub
         else:
             out += raw
@@ -195,12 +238,26 @@ async def read_frame(reader):
     return body[4:4 + cmd_size], body[4 + cmd_size:]
 
 
+def authenticated(cmd):
+    """--require-token: whether a CONNECT carries the expected token."""
+    connect = sub_command(cmd, CONNECT)
+    return (connect.get(AUTH_METHOD_NAME) == b"token"
+            and connect.get(AUTH_DATA) == OPTIONS["token"])
+
+
 async def client_to_broker(reader, client, broker, conn):
     try:
         while True:
             cmd, rest = await read_frame(reader)
             STATS["frames"] += 1
             typ = command_type(cmd)
+            if typ == CONNECT and OPTIONS["token"] is not None and not authenticated(cmd):
+                # As Apache Pulsar's ServerCnx: ERROR(-1, AuthenticationError), close.
+                STATS["auth_refused"] += 1
+                client.write(frame_of(error_cmd((1 << 64) - 1, AUTHENTICATION_ERROR,
+                                                "Unable to authenticate")))
+                await client.drain()
+                break
             if typ == SEEK:
                 seek = sub_command(cmd, SEEK)
                 conn.seeks[seek.get(2)] = seek.get(1)
@@ -242,7 +299,7 @@ async def broker_to_client(reader, client, broker, conn):
             if typ == MESSAGE:
                 rest = add_checksum(rest)
             elif typ == LOOKUP_RESPONSE:
-                cmd = proxy_through_service_url(cmd)
+                cmd = proxy_through_service_url(cmd, OPTIONS["tls_url"])
             elif typ == CLOSE_CONSUMER:  # the broker closed it
                 conn.open.discard(sub_command(cmd, CLOSE_CONSUMER).get(1))
             elif typ in (SUCCESS, ERROR):
@@ -295,9 +352,10 @@ def host_port(text):
     return host, int(port)
 
 
-async def serve(listen, broker):
-    server = await asyncio.start_server(lambda r, w: handle(r, w, broker), *listen)
-    log(f"listening on {listen[0]}:{listen[1]}, broker {broker[0]}:{broker[1]}")
+async def serve(listen, broker, tls=None):
+    server = await asyncio.start_server(lambda r, w: handle(r, w, broker), *listen, ssl=tls)
+    extras = (" (TLS)" if tls else "") + (" (token required)" if OPTIONS["token"] else "")
+    log(f"listening on {listen[0]}:{listen[1]}{extras}, broker {broker[0]}:{broker[1]}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -334,6 +392,26 @@ def self_test():
     assert command_type(close) == CLOSE_CONSUMER
     assert sub_command(close, CLOSE_CONSUMER) == {1: 5, 2: 1 << 62}
     assert sub_command(success_cmd(9), SUCCESS) == {1: 9}
+    tls = sub_command(proxy_through_service_url(lookup, "pulsar+ssl://h:1"), LOOKUP_RESPONSE)
+    assert tls[BROKER_SERVICE_URL_TLS] == b"pulsar+ssl://h:1" and tls[4] == 7, tls
+    err = sub_command(error_cmd((1 << 64) - 1, AUTHENTICATION_ERROR, "no"), ERROR)
+    assert err == {1: (1 << 64) - 1, 2: AUTHENTICATION_ERROR, 3: b"no"}, err
+    OPTIONS["token"] = b"t0k"
+    try:
+        def connect(method, data):
+            sub = varint(1 << 3 | 2) + varint(2) + b"rs" + varint(4 << 3) + varint(12)
+            if method is not None:
+                sub += varint(AUTH_METHOD_NAME << 3 | 2) + varint(len(method)) + method
+            if data is not None:
+                sub += varint(AUTH_DATA << 3 | 2) + varint(len(data)) + data
+            return varint(1 << 3) + varint(CONNECT) + varint(CONNECT << 3 | 2) \
+                + varint(len(sub)) + sub
+        assert authenticated(connect(b"token", b"t0k"))
+        assert not authenticated(connect(b"token", b"t0K"))
+        assert not authenticated(connect(b"basic", b"t0k"))
+        assert not authenticated(connect(None, None))
+    finally:
+        OPTIONS["token"] = None
     print("pulsar_shim: self-test ok")
 
 
@@ -341,6 +419,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--listen", type=host_port, help="HOST:PORT the clients connect to")
     ap.add_argument("--broker", type=host_port, help="HOST:PORT of pulsar-lite")
+    ap.add_argument("--require-token", help="emulate Apache Pulsar's token authentication: "
+                    "refuse every CONNECT without this token")
+    ap.add_argument("--require-token-file", help="the same, the token read from a file")
+    ap.add_argument("--tls-cert", help="PEM certificate (chain): serve TLS, as "
+                    "brokerServicePortTls")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--self-test", action="store_true", help="check the rewrites and exit")
     args = ap.parse_args(argv)
     if args.self_test:
@@ -348,7 +432,21 @@ def main(argv=None):
         return 0
     if not args.listen or not args.broker:
         ap.error("--listen and --broker are required")
-    asyncio.run(serve(args.listen, args.broker))
+    if args.require_token is not None and args.require_token_file:
+        ap.error("--require-token and --require-token-file exclude each other")
+    if args.require_token_file:
+        with open(args.require_token_file, "rb") as f:
+            OPTIONS["token"] = f.read().strip()
+    elif args.require_token is not None:
+        OPTIONS["token"] = args.require_token.encode()
+    tls = None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        OPTIONS["tls_url"] = f"pulsar+ssl://{args.listen[0]}:{args.listen[1]}"
+    asyncio.run(serve(args.listen, args.broker, tls))
     return 0
 
 

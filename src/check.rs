@@ -43,17 +43,21 @@ pub async fn run(
     });
     let prefix = format!("{}-", cfg.source.channel_prefix);
     let queue = match open_queue(&cfg.source, false).await {
-        Ok(mq) => mq
-            .channels(&prefix)
-            .await
-            .map_err(|e| e.to_string())
-            .map(|names| {
-                let mut s = format!("{} streams with prefix {prefix}:", names.len());
-                for n in names {
-                    let _ = write!(s, " {n}");
-                }
-                s
-            }),
+        Ok(mq) => match mq.channels(&prefix).await {
+            Ok(names) if cfg.source.mq_type == MqType::Pulsar => {
+                pulsar_holds_messages(&*mq, &cfg.source.pulsar.topic_prefix(), &names)
+                    .await
+                    .map(|()| names)
+            }
+            r => r.map_err(|e| e.to_string()),
+        }
+        .map(|names| {
+            let mut s = format!("{} streams with prefix {prefix}:", names.len());
+            for n in names {
+                let _ = write!(s, " {n}");
+            }
+            s
+        }),
         Err(e) => Err(e.to_string()),
     };
     lines.push(CheckLine {
@@ -85,6 +89,32 @@ pub async fn run(
         });
     }
     lines
+}
+
+/// A Pulsar broker creates whatever topic it is asked for (pulsar-lite in
+/// any namespace; Apache Pulsar with `allowAutoTopicCreation` in an
+/// existing one), so a wrong tenant, namespace or channel prefix would look
+/// like a source without data: fails unless one of the channels' topics
+/// holds a message (a Milvus that never had a collection fails too, and is
+/// told so).
+async fn pulsar_holds_messages(
+    mq: &dyn crate::source::mq::MessageQueue,
+    topic_prefix: &str,
+    names: &[String],
+) -> Result<(), String> {
+    for n in names {
+        match mq.info(n).await {
+            Ok(info) if info.last_sequence > 0 => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "none of the {} topics {topic_prefix}<channel> holds a message: a wrong \
+         source.pulsar.tenant/namespace or source.channel_prefix (or a Milvus that never had a \
+         collection)",
+        names.len()
+    ))
 }
 
 async fn milvus(uri: &str, token: Option<String>, timeout_secs: u64) -> Result<String, String> {

@@ -546,6 +546,16 @@ impl PulsarConfig {
                 "TLS settings need a pulsar+ssl:// source.pulsar.address".into(),
             );
         }
+        if self.tls_allow_insecure {
+            // pulsar-rs built with rustls always verifies the certificate and
+            // the host name (the flag only reaches its native-tls build).
+            return bad(
+                "tls_allow_insecure",
+                "is not supported: the broker's certificate is always verified; give the CA \
+                 that signs it in source.pulsar.tls_ca"
+                    .into(),
+            );
+        }
         if self.max_message_size == Some(0) {
             return bad("max_message_size", "must be greater than zero".into());
         }
@@ -1255,6 +1265,11 @@ mod tests {
         let err = err_of("tls_ca = \"/ca.pem\"");
         assert!(
             err.contains("source.pulsar.tls_ca") && err.contains("pulsar+ssl"),
+            "{err}"
+        );
+        let err = err_of("address = \"pulsar+ssl://b\"\ntls_allow_insecure = true");
+        assert!(
+            err.contains("source.pulsar.tls_allow_insecure") && err.contains("tls_ca"),
             "{err}"
         );
         let err = err_of("auth_token = \"x\"\nauth_token_file = \"/nonexistent\"");
