@@ -31,7 +31,7 @@ use crate::{
     proto::milvus as pb,
     sink::{Applied, CollectionSpec, MilvusSink, TargetCollection, SOURCE_ID_PROPERTY},
     source::event::{CreateCollection, EventKind},
-    task::params::Selection,
+    task::selection::Selection,
 };
 
 /// A source collection that exists on the target.
@@ -158,7 +158,7 @@ impl Catalog {
             locations
                 .iter()
                 .filter(|(_, (d, n))| {
-                    crate::task::params::normal_db(d) == crate::task::params::normal_db(db)
+                    crate::task::selection::normal_db(d) == crate::task::selection::normal_db(db)
                         && n == name
                 })
                 .find_map(|(id, _)| entries.get(id).cloned())

@@ -546,10 +546,10 @@ async fn run_workers(
     let writer = crate::sink::MilvusSink::new(target);
     // The task replicates only its selection (validated when it was
     // created); a stored selection that no longer parses replicates nothing.
-    let selection = crate::task::params::Selection::parse(&task.collection_infos)
+    let selection = crate::task::selection::Selection::parse(&task.collection_infos)
         .unwrap_or_else(|e| {
             error!(task_id = %id, error = %e, "stored collection_infos are invalid: nothing is replicated");
-            crate::task::params::Selection::none()
+            crate::task::selection::Selection::none()
         });
     let catalog = Catalog::new(source, writer.clone()).with_selection(selection);
     let workers = cancel.child_token();

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod params;
+pub mod selection;
 pub mod service;
 
 use std::fmt;

@@ -8,8 +8,8 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use super::{
-    params::{ParamError, Selection},
-    Action, CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState, Transition,
+    params::ParamError, selection::Selection, Action, CollectionInfo, MilvusConnectParam, TaskId,
+    TaskRecord, TaskState, Transition,
 };
 use crate::{
     config::SourceConfig,
