@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::Value;
 
-use super::CONNECT_TIMEOUT;
+use super::{ServerArgs, CONNECT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE};
 
 pub(super) type HttpClient = crate::api::tls::HttpsClient;
 
@@ -227,6 +227,48 @@ pub(super) fn emit(text: &str) {
 pub(super) fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("milvus-cdc: {message}");
     ExitCode::from(code)
+}
+
+/// Posts `body` to `/cdc` of the first of `args.server` that accepts a
+/// connection: a server that refused the connection never saw the request,
+/// so the next one is tried. When a request was sent but no answer came,
+/// nothing else is tried (it may have taken effect) and `if_unanswered`, a
+/// hint on how to find out, is added to the error. Errors are the exit code
+/// to return, already reported on stderr.
+pub(super) async fn post_cdc(
+    args: &ServerArgs,
+    timeout: Duration,
+    body: Bytes,
+    if_unanswered: Option<&str>,
+) -> Result<Answer, ExitCode> {
+    let urls = base_urls(&args.server).map_err(|e| fail(EXIT_USAGE, &e))?;
+    let client = http_client(timeout, args.cacert.as_deref()).map_err(|e| fail(EXIT_USAGE, &e))?;
+    let mut last_error = String::new();
+    for url in &urls {
+        match send(
+            &client,
+            hyper::Method::POST,
+            &format!("{url}/cdc"),
+            Some(body.clone()),
+            timeout,
+            args.api_token.as_deref(),
+        )
+        .await
+        {
+            Ok(answer) => return Ok(answer),
+            // Nothing was sent: the next replica may be tried safely.
+            Err(Transport::NotConnected(e)) => last_error = e,
+            Err(e @ Transport::NoAnswer(_)) => {
+                let mut message = e.to_string();
+                if let Some(hint) = if_unanswered {
+                    message.push_str("; ");
+                    message.push_str(hint);
+                }
+                return Err(fail(EXIT_UNREACHABLE, &message));
+            }
+        }
+    }
+    Err(fail(EXIT_UNREACHABLE, &last_error))
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{
-    http::{base_urls, emit, fail, http_client, interpret, send, Reply, Transport},
-    ServerArgs, EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE,
+    http::{emit, fail, interpret, post_cdc, Reply},
+    ServerArgs, EXIT_API_ERROR, EXIT_OK,
 };
 
 /// Extra time a promote gets on top of `--timeout` (it pauses the task,
@@ -67,50 +67,22 @@ fn summary(data: &Value) -> String {
 
 /// Runs `milvus-cdc promote`.
 pub async fn run_promote(args: PromoteArgs) -> ExitCode {
-    let urls = match base_urls(&args.server.server) {
-        Ok(u) => u,
-        Err(e) => return fail(EXIT_USAGE, &e),
-    };
     let timeout = std::time::Duration::from_secs(args.server.timeout.max(1)) + PROMOTE_EXTRA;
-    let client = match http_client(timeout, args.server.cacert.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e),
-    };
     let body = serde_json::json!({
         "request_type": "promote",
         "request_data": {"task_id": args.task_id},
     });
-    let body = Bytes::from(body.to_string());
-    let mut last_error = String::new();
-    let mut answer = None;
-    for url in &urls {
-        match send(
-            &client,
-            hyper::Method::POST,
-            &format!("{url}/cdc"),
-            Some(body.clone()),
-            timeout,
-            args.server.api_token.as_deref(),
-        )
-        .await
-        {
-            Ok(a) => {
-                answer = Some(a);
-                break;
-            }
-            Err(Transport::NotConnected(e)) => last_error = e,
-            Err(e @ Transport::NoAnswer(_)) => {
-                return fail(
-                    EXIT_UNREACHABLE,
-                    &format!(
-                        "{e}; the promote may have happened: check with `milvus-cdc task get`"
-                    ),
-                )
-            }
-        }
-    }
-    let Some(answer) = answer else {
-        return fail(EXIT_UNREACHABLE, &last_error);
+    let hint = "the promote may have happened: check with `milvus-cdc task get`";
+    let answer = match post_cdc(
+        &args.server,
+        timeout,
+        Bytes::from(body.to_string()),
+        Some(hint),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     match interpret(answer.status, &answer.body) {
         Reply::Ok(data) => {

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{
-    http::{base_urls, emit, fail, http_client, interpret, send, Reply, Transport},
-    TaskCommand, EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE,
+    http::{emit, fail, interpret, post_cdc, Reply},
+    TaskCommand, EXIT_API_ERROR, EXIT_OK,
 };
 
 /// Left-aligned columns separated by two spaces, with a header line.
@@ -168,49 +168,12 @@ fn format_reply(cmd: &TaskCommand, data: &Value) -> String {
 /// bad `--server`, 3 if no server answered.
 pub async fn run_task(cmd: TaskCommand) -> ExitCode {
     let args = cmd.server();
-    let urls = match base_urls(&args.server) {
-        Ok(u) => u,
-        Err(e) => return fail(EXIT_USAGE, &e),
-    };
-    let timeout = cmd.timeout();
-    let client = match http_client(timeout, args.cacert.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e),
-    };
+    let hint = matches!(cmd, TaskCommand::Create(_))
+        .then_some("the task may have been created anyway: check with `milvus-cdc task list`");
     let body = Bytes::from(cmd.body().to_string());
-    let mut last_error = String::new();
-    let mut answer = None;
-    for url in &urls {
-        let endpoint = format!("{url}/cdc");
-        match send(
-            &client,
-            hyper::Method::POST,
-            &endpoint,
-            Some(body.clone()),
-            timeout,
-            args.api_token.as_deref(),
-        )
-        .await
-        {
-            Ok(a) => {
-                answer = Some(a);
-                break;
-            }
-            // Nothing was sent: the next replica may be tried safely.
-            Err(Transport::NotConnected(e)) => last_error = e,
-            Err(e @ Transport::NoAnswer(_)) => {
-                let mut message = e.to_string();
-                if matches!(cmd, TaskCommand::Create(_)) {
-                    message.push_str(
-                        "; the task may have been created anyway: check with `milvus-cdc task list`",
-                    );
-                }
-                return fail(EXIT_UNREACHABLE, &message);
-            }
-        }
-    }
-    let Some(answer) = answer else {
-        return fail(EXIT_UNREACHABLE, &last_error);
+    let answer = match post_cdc(args, cmd.timeout(), body, hint).await {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     match interpret(answer.status, &answer.body) {
         Reply::Ok(data) => {
