@@ -26,7 +26,10 @@
 //! (`pulsar` crate; see docs/source-reader.md for the choice).
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -62,13 +65,19 @@ const LIST_WAIT: Duration = Duration::from_secs(2);
 const TOPIC_NOT_FOUND: &str = "topic not found";
 /// Longest wait for the oldest message of a topic in [`MessageQueue::info`].
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
+/// Longest silence of a DML topic before its reader is reopened on a new
+/// connection. Milvus writes a time tick to every DML channel every 200 ms
+/// while it runs, so a silent topic means a stuck consumer or connection
+/// (seen once with pulsar-rs after a cut connection) or a source that is
+/// down (the reopen then fails and is retried with backoff, visibly).
+const DML_SILENCE: Duration = Duration::from_secs(30);
 
 /// A (lazily connected) client of the source's Pulsar. Cheap to share.
 pub struct PulsarMq {
     cfg: PulsarConfig,
     url: String,
     timeout: Duration,
-    client: Mutex<Option<Pulsar<TokioExecutor>>>,
+    client: Arc<Mutex<Option<Pulsar<TokioExecutor>>>>,
     /// The Milvus channels the configuration names (DML and replicate).
     known_channels: Vec<String>,
     /// The broker did not answer a topic list once: do not ask again.
@@ -147,7 +156,7 @@ impl PulsarMq {
             cfg: cfg.clone(),
             url,
             timeout,
-            client: Mutex::new(None),
+            client: Arc::new(Mutex::new(None)),
             known_channels: Vec::new(),
             no_listing: AtomicBool::new(false),
         })
@@ -385,6 +394,7 @@ impl PulsarMq {
 impl MessageQueue for PulsarMq {
     fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
         let topic = self.cfg.topic(channel);
+        let silence = channel.contains("-rootcoord-dml_").then_some(DML_SILENCE);
         Box::pin(async move {
             let after = match start {
                 StartAt::After(s) => PulsarMessageId::from_sequence(s),
@@ -418,6 +428,7 @@ impl MessageQueue for PulsarMq {
                 _ => 0,
             };
             let url = self.url.clone();
+            let client_slot = self.client.clone();
             // The broker starts after the start id, or at it (an inclusive
             // broker, or a batch): anything at or before `floor` is dropped,
             // as is anything that does not move forward.
@@ -426,12 +437,32 @@ impl MessageQueue for PulsarMq {
                 move |(mut reader, floor, failed)| {
                     let topic = topic.clone();
                     let url = url.clone();
+                    let client_slot = client_slot.clone();
                     async move {
                         if failed {
                             return None;
                         }
                         loop {
-                            let item = match reader.next().await {
+                            let next = match silence {
+                                Some(limit) => tokio::time::timeout(limit, reader.next()).await,
+                                None => Ok(reader.next().await),
+                            };
+                            let Ok(next) = next else {
+                                // The next open builds a new client (a new
+                                // connection): the old one may be wedged.
+                                *client_slot.lock().await = None;
+                                let item = MqError {
+                                    message: format!(
+                                        "pulsar {url} read {topic}: no message for {}s (Milvus \
+                                         ticks every DML channel every 200 ms): reopening on a \
+                                         new connection",
+                                        silence.unwrap_or_default().as_secs()
+                                    ),
+                                    retriable: true,
+                                };
+                                return Some((Err(item), (reader, floor, true)));
+                            };
+                            let item = match next {
                                 None => return None,
                                 Some(Err(e)) => MqError {
                                     message: format!("pulsar {url} read {topic}: {e}"),
