@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod error_text;
 pub mod ha;
 pub mod metrics;
 pub mod milvus;

@@ -110,8 +110,8 @@ impl Forwarder {
             .map_err(|e| not_sent(format!("cannot build request to {url}: {e}")))?;
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) if e.is_connect() => return Err(not_sent(error_chain(&e))),
-            Ok(Err(e)) => return Err(no_answer(error_chain(&e))),
+            Ok(Err(e)) if e.is_connect() => return Err(not_sent(crate::error_text::chain(&e))),
+            Ok(Err(e)) => return Err(no_answer(crate::error_text::chain(&e))),
             Err(_) => return Err(no_answer(format!("none within {:?}", self.timeout))),
         };
         let status = resp.status().as_u16();
@@ -131,22 +131,6 @@ impl Forwarder {
             body,
         })
     }
-}
-
-/// The error and its causes on one line (a failed TLS handshake is only
-/// visible in the causes).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cur = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

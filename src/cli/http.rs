@@ -1,7 +1,7 @@
 //! The HTTP side of the client commands: addresses, requests with a
 //! timeout, and what an answer means for the exit code.
 
-use std::{fmt::Write as _, io::Write as _, path::Path, process::ExitCode, time::Duration};
+use std::{io::Write as _, path::Path, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -45,21 +45,6 @@ impl std::fmt::Display for Transport {
             Transport::NotConnected(m) | Transport::NoAnswer(m) => f.write_str(m),
         }
     }
-}
-
-/// The error and its causes on one line ("client error (Connect): tcp
-/// connect error: Connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            let _ = write!(text, ": {part}");
-        }
-        cur = s.source();
-    }
-    text
 }
 
 /// Checks a `--server` value and returns it as `http://host:port` or
@@ -136,13 +121,13 @@ pub(super) async fn send(
         Ok(Err(e)) if e.is_connect() => {
             return Err(Transport::NotConnected(format!(
                 "{url} unreachable: {}",
-                error_chain(&e)
+                crate::error_text::chain(&e)
             )))
         }
         Ok(Err(e)) => {
             return Err(Transport::NoAnswer(format!(
                 "{url} did not answer: {}",
-                error_chain(&e)
+                crate::error_text::chain(&e)
             )))
         }
         Err(_) => {
@@ -160,7 +145,7 @@ pub(super) async fn send(
         }),
         Ok(Err(e)) => Err(Transport::NoAnswer(format!(
             "reading the answer of {url} failed: {}",
-            error_chain(&e)
+            crate::error_text::chain(&e)
         ))),
         Err(_) => Err(Transport::NoAnswer(format!(
             "the answer of {url} did not arrive within {}s",
