@@ -248,13 +248,7 @@ impl TaskService {
         let _guard = self.write_lock.lock().await;
         // Two tasks writing the same target collection would fight over it
         // (and their drops and re-creations would undo each other).
-        let existing: Vec<TaskRecord> = self
-            .store
-            .load_tasks()
-            .await?
-            .into_iter()
-            .map(|t| t.value)
-            .collect();
+        let existing = self.records().await?;
         if let Some((other, mine, theirs)) = overlapping_task(&addr.url, &selection, &existing) {
             return Err(ServiceError::Overlap(format!(
                 "collection_infos: {mine} overlaps {theirs} of task {} (state {}), which \
@@ -281,15 +275,20 @@ impl TaskService {
         Ok(record.task_id)
     }
 
-    /// Every task.
-    pub async fn list(&self) -> Result<Vec<TaskRecord>, ServiceError> {
-        let tasks: Vec<TaskRecord> = self
+    /// Every stored task record (without its store version).
+    async fn records(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(self
             .store
             .load_tasks()
             .await?
             .into_iter()
             .map(|t| t.value)
-            .collect();
+            .collect())
+    }
+
+    /// Every task.
+    pub async fn list(&self) -> Result<Vec<TaskRecord>, ServiceError> {
+        let tasks = self.records().await?;
         self.metrics.set_task_states(tasks.iter().map(|t| t.state));
         Ok(tasks)
     }
