@@ -31,6 +31,7 @@ from pymilvus import Collection, CollectionSchema, DataType, FieldSchema  # noqa
 from workload import connect  # noqa: E402
 
 DIM = 32
+WINDOW_DELAY = "milvus_cdc_window_delay_seconds"
 
 
 def schema():
@@ -122,12 +123,12 @@ def backlog(agent, task_id, rows, batch, tag):
     return rows / (time.time() - t0)
 
 
-def delay_buckets(agent):
-    """Cumulative counts of milvus_cdc_source_delay_seconds by upper bound."""
+def delay_buckets(agent, name="milvus_cdc_source_delay_seconds"):
+    """Cumulative counts of a histogram (summed over tasks) by upper bound."""
     _, text, _ = http("GET", agent.url + "/metrics", timeout=10)
     out = {}
     for line in text.splitlines():
-        if line.startswith("milvus_cdc_source_delay_seconds_bucket{"):
+        if line.startswith(name + "_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             bound = float("inf") if le == "+Inf" else float(le)
             out[bound] = out.get(bound, 0) + float(line.rsplit(" ", 1)[1])
@@ -179,6 +180,7 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
 
     th = threading.Thread(target=sample, daemon=True)
     delays_before = delay_buckets(agent)
+    windows_before = delay_buckets(agent, WINDOW_DELAY)
     t_end = time.time() + seconds
     th.start()
     clients = [threading.Thread(target=write, args=(w, t_end)) for w in range(writers)]
@@ -190,10 +192,13 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
     stop.set()
     th.join()
     delays_after = delay_buckets(agent)
+    windows_after = delay_buckets(agent, WINDOW_DELAY)
     samples.sort()
     p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]  # noqa: E731
     src = (bucket_quantile(delays_before, delays_after, 0.5),
-           bucket_quantile(delays_before, delays_after, 0.99))
+           bucket_quantile(delays_before, delays_after, 0.99),
+           bucket_quantile(windows_before, windows_after, 0.5),
+           bucket_quantile(windows_before, windows_after, 0.99))
     return p(0.5), p(0.99), len(samples), src
 
 
@@ -240,6 +245,10 @@ def main():
          f"≤ {src1[0]:g} s / ≤ {src1[1]:g} s"),
         (f"source's delay, {args.writers} concurrent writers, p50 / p99",
          f"≤ {srcw[0]:g} s / ≤ {srcw[1]:g} s"),
+        ("agent's delay (window's tick read → applied), one client, p50 / p99",
+         f"≤ {src1[2]:g} s / ≤ {src1[3]:g} s"),
+        (f"agent's delay, {args.writers} concurrent writers, p50 / p99",
+         f"≤ {srcw[2]:g} s / ≤ {srcw[3]:g} s"),
         ("agent CPU time during the bench", f"{cpu1 - cpu0:.1f} s"),
         ("agent peak RSS", f"{rss} MiB"),
     ]

@@ -128,6 +128,9 @@ pub struct Metrics {
     /// From a message's source timestamp to the agent reading it: the part
     /// of the replication lag that the source (and its queue) adds.
     pub source_delay: Family<TaskLabels, Histogram>,
+    /// From reading the time tick that closes a window to the window applied
+    /// on the target: the part of the replication lag that the agent adds.
+    pub window_delay: Family<TaskLabels, Histogram>,
     /// Failed writes and checkpoint saves, by kind (each is retried).
     pub apply_errors: Family<ErrorLabels, Counter>,
     /// Now minus the source time of the last applied message, per channel.
@@ -255,6 +258,16 @@ impl Metrics {
             "From a message's source timestamp to the agent reading it (the source's share of the lag; a backlog read shows its age)",
             source_delay.clone(),
         );
+        let window_delay = Family::<TaskLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 5.0, 10.0,
+            ])
+        });
+        registry.register(
+            "window_delay_seconds",
+            "From reading the time tick that closes a window to the window applied on the target (the agent's share of the lag)",
+            window_delay.clone(),
+        );
         let apply_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "apply_errors",
@@ -344,6 +357,7 @@ impl Metrics {
             skipped_messages,
             apply_latency,
             source_delay,
+            window_delay,
             apply_errors,
             replication_lag,
             checkpoint_age,

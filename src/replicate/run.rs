@@ -155,9 +155,14 @@ pub(super) async fn run_task(
     forget_gauges(&inner, &task.task_id, &progress);
 }
 
-/// Publishes every channel's lag once a second for the task's whole life.
+/// How often the lag gauges are refreshed: a scrape sees the lag of that
+/// moment, not one up to a second old.
+const LAG_REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// Publishes every channel's lag every [`LAG_REPORT_EVERY`] for the task's
+/// whole life.
 async fn report_lag(inner: Arc<Inner>, id: TaskId, progress: TaskProgress) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(LAG_REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -135,6 +135,8 @@ impl Pipeline {
         let mut ready_bytes = 0usize;
         let mut ready_rows = 0u64;
         let mut reached: Option<Cut> = None;
+        // When the first tick of the windows in `ready` was read.
+        let mut closed_at = Instant::now();
         let mut last_received = tokio::time::Instant::now();
         loop {
             let silent = (windows.held() > 0).then_some(last_received + SILENT_RELEASE);
@@ -145,7 +147,10 @@ impl Pipeline {
                     warn!(held = windows.held(), "no time tick for {SILENT_RELEASE:?}: applying the held changes in timestamp order");
                     let rel = windows.release_all();
                     ready.extend(rel.events);
-                    if !self.apply_released(std::mem::take(&mut ready), rel.cut, &cancel).await {
+                    if reached.is_none() {
+                        closed_at = Instant::now();
+                    }
+                    if !self.apply_released(std::mem::take(&mut ready), rel.cut, closed_at, &cancel).await {
                         return;
                     }
                     ready_bytes = 0;
@@ -167,6 +172,9 @@ impl Pipeline {
                 ready_bytes += rel.events.iter().map(event_bytes).sum::<usize>();
                 ready_rows += rel.events.iter().map(rows_of).sum::<u64>();
                 ready.extend(rel.events);
+                if reached.is_none() {
+                    closed_at = Instant::now();
+                }
                 reached = Some(rel.cut);
             }
             let Some(cut) = reached else { continue };
@@ -174,7 +182,7 @@ impl Pipeline {
                 ready_rows >= self.cfg.batch_rows as u64 || ready_bytes >= self.cfg.batch_bytes;
             if full || rx.is_empty() {
                 if !self
-                    .apply_released(std::mem::take(&mut ready), cut, &cancel)
+                    .apply_released(std::mem::take(&mut ready), cut, closed_at, &cancel)
                     .await
                 {
                     return;
@@ -186,12 +194,13 @@ impl Pipeline {
         }
     }
 
-    /// Applies released windows and records the cut they reach; false if
-    /// stopped first.
+    /// Applies released windows (the first closed at `closed_at`) and
+    /// records the cut they reach; false if stopped first.
     async fn apply_released(
         &self,
         events: Vec<Event>,
         cut: Cut,
+        closed_at: Instant,
         cancel: &CancellationToken,
     ) -> bool {
         if !events.is_empty() {
@@ -208,6 +217,10 @@ impl Pipeline {
             let Some(done) = apply_window(&sink, events, limits).await else {
                 return false;
             };
+            self.metrics
+                .window_delay
+                .get_or_create(&self.task_labels())
+                .observe(closed_at.elapsed().as_secs_f64());
             if done.rows_in > 0 {
                 self.metrics
                     .reduced_rows
