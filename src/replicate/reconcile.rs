@@ -1,5 +1,6 @@
-//! Metadata that Milvus 2.3.5 does not put in its message streams: alias
-//! changes and the creation of (still empty) partitions. A task's reconciler
+//! Metadata that Milvus 2.3.5 does not put in its message streams: renames
+//! ([`Catalog::follow_renames`]), alias changes and the creation of (still
+//! empty) partitions. A task's reconciler
 //! periodically compares, for every collection it replicates, the source's
 //! aliases and partitions (public API: DescribeCollection, ShowPartitions)
 //! with the target's and applies the difference. Partition drops are left to
@@ -45,6 +46,12 @@ pub async fn reconcile_once(
         debug!(changes, "metadata reconciliation stopped: no longer leader");
         Ok(changes)
     };
+    // Renames first (not in the stream either), so that the rest compares
+    // each collection under its current name.
+    let Some(renamed) = fenced(guard, catalog.follow_renames()).await else {
+        return not_leader(changes);
+    };
+    changes += renamed?;
     for live in catalog.live_collections().await {
         let Some(source) = catalog.describe_source(&live.db, &live.name).await? else {
             continue; // dropped on the source: the stream will drop it here

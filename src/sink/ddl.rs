@@ -132,6 +132,44 @@ impl MilvusSink {
         self.check("DropCollection", Some(&st))
     }
 
+    /// Renames target collection `db.old` to `new_db.new` (a source
+    /// collection was renamed: Milvus 2.3.5 does not put renames in its
+    /// streams). Done if `new_db.new` already exists and `db.old` does not
+    /// (a repeat).
+    pub async fn rename_collection(
+        &self,
+        db: &str,
+        old: &str,
+        new_db: &str,
+        new: &str,
+    ) -> Result<Applied, MilvusError> {
+        let st = self
+            .target
+            .client()
+            .rename_collection(pb::RenameCollectionRequest {
+                db_name: db.to_string(),
+                old_name: old.to_string(),
+                new_name: new.to_string(),
+                new_db_name: if new_db == db {
+                    String::new()
+                } else {
+                    new_db.to_string()
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        if status_failed(Some(&st)).is_some()
+            && self.describe(db, old).await?.is_none()
+            && self.describe(new_db, new).await?.is_some()
+        {
+            return Ok(Applied::AlreadyThere);
+        }
+        self.check("RenameCollection", Some(&st))?;
+        Ok(Applied::Done)
+    }
+
     /// Drops the collection if the target's one is the source collection
     /// `source_id` (a newer collection with the same name is left alone).
     pub async fn drop_collection(

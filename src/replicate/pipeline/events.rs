@@ -156,7 +156,16 @@ impl Pipeline {
                 return true; // present, or an error the write itself will retry
             }
             match self.catalog.describe_source(db, name).await {
-                Ok(Some(c)) if c.created_timestamp <= ts => {}
+                Ok(Some(c)) if c.created_timestamp <= ts => {
+                    // Perhaps renamed on the source since the target got it.
+                    if self
+                        .retry(cancel, "rename", || self.catalog.follow_renames())
+                        .await
+                        .is_none()
+                    {
+                        return false;
+                    }
+                }
                 // Gone on the source too (or replaced): the write skips it.
                 _ => return true,
             }

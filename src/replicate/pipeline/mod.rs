@@ -15,7 +15,7 @@ use tracing::{debug, warn, Instrument as _};
 use super::{
     apply::{apply_window, Sink},
     batch::InsertBatch,
-    catalog::{Catalog, Entry},
+    catalog::{Catalog, Entry, Writable},
     progress::TaskProgress,
     reduce::{DeleteStep, Limits, Scope},
     window::{Cut, Windows},
@@ -248,38 +248,39 @@ impl Pipeline {
         let started = Instant::now();
         let result = self
             .retry(cancel, "insert", || async move {
-                match self.catalog.resolve(batch.collection_id).await? {
-                    Entry::Excluded => Ok(Applied::Excluded),
-                    Entry::Dropped => Ok(Applied::Skipped(format!(
-                        "collection {} was dropped on the source",
-                        batch.collection
-                    ))),
-                    Entry::Live(live) => {
-                        self.catalog
-                            .ensure_partition(batch.collection_id, &batch.partition)
-                            .await?;
-                        let Some(_gate) = live.write_gate().await else {
-                            return Ok(Applied::Skipped(format!(
-                                "collection {} was replaced by a newer one",
-                                batch.collection
-                            )));
-                        };
-                        self.still_leading()?;
-                        let target = TargetCollectionRef {
-                            name: &live.name,
-                            meta: &live.meta,
-                        };
-                        self.writer
-                            .upsert(
-                                &live.db,
-                                &target,
-                                &batch.partition,
-                                batch.columns.clone(),
-                                u32::try_from(batch.rows).unwrap_or(u32::MAX),
-                            )
-                            .await
+                let (live, _gate) = match self.catalog.writable(batch.collection_id).await? {
+                    Writable::Live(live, gate) => (live, gate),
+                    Writable::Excluded => return Ok(Applied::Excluded),
+                    Writable::Dropped => {
+                        return Ok(Applied::Skipped(format!(
+                            "collection {} was dropped on the source",
+                            batch.collection
+                        )))
                     }
-                }
+                    Writable::Replaced => {
+                        return Ok(Applied::Skipped(format!(
+                            "collection {} was replaced by a newer one",
+                            batch.collection
+                        )))
+                    }
+                };
+                self.catalog
+                    .ensure_partition_of(&live, &batch.partition)
+                    .await?;
+                self.still_leading()?;
+                let target = TargetCollectionRef {
+                    name: &live.name,
+                    meta: &live.meta,
+                };
+                self.writer
+                    .upsert(
+                        &live.db,
+                        &target,
+                        &batch.partition,
+                        batch.columns.clone(),
+                        u32::try_from(batch.rows).unwrap_or(u32::MAX),
+                    )
+                    .await
             })
             .await;
         let Some(applied) = result else { return false };
@@ -303,25 +304,24 @@ impl Pipeline {
         };
         let result = self
             .retry(cancel, "delete", || async move {
-                match self.catalog.resolve(step.collection_id).await? {
-                    Entry::Live(live) => {
-                        let target = TargetCollectionRef {
-                            name: &live.name,
-                            meta: &live.meta,
-                        };
-                        let Some(_gate) = live.write_gate().await else {
-                            return Ok(Applied::Skipped(
-                                "collection was replaced by a newer one".into(),
-                            ));
-                        };
-                        self.still_leading()?;
-                        self.writer
-                            .delete(&live.db, &target, partition, &step.keys)
-                            .await
+                let (live, _gate) = match self.catalog.writable(step.collection_id).await? {
+                    Writable::Live(live, gate) => (live, gate),
+                    Writable::Dropped => return Ok(Applied::Skipped("collection dropped".into())),
+                    Writable::Replaced => {
+                        return Ok(Applied::Skipped(
+                            "collection was replaced by a newer one".into(),
+                        ))
                     }
-                    Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),
-                    Entry::Excluded => Ok(Applied::Excluded),
-                }
+                    Writable::Excluded => return Ok(Applied::Excluded),
+                };
+                self.still_leading()?;
+                let target = TargetCollectionRef {
+                    name: &live.name,
+                    meta: &live.meta,
+                };
+                self.writer
+                    .delete(&live.db, &target, partition, &step.keys)
+                    .await
             })
             .await;
         let Some(applied) = result else { return false };

@@ -23,7 +23,7 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
+use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 use tracing::info;
 
 use crate::{
@@ -45,11 +45,23 @@ pub struct LiveCollection {
     pub meta: TargetCollection,
     /// Partitions known to exist on the target.
     partitions: Mutex<HashSet<String>>,
-    /// True once a newer source collection took this name on the target.
-    /// Row writes hold it shared ([`LiveCollection::write_gate`]) and the
-    /// replacement holds it exclusively, so no write of this collection
-    /// can land in its successor.
-    replaced: RwLock<bool>,
+    /// Whether row writes may still use this name. Row writes hold it
+    /// shared ([`Catalog::writable`]); replacing or renaming the collection
+    /// holds it exclusively, so no write of this collection lands in a
+    /// successor, or under a name that is gone.
+    gate: Arc<RwLock<Gate>>,
+}
+
+/// Whether row writes may still go to a [`LiveCollection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Writes go here.
+    Open,
+    /// A newer source collection took the name on the target: this
+    /// collection's remaining rows are skipped (its drop is in the stream).
+    Replaced,
+    /// Renamed on the target: the catalog holds it under its new name.
+    Moved,
 }
 
 impl LiveCollection {
@@ -59,17 +71,26 @@ impl LiveCollection {
             name,
             meta,
             partitions: Mutex::new(HashSet::new()),
-            replaced: RwLock::new(false),
+            gate: Arc::new(RwLock::new(Gate::Open)),
         }
     }
-
-    /// Held while a row write to this collection is in flight; None if a
-    /// newer source collection has replaced it on the target (skip the write).
-    pub async fn write_gate(&self) -> Option<RwLockReadGuard<'_, bool>> {
-        let gate = self.replaced.read().await;
-        (!*gate).then_some(gate)
-    }
 }
+
+/// A source collection's target, ready for a row write.
+pub enum Writable {
+    /// Write to this collection while holding the guard (a rename or a
+    /// replacement waits for it).
+    Live(Arc<LiveCollection>, WriteGuard),
+    /// Gone from the source: skip the rows.
+    Dropped,
+    /// A newer source collection took its name on the target: skip the rows.
+    Replaced,
+    /// Not replicated by this task.
+    Excluded,
+}
+
+/// Held while a row write to a [`LiveCollection`] is in flight.
+pub struct WriteGuard(#[allow(dead_code)] OwnedRwLockReadGuard<Gate>);
 
 /// A source collection as the target sees it.
 #[derive(Debug, Clone)]
@@ -258,15 +279,7 @@ impl Catalog {
         if let Some(l) = self.locations.lock().await.get(&id) {
             return Ok(Some(l.clone()));
         }
-        let mut found = HashMap::new();
-        for db in self.source.list_databases().await? {
-            for (cid, name) in self.source.show_collections(&db).await? {
-                found.insert(cid, (db.clone(), name));
-            }
-        }
-        let mut locations = self.locations.lock().await;
-        *locations = found;
-        Ok(locations.get(&id).cloned())
+        Ok(self.refresh_locations().await?.remove(&id))
     }
 
     /// Source collections (`database.name`) whose shards use physical
@@ -368,25 +381,21 @@ impl Catalog {
         // replaced: that one was dropped on the source (the name is free
         // there), so pipelines still holding its rows must skip them, and
         // its writes in flight finish first.
-        let same_name: Vec<(i64, Arc<LiveCollection>)> = self
-            .entries
-            .lock()
-            .await
-            .iter()
-            .filter_map(|(id, e)| match e {
-                Entry::Live(l)
-                    if *id < spec.source_id && l.db == spec.db && l.name == spec.name =>
-                {
-                    Some((*id, l.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        for (old_id, old) in same_name {
-            *old.replaced.write().await = true;
+        if !self.same_named(spec).await.is_empty() {
+            // Unless it was renamed on the source (the name is free there
+            // because it moved): then it moves on the target too.
+            self.renames_locked().await?;
+        }
+        for (old_id, old) in self.same_named(spec).await {
+            *old.gate.write().await = Gate::Replaced;
             self.set_dropped(old_id).await;
         }
         if let Some(old) = self.writer.describe(&spec.db, &spec.name).await? {
+            if let Some(older) = old.source_id.filter(|o| *o < spec.source_id) {
+                if self.move_if_renamed(older, &spec.db, &spec.name).await? {
+                    return self.create_registered(spec).await;
+                }
+            }
             match old.source_id {
                 // Milvus allocates collection ids in increasing order: the
                 // target already holds a later collection of this name, so
@@ -402,6 +411,30 @@ impl Catalog {
                 _ => {}
             }
         }
+        self.create_registered(spec).await
+    }
+
+    /// Live collections of older source collections registered under the
+    /// name that `spec` is about to take.
+    async fn same_named(&self, spec: &CollectionSpec) -> Vec<(i64, Arc<LiveCollection>)> {
+        self.entries
+            .lock()
+            .await
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Live(l)
+                    if *id < spec.source_id && l.db == spec.db && l.name == spec.name =>
+                {
+                    Some((*id, l.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Creates the target collection of `spec` (the name is free or ours)
+    /// and registers it with the source's partitions.
+    async fn create_registered(&self, spec: &CollectionSpec) -> Result<Applied, MilvusError> {
         let applied = self.writer.create_collection(spec).await?;
         if let Some(meta) = self.writer.describe(&spec.db, &spec.name).await? {
             let live = LiveCollection::new(spec.db.clone(), spec.name.clone(), meta);
@@ -448,7 +481,13 @@ impl Catalog {
         {
             return Ok(Entry::Excluded);
         }
-        if let Some(meta) = self.writer.describe(&db, &name).await? {
+        let on_target = match self.writer.describe(&db, &name).await? {
+            // Renamed on the source while no run of this task was looking:
+            // the target still has it under an earlier name.
+            None => self.adopt_renamed(id, &db, &name).await?,
+            found => found,
+        };
+        if let Some(meta) = on_target {
             if meta.source_id == Some(id) || meta.source_id.is_none() {
                 let live = Arc::new(LiveCollection::new(db, name, meta));
                 self.entries
@@ -471,6 +510,25 @@ impl Catalog {
         info!(collection = %name, db = %db, source_id = id, "creating target collection from the source's description");
         self.create(&spec).await?;
         Ok(self.known(id).await.unwrap_or(Entry::Dropped))
+    }
+
+    /// The target collection of `id` for a row write, with its write gate
+    /// held (see [`Writable`]); follows a rename made meanwhile.
+    pub async fn writable(&self, id: i64) -> Result<Writable, MilvusError> {
+        loop {
+            let live = match self.resolve(id).await? {
+                Entry::Live(live) => live,
+                Entry::Dropped => return Ok(Writable::Dropped),
+                Entry::Excluded => return Ok(Writable::Excluded),
+            };
+            let guard = live.gate.clone().read_owned().await;
+            match *guard {
+                Gate::Open => return Ok(Writable::Live(live, WriteGuard(guard))),
+                Gate::Replaced => return Ok(Writable::Replaced),
+                // Registered under its new name before the gate was set.
+                Gate::Moved => {}
+            }
+        }
     }
 
     /// Makes sure the target collection of source collection `id` has
@@ -508,6 +566,8 @@ impl Catalog {
         }
     }
 }
+
+mod rename;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,102 @@
+"""Renamed collections. Milvus 2.3.5 puts no rename in its message streams
+(later messages just carry the new name under the same collection id), so
+the agent follows the source's names: the target collection that holds a
+source collection's rows is renamed with it, also when a new collection
+takes the old name right after (the "swap" pattern) and when two names are
+swapped. Checked with pymilvus on the target and with `milvus-cdc verify`."""
+
+from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
+
+from conftest import STACK, TARGET_TOKEN, create_task
+from test_replication import tag, wait_verified
+from workload import connect
+
+SOURCE = STACK["CDC_SOURCE_URI"]
+TARGET = STACK["CDC_TARGET_URI"]
+SOURCE_ID = "milvus-cdc.source-collection-id"
+
+
+def make(alias, name, ids, label):
+    """A loaded 1-shard collection holding `ids` (VarChar `label` + key)."""
+    schema = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
+                               FieldSchema("s", DataType.VARCHAR, max_length=64),
+                               FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
+    c = Collection(name, schema, using=alias, shards_num=1)
+    insert(c, ids, label)
+    c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+    c.load()
+    return c
+
+
+def insert(c, ids, label):
+    ids = list(ids)
+    c.insert([ids, [f"{label}{i}" for i in ids], [[float(i % 7), 0.0, 1.0, 2.0] for i in ids]])
+
+
+def target_rows(alias, name):
+    """key -> label of every row of a target collection."""
+    c = Collection(name, using=alias)
+    c.load()
+    rows = c.query("id >= 0", output_fields=["id", "s"], limit=16384,
+                   consistency_level="Strong")
+    return {r["id"]: r["s"] for r in rows}
+
+
+def source_id_on_target(alias, name):
+    props = Collection(name, using=alias).describe().get("properties", {})
+    return props.get(SOURCE_ID) if isinstance(props, dict) else None
+
+
+def test_a_renamed_collection_keeps_its_rows_when_a_new_one_takes_its_name(agent):
+    src = connect(f"src-ren-{tag()}", SOURCE)
+    tgt = connect(f"tgt-ren-{tag()}", TARGET, TARGET_TOKEN)
+    create_task(agent)
+    t = tag()
+    a, b = f"ren_a_{t}", f"ren_b_{t}"
+    old = make(src, a, range(100), "old")
+    wait_verified([a])
+    old_id = str(Collection(a, using=src).describe()["collection_id"])
+
+    utility.rename_collection(a, b, using=src)
+    moved = Collection(b, using=src)
+    insert(moved, range(100, 150), "old")
+    moved.delete(f"id in {list(range(10))}")
+    make(src, a, range(1000, 1030), "new")
+    del old
+
+    wait_verified([a, b])
+    rows_b = target_rows(tgt, b)
+    assert set(rows_b) == set(range(10, 150)), sorted(set(rows_b) ^ set(range(10, 150)))[:20]
+    assert all(v.startswith("old") for v in rows_b.values())
+    rows_a = target_rows(tgt, a)
+    assert rows_a == {i: f"new{i}" for i in range(1000, 1030)}
+    # The renamed target collection is still the replica of the same source
+    # collection: renamed, not dropped and re-created.
+    assert source_id_on_target(tgt, b) in (old_id, None), source_id_on_target(tgt, b)
+    names = utility.list_collections(using=tgt)
+    assert not [n for n in names if "_cdc_renaming_" in n], names
+
+
+def test_swapped_names_follow_the_source(agent):
+    src = connect(f"src-swap-{tag()}", SOURCE)
+    tgt = connect(f"tgt-swap-{tag()}", TARGET, TARGET_TOKEN)
+    create_task(agent)
+    t = tag()
+    x, y, tmp = f"swap_x_{t}", f"swap_y_{t}", f"swap_tmp_{t}"
+    make(src, x, range(0, 40), "x")
+    make(src, y, range(500, 520), "y")
+    wait_verified([x, y])
+
+    # Swap the names on the source (through a temporary one), then write to
+    # both under their new names.
+    utility.rename_collection(x, tmp, using=src)
+    utility.rename_collection(y, x, using=src)
+    utility.rename_collection(tmp, y, using=src)
+    insert(Collection(y, using=src), range(40, 50), "x")
+    insert(Collection(x, using=src), range(520, 525), "y")
+
+    wait_verified([x, y])
+    assert target_rows(tgt, y) == {i: f"x{i}" for i in range(0, 50)}
+    assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 525)}
+    names = utility.list_collections(using=tgt)
+    assert tmp not in names and not [n for n in names if "_cdc_renaming_" in n], names
