@@ -1,9 +1,10 @@
 //! Metadata that Milvus 2.3.5 does not put in its message streams: renames
-//! ([`Catalog::follow_renames`]), alias changes and the creation of (still
-//! empty) partitions. A task's reconciler
-//! periodically compares, for every collection it replicates, the source's
-//! aliases and partitions (public API: DescribeCollection, ShowPartitions)
-//! with the target's and applies the difference. Partition drops are left to
+//! ([`Catalog::follow_renames`]), alias changes, property changes (e.g. a
+//! TTL set after creation) and the creation of (still empty) partitions. A
+//! task's reconciler periodically compares, for every collection it
+//! replicates, the source's aliases, properties and partitions (public API:
+//! DescribeCollection, ShowPartitions) with the target's and applies the
+//! difference. Partition drops are left to
 //! the stream (DropPartition is in it), so a lagging task never drops early.
 //!
 //! Its target writes are fenced like the pipeline's: none is sent once the
@@ -13,7 +14,7 @@
 
 use std::{collections::BTreeSet, future::Future};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::catalog::Catalog;
 use crate::{ha::LeaseGuard, milvus::MilvusError, proto::milvus as pb, sink::MilvusSink};
@@ -96,6 +97,22 @@ pub async fn reconcile_once(
             };
             done?;
             changes += 1;
+        }
+        let sync = writer.sync_properties(&live.db, &live.name, &source.properties);
+        let Some(done) = fenced(guard, sync).await else {
+            return not_leader(changes);
+        };
+        match done {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(collection = %live.name, properties = n, "collection properties set from the source");
+                changes += n;
+            }
+            // E.g. a property that 2.3.5 only alters on a released
+            // collection: the other collections are still reconciled.
+            Err(e) => {
+                warn!(collection = %live.name, error = %e, "collection properties could not be set from the source; retried next pass")
+            }
         }
         for partition in catalog.source_partitions(&live.db, &live.name).await? {
             let Some(done) = fenced(guard, catalog.ensure_partition_of(&live, &partition)).await

@@ -287,6 +287,50 @@ impl MilvusSink {
         Ok(out)
     }
 
+    /// Sets on `db.name` each of the source's `properties` (for example
+    /// `collection.ttl.seconds`) that the target lacks or has with another
+    /// value: property changes are not in Milvus 2.3.5's streams. The
+    /// source-id marker is never touched, and 2.3.5 cannot remove a
+    /// property. Returns how many were set (0 if the collection is gone).
+    pub async fn sync_properties(
+        &self,
+        db: &str,
+        name: &str,
+        properties: &[KeyValuePair],
+    ) -> Result<usize, MilvusError> {
+        let Some(resp) = self.target.describe_collection(db, name).await? else {
+            return Ok(0);
+        };
+        let differ: Vec<KeyValuePair> = properties
+            .iter()
+            .filter(|p| p.key != SOURCE_ID_PROPERTY)
+            .filter(|p| {
+                !resp
+                    .properties
+                    .iter()
+                    .any(|t| t.key == p.key && t.value == p.value)
+            })
+            .cloned()
+            .collect();
+        if differ.is_empty() {
+            return Ok(0);
+        }
+        let st = self
+            .target
+            .client()
+            .alter_collection(pb::AlterCollectionRequest {
+                db_name: db.to_string(),
+                collection_name: name.to_string(),
+                properties: differ.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.grpc(s))?
+            .into_inner();
+        self.check("AlterCollection", Some(&st))?;
+        Ok(differ.len())
+    }
+
     /// Turns the replica `db.name` into a collection of its own cluster
     /// (promote): its marker is emptied, since Milvus 2.3.5's
     /// AlterCollection sets properties but cannot remove one; an empty
