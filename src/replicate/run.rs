@@ -347,6 +347,7 @@ async fn run_workers(
             failed: failed.clone(),
             skipped: skipped.clone(),
             budget: budget.clone(),
+            mq: inner.mq.clone(),
             start: cp.map_or_else(window::Cut::default, |c| window::Cut {
                 resume_after: c.sequence,
                 through_ts: c.timestamp,

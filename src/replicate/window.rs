@@ -68,12 +68,20 @@ impl Windows {
         None
     }
 
-    /// Releases everything held, as if a tick at the newest held timestamp
-    /// had come. Only for a channel that has gone silent with changes held
-    /// (no tick will come for them).
+    /// Releases everything held, in timestamp order, without a tick: only
+    /// for a channel that has gone silent with changes held while its
+    /// stream has nothing more (no tick will come for them). The cut's
+    /// timestamp does not move: no tick promised anything, so a change that
+    /// still arrives later with an older timestamp is applied, not dropped
+    /// as already applied.
     pub fn release_all(&mut self) -> Released {
-        let newest = self.held.iter().map(|e| e.timestamp).max().unwrap_or(0);
-        self.close(newest)
+        let mut ready = std::mem::take(&mut self.held);
+        ready.sort_by_key(|e| (e.timestamp, order_rank(&e.kind)));
+        self.cut.resume_after = self.cut.resume_after.max(self.last_sequence);
+        Released {
+            events: ready,
+            cut: self.cut,
+        }
     }
 
     /// Number of held messages.
@@ -248,9 +256,15 @@ mod tests {
             r.cut,
             Cut {
                 resume_after: 2,
-                through_ts: 12
-            }
+                through_ts: 0
+            },
+            "no tick: the cut's time stays"
         );
         assert_eq!(w.held(), 0);
+        // A change with an older timestamp that still arrives is applied,
+        // not dropped as covered by the cut.
+        w.push(ins(3, 11));
+        let r = w.push(tick(4, 20)).unwrap();
+        assert_eq!(seqs(&r), vec![3]);
     }
 }

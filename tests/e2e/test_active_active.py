@@ -342,7 +342,8 @@ def test_promote_and_fail_back(agents, peer):
     deadline = time.time() + 120
     while True:
         r = subprocess.run([str(REPO / "target" / "debug" / "milvus-cdc"), "verify", "--source",
-                            peer["uri"], "--target", SOURCE, "--collection", name],
+                            peer["uri"], "--target", SOURCE, "--database", "default",
+                            "--collection", name],
                            env=env, capture_output=True, text=True, timeout=120)
         if r.returncode == 0 or time.time() > deadline:
             break

@@ -66,6 +66,8 @@ pub struct Pipeline {
     /// The byte budget of this channel's queue: an event's bytes are given
     /// back as it is taken out.
     pub budget: crate::source::budget::ByteBudget,
+    /// The source queue, asked whether a silent channel's stream has more.
+    pub mq: std::sync::Arc<dyn crate::source::mq::MessageQueue>,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -86,7 +88,8 @@ fn rows_of(ev: &Event) -> u64 {
 }
 
 /// A DML channel that has received nothing (not even a time tick) for this
-/// long releases what it holds: no tick will come for it.
+/// long, while its stream has nothing more either, releases what it holds:
+/// no tick will come for it.
 const SILENT_RELEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Pipeline {
@@ -138,13 +141,22 @@ impl Pipeline {
         // When the first tick of the windows in `ready` was read.
         let mut closed_at = Instant::now();
         let mut last_received = tokio::time::Instant::now();
+        let mut last_sequence = self.start.resume_after;
         loop {
             let silent = (windows.held() > 0).then_some(last_received + SILENT_RELEASE);
             let next = tokio::select! {
                 () = cancel.cancelled() => return,
                 ev = rx.recv() => ev,
                 () = sleep_until_opt(silent) => {
-                    warn!(held = windows.held(), "no time tick for {SILENT_RELEASE:?}: applying the held changes in timestamp order");
+                    last_received = tokio::time::Instant::now();
+                    if !self.stream_drained(last_sequence).await {
+                        // The reader is behind or stuck (its own checks
+                        // reopen it): releasing now would apply these
+                        // before older changes still on their way.
+                        warn!(held = windows.held(), last_sequence, "no message for {SILENT_RELEASE:?}, but the stream has more (or did not answer): still waiting for the time tick");
+                        continue;
+                    }
+                    warn!(held = windows.held(), "no time tick for {SILENT_RELEASE:?} and nothing more in the stream: applying the held changes in timestamp order");
                     let rel = windows.release_all();
                     ready.extend(rel.events);
                     if reached.is_none() {
@@ -162,6 +174,7 @@ impl Pipeline {
             let Some(ev) = next else { return };
             self.budget.give_back(event_bytes(&ev));
             last_received = tokio::time::Instant::now();
+            last_sequence = last_sequence.max(ev.position.sequence);
             self.progress.received(
                 &self.channel,
                 rx.is_empty(),
@@ -192,6 +205,13 @@ impl Pipeline {
                 reached = None;
             }
         }
+    }
+
+    /// Whether the channel's stream holds nothing after `last_sequence`
+    /// (false when the queue does not answer in time).
+    async fn stream_drained(&self, last_sequence: u64) -> bool {
+        let info = tokio::time::timeout(SILENT_RELEASE, self.mq.info(&self.channel)).await;
+        matches!(info, Ok(Ok(i)) if i.last_sequence <= last_sequence)
     }
 
     /// Applies released windows (the first closed at `closed_at`) and
@@ -314,6 +334,9 @@ impl Pipeline {
                     }
                     Writable::Excluded => return Ok(Applied::Excluded),
                 };
+                // A partition that no insert has created on the target yet
+                // (the first change of a run is an upsert into it, say).
+                self.catalog.ensure_partition_of(&live, partition).await?;
                 self.still_leading()?;
                 let target = TargetCollectionRef {
                     name: &live.name,
