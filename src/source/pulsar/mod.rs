@@ -5,9 +5,13 @@
 //!
 //! Reading is from an exact position: each [`MessageQueue::open`] creates a
 //! *non-durable* consumer (an exclusive, non-durable subscription with a
-//! random name and a start message id, what Pulsar's readers are). The
-//! broker forgets it when it closes; the agent acknowledges nothing, so the
-//! checkpoint in etcd is the only truth.
+//! random name and a start message id, what Pulsar's readers are), on a
+//! connection of its own (a pulsar-rs client per reader: pulsar-rs cannot
+//! tell the consumers of a shared connection that it died, see
+//! docs/source-reader.md). The broker forgets it when it closes; the agent
+//! acknowledges nothing, so the checkpoint in etcd is the only truth. A
+//! reader that receives nothing for [`SILENCE_CHECK`] checks that its topic
+//! is idle rather than its reader stuck.
 //!
 //! Nothing but the topics' own commands is used on the hot path: a reader is
 //! subscribed straight to its topic (a broker with `allowAutoTopicCreation`
@@ -65,18 +69,24 @@ const LIST_WAIT: Duration = Duration::from_secs(2);
 const TOPIC_NOT_FOUND: &str = "topic not found";
 /// Longest wait for the oldest message of a topic in [`MessageQueue::info`].
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
-/// Longest silence of a DML topic before its reader is reopened on a new
-/// connection. Milvus writes a time tick to every DML channel every 200 ms
-/// while it runs, so a silent topic means a stuck consumer or connection
-/// (seen once with pulsar-rs after a cut connection) or a source that is
-/// down (the reopen then fails and is retried with backoff, visibly).
-const DML_SILENCE: Duration = Duration::from_secs(30);
+/// How long a reader may receive nothing before it checks that it is not
+/// stuck: it asks the broker for the topic's newest message id (on the
+/// reader's own connection, within the timeout). A topic that holds nothing
+/// newer than what the reader delivered is idle (Milvus ticks only the DML
+/// channels of live collections; the replicate channel is silent between
+/// DDL changes), and the reader keeps waiting. A topic with newer messages,
+/// or no answer, means a stuck reader: it fails, and is reopened after its
+/// last sequence on a new connection. See docs/source-reader.md (Pulsar,
+/// "Stuck readers").
+const SILENCE_CHECK: Duration = Duration::from_secs(10);
 
 /// A (lazily connected) client of the source's Pulsar. Cheap to share.
 pub struct PulsarMq {
     cfg: PulsarConfig,
     url: String,
     timeout: Duration,
+    /// The client of lookups, the health probe and `info()` (readers have
+    /// their own).
     client: Arc<Mutex<Option<Pulsar<TokioExecutor>>>>,
     /// The Milvus channels the configuration names (DML and replicate).
     known_channels: Vec<String>,
@@ -327,15 +337,15 @@ impl PulsarMq {
         }
     }
 
-    /// A non-durable consumer of `topic` starting after `start` (or at the
-    /// placeholder).
+    /// A non-durable consumer of `topic` on `client`'s connection, starting
+    /// after `start` (or at the placeholder).
     async fn reader(
         &self,
+        client: &Pulsar<TokioExecutor>,
         topic: &str,
         start: MessageIdData,
         position: InitialPosition,
     ) -> Result<Consumer<Vec<u8>, TokioExecutor>, MqError> {
-        let client = self.client().await?;
         let options = ConsumerOptions::default()
             .durable(false)
             .with_initial_position(position)
@@ -367,18 +377,7 @@ impl PulsarMq {
         topic: &str,
         reader: &mut Consumer<Vec<u8>, TokioExecutor>,
     ) -> Result<Option<PulsarMessageId>, MqError> {
-        let what = format!("last message id of {topic}");
-        let ids = match tokio::time::timeout(self.timeout, reader.get_last_message_id()).await {
-            Ok(Ok(ids)) => ids,
-            // pulsar-lite answers an error for an empty topic.
-            Ok(Err(e)) if e.to_string().contains("Topic has no messages") => return Ok(None),
-            Ok(Err(e)) => return Err(self.err(&what, &e)),
-            Err(_) => return Err(self.timed_out(&what)),
-        };
-        // Apache Pulsar answers an empty topic with entry -1 (or ledger -1).
-        Ok(ids.first().and_then(|id| {
-            PulsarMessageId::from_raw(id.ledger_id, id.entry_id, id.batch_index).ok()
-        }))
+        newest_id(&self.url, self.timeout, topic, reader).await
     }
 
     fn sequence_of(&self, topic: &str, id: &MessageIdData) -> Result<u64, MqError> {
@@ -391,10 +390,66 @@ impl PulsarMq {
     }
 }
 
+/// The id of the newest message of the topic `reader` reads, `None` when the
+/// topic holds none; asked on the reader's connection within `timeout`.
+async fn newest_id(
+    url: &str,
+    timeout: Duration,
+    topic: &str,
+    reader: &mut Consumer<Vec<u8>, TokioExecutor>,
+) -> Result<Option<PulsarMessageId>, MqError> {
+    let what = format!("last message id of {topic}");
+    let ids = match tokio::time::timeout(timeout, reader.get_last_message_id()).await {
+        Ok(Ok(ids)) => ids,
+        // pulsar-lite answers an error for an empty topic.
+        Ok(Err(e)) if e.to_string().contains("Topic has no messages") => return Ok(None),
+        Ok(Err(e)) => {
+            return Err(MqError {
+                message: format!("pulsar {url} {what}: {e}"),
+                retriable: !is_permanent(&e),
+            })
+        }
+        Err(_) => {
+            return Err(MqError::retriable(format!(
+                "pulsar {url} {what}: no answer within {timeout:?}"
+            )))
+        }
+    };
+    // Apache Pulsar answers an empty topic with entry -1 (or ledger -1).
+    Ok(ids
+        .first()
+        .and_then(|id| PulsarMessageId::from_raw(id.ledger_id, id.entry_id, id.batch_index).ok()))
+}
+
+/// Whether a topic whose newest message is `newest` holds an entry after the
+/// one of sequence `seen` (0: none seen), i.e. whether a reader that
+/// delivered up to `seen` and then received nothing for a while is behind.
+fn is_behind(newest: Option<&PulsarMessageId>, seen: u64) -> bool {
+    let Some(newest) = newest else {
+        return false;
+    };
+    match PulsarMessageId::from_sequence(seen) {
+        None => true,
+        Some(s) => (newest.ledger_id, newest.entry_id) > (s.ledger_id, s.entry_id),
+    }
+}
+
+/// What a reader's stream carries from one message to the next.
+struct ReadState {
+    reader: Consumer<Vec<u8>, TokioExecutor>,
+    /// Sequence of the last message delivered (or of the start position):
+    /// anything at or before it is dropped.
+    floor: u64,
+    /// Newest sequence the reader is known to be past (`floor`, or the
+    /// topic's end when it started at the latest message).
+    seen: u64,
+    /// An error was delivered: the stream ends.
+    failed: bool,
+}
+
 impl MessageQueue for PulsarMq {
     fn open(&self, channel: &str, start: StartAt) -> BoxFuture<'_, Result<MessageStream, MqError>> {
         let topic = self.cfg.topic(channel);
-        let silence = channel.contains("-rootcoord-dml_").then_some(DML_SILENCE);
         Box::pin(async move {
             let after = match start {
                 StartAt::After(s) => PulsarMessageId::from_sequence(s),
@@ -405,7 +460,13 @@ impl MessageQueue for PulsarMq {
                 (_, Some(a)) => (a.to_proto(), InitialPosition::Earliest),
                 (_, None) => (earliest_id(), InitialPosition::Earliest),
             };
-            let mut reader = self.reader(&topic, id, position).await?;
+            // Each reader has a connection (a pulsar-rs client) of its own:
+            // pulsar-rs keeps one error slot per connection, and the first
+            // consumer that sees an error takes it, so the other consumers of
+            // a shared connection never learn that it died (they wait
+            // forever, or spin on a closed channel). See docs/source-reader.md.
+            let client = self.new_client().await?;
+            let mut reader = self.reader(&client, &topic, id, position).await?;
             let floor = match (start, after) {
                 (StartAt::After(s), Some(a)) => {
                     let last = self.last_id(&topic, &mut reader).await?;
@@ -427,76 +488,102 @@ impl MessageQueue for PulsarMq {
                 }
                 _ => 0,
             };
+            let seen = match start {
+                // Started after the topic's end: what is there now was seen.
+                StartAt::Latest => self
+                    .last_id(&topic, &mut reader)
+                    .await?
+                    .and_then(|l| l.sequence().ok())
+                    .unwrap_or(0),
+                _ => floor,
+            };
             let url = self.url.clone();
-            let client_slot = self.client.clone();
+            let timeout = self.timeout;
+            let state = ReadState {
+                reader,
+                floor,
+                seen,
+                failed: false,
+            };
             // The broker starts after the start id, or at it (an inclusive
             // broker, or a batch): anything at or before `floor` is dropped,
             // as is anything that does not move forward.
-            let stream = futures::stream::unfold(
-                (reader, floor, false),
-                move |(mut reader, floor, failed)| {
-                    let topic = topic.clone();
-                    let url = url.clone();
-                    let client_slot = client_slot.clone();
-                    async move {
-                        if failed {
-                            return None;
-                        }
-                        loop {
-                            let next = match silence {
-                                Some(limit) => tokio::time::timeout(limit, reader.next()).await,
-                                None => Ok(reader.next().await),
-                            };
-                            let Ok(next) = next else {
-                                // The next open builds a new client (a new
-                                // connection): the old one may be wedged.
-                                *client_slot.lock().await = None;
-                                let item = MqError {
-                                    message: format!(
-                                        "pulsar {url} read {topic}: no message for {}s (Milvus \
-                                         ticks every DML channel every 200 ms): reopening on a \
-                                         new connection",
-                                        silence.unwrap_or_default().as_secs()
-                                    ),
-                                    retriable: true,
-                                };
-                                return Some((Err(item), (reader, floor, true)));
-                            };
-                            let item = match next {
-                                None => return None,
-                                Some(Err(e)) => MqError {
+            let stream = futures::stream::unfold(state, move |mut st| {
+                let topic = topic.clone();
+                let url = url.clone();
+                async move {
+                    if st.failed {
+                        return None;
+                    }
+                    let item = loop {
+                        let Ok(next) = tokio::time::timeout(SILENCE_CHECK, st.reader.next()).await
+                        else {
+                            // Silent: an idle topic, or a stuck reader?
+                            let newest = newest_id(&url, timeout, &topic, &mut st.reader).await;
+                            match newest {
+                                Ok(n) if !is_behind(n.as_ref(), st.seen) => continue,
+                                Ok(n) => {
+                                    let n = n.map_or(String::new(), |n| {
+                                        format!("{}:{}", n.ledger_id, n.entry_id)
+                                    });
+                                    break MqError::retriable(format!(
+                                        "pulsar {url} read {topic}: stuck: nothing received for \
+                                         {}s while the topic holds newer messages (up to {n}): \
+                                         reopening on a new connection",
+                                        SILENCE_CHECK.as_secs()
+                                    ));
+                                }
+                                Err(e) => {
+                                    break MqError::retriable(format!(
+                                        "nothing received for {}s and the connection does not \
+                                         answer ({}): reopening on a new connection",
+                                        SILENCE_CHECK.as_secs(),
+                                        e.message
+                                    ))
+                                }
+                            }
+                        };
+                        match next {
+                            None => return None,
+                            Some(Err(e)) => {
+                                break MqError {
                                     message: format!("pulsar {url} read {topic}: {e}"),
                                     retriable: !is_permanent(&e),
-                                },
-                                Some(Ok(msg)) => {
-                                    let id = &msg.message_id.id;
-                                    match PulsarMessageId::from_raw(
-                                        id.ledger_id,
-                                        id.entry_id,
-                                        id.batch_index,
-                                    )
-                                    .and_then(|m| m.sequence())
-                                    {
-                                        Ok(seq) if seq <= floor => continue,
-                                        Ok(seq) => {
-                                            let raw = RawMessage {
-                                                sequence: seq,
-                                                payload: msg.payload.data.into(),
-                                            };
-                                            return Some((Ok(raw), (reader, seq, false)));
-                                        }
-                                        Err(e) => MqError {
+                                }
+                            }
+                            Some(Ok(msg)) => {
+                                let id = &msg.message_id.id;
+                                match PulsarMessageId::from_raw(
+                                    id.ledger_id,
+                                    id.entry_id,
+                                    id.batch_index,
+                                )
+                                .and_then(|m| m.sequence())
+                                {
+                                    Ok(seq) if seq <= st.floor => continue,
+                                    Ok(seq) => {
+                                        let raw = RawMessage {
+                                            sequence: seq,
+                                            payload: msg.payload.data.into(),
+                                        };
+                                        st.floor = seq;
+                                        st.seen = st.seen.max(seq);
+                                        return Some((Ok(raw), st));
+                                    }
+                                    Err(e) => {
+                                        break MqError {
                                             message: format!("pulsar {url} topic {topic}: {e}"),
                                             retriable: false,
-                                        },
+                                        }
                                     }
                                 }
-                            };
-                            return Some((Err(item), (reader, floor, true)));
+                            }
                         }
-                    }
-                },
-            );
+                    };
+                    st.failed = true;
+                    Some((Err(item), st))
+                }
+            });
             Ok(stream.boxed())
         })
     }
@@ -506,7 +593,12 @@ impl MessageQueue for PulsarMq {
         Box::pin(async move {
             // Milvus creates a channel's topic with its first message.
             let mut reader = match self
-                .reader(&topic, earliest_id(), InitialPosition::Earliest)
+                .reader(
+                    &self.client().await?,
+                    &topic,
+                    earliest_id(),
+                    InitialPosition::Earliest,
+                )
                 .await
             {
                 Err(e) if e.message.contains(TOPIC_NOT_FOUND) => return Ok(ChannelInfo::default()),
@@ -589,6 +681,41 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    fn id(ledger_id: u64, entry_id: u64) -> PulsarMessageId {
+        PulsarMessageId {
+            ledger_id,
+            entry_id,
+            batch_index: 0,
+        }
+    }
+
+    fn seq(ledger_id: u64, entry_id: u64) -> u64 {
+        id(ledger_id, entry_id).sequence().unwrap()
+    }
+
+    #[test]
+    fn a_silent_reader_is_behind_only_when_the_topic_holds_a_newer_entry() {
+        // An empty topic, or one whose newest entry was delivered: idle.
+        assert!(!is_behind(None, 0));
+        assert!(!is_behind(None, seq(3, 7)));
+        assert!(!is_behind(Some(&id(3, 7)), seq(3, 7)));
+        // A checkpoint after the newest entry (nothing new yet): idle.
+        assert!(!is_behind(Some(&id(3, 7)), seq(3, 9)));
+        assert!(!is_behind(Some(&id(3, 7)), seq(4, 0)));
+        // A newer entry in the same ledger or a later one: stuck.
+        assert!(is_behind(Some(&id(3, 8)), seq(3, 7)));
+        assert!(is_behind(Some(&id(4, 0)), seq(3, 7)));
+        // Nothing delivered yet from a topic that holds messages: stuck.
+        assert!(is_behind(Some(&id(1, 0)), 0));
+        // Within one batch entry: the entry was delivered, not behind.
+        let in_batch = PulsarMessageId {
+            ledger_id: 3,
+            entry_id: 7,
+            batch_index: 2,
+        };
+        assert!(!is_behind(Some(&id(3, 7)), in_batch.sequence().unwrap()));
     }
 
     #[tokio::test]
