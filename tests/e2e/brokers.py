@@ -19,7 +19,7 @@ from pathlib import Path
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections
 from pymilvus.grpc_gen import milvus_pb2
 
-from conftest import STACK, TARGET_TOKEN, create_task, http
+from conftest import STACK, TARGET_TOKEN, create_task, get_task, http
 from test_replication import keys
 from workload import connect
 
@@ -121,6 +121,20 @@ def reconnects(agent, task_id, channel=None):
                 and (channel is None or f'channel="{channel}"' in line)):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def assert_read_error_shown(agent, task_id, channel, words):
+    """`get` and `list` both show a read error of `channel` whose message
+    holds `words`, with the time it started."""
+    task = get_task(agent, task_id)
+    status, listed = agent.cdc({"request_type": "list"})
+    assert status == 200, listed
+    mine = [t for t in listed["data"]["tasks"] if t["task_id"] == task_id]
+    for shown in (task, mine[0]):
+        errors = [e for e in shown.get("read_errors", []) if e["channel"] == channel]
+        assert errors and words in errors[0]["message"], \
+            f"get/list do not report {words!r} on {channel}: {shown}"
+        assert errors[0]["since_ms"] > 0, errors
 
 
 # ------------------------------------------------------------ source and target

@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from pymilvus import Collection, connections
 
-from brokers import (SCHEMA, BrokerProcess, alive_for, assert_every_row_once, collection,
-                     insert, lines_naming, log_offset, log_since, physical_channel, port_open,
-                     reconnects, retry_delays, start_outage_test, stopped_at_end,
-                     wait_contains, wait_target)
+from brokers import (SCHEMA, BrokerProcess, alive_for, assert_every_row_once,
+                     assert_read_error_shown, collection, insert, lines_naming, log_offset,
+                     log_since, physical_channel, port_open, reconnects, retry_delays,
+                     start_outage_test, stopped_at_end, wait_contains, wait_target)
 from conftest import (BIN, REPO, STACK, create_task, etcd_get_prefix, free_port, get_task, http,
                       kafka_only, stack_env_for_restart)
 from workload import connect
@@ -369,12 +369,4 @@ def test_checkpoint_past_the_end_of_a_recreated_topic_is_reported(agents, etcd_r
     assert not [l for l in log_since(agent, offset).splitlines()
                 if channel in l and "channel reopened" in l], "it read the new topic"
     # get and list say so too (`read_errors`), not only the log.
-    task = get_task(agent, task_id)
-    status, listed = agent.cdc({"request_type": "list"})
-    assert status == 200, listed
-    mine = [t for t in listed["data"]["tasks"] if t["task_id"] == task_id]
-    for shown in (task, mine[0]):
-        errors = [e for e in shown.get("read_errors", []) if e["channel"] == channel]
-        assert errors and "past the end" in errors[0]["message"], \
-            f"get/list do not report the checkpoint past the end of {channel}: {shown}"
-        assert errors[0]["since_ms"] > 0, errors
+    assert_read_error_shown(agent, task_id, channel, "past the end")

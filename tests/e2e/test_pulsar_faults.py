@@ -38,9 +38,9 @@ from pathlib import Path
 
 import pytest
 
-from brokers import (BrokerProcess, alive_for, assert_every_row_once, collection, insert,
-                     lines_naming, log_offset, log_since, physical_channel, reconnects,
-                     retry_delays, start_outage_test, stopped_at_end, wait_contains,
+from brokers import (BrokerProcess, alive_for, assert_every_row_once, assert_read_error_shown,
+                     collection, insert, lines_naming, log_offset, log_since, physical_channel,
+                     reconnects, retry_delays, start_outage_test, stopped_at_end, wait_contains,
                      wait_target)
 from conftest import (BIN, REPO, SOURCE_MQ, STACK, create_body, create_task, free_port,
                       get_task, http, source_env)
@@ -402,14 +402,7 @@ def test_a_checkpoint_past_the_end_of_its_topic_is_retried_and_shown(agents):
     assert not [l for l in log_since(agent, offset).splitlines()
                 if channel in l and "channel reopened" in l], "it read the topic"
     assert reconnects(agent, task_id, channel) >= 2
-    task = get_task(agent, task_id)
-    status, listed = agent.cdc({"request_type": "list"})
-    assert status == 200, listed
-    mine = [t for t in listed["data"]["tasks"] if t["task_id"] == task_id]
-    for shown in (task, mine[0]):
-        errors = [e for e in shown.get("read_errors", []) if e["channel"] == channel]
-        assert errors and "past the end" in errors[0]["message"], shown
-        assert errors[0]["since_ms"] > 0, errors
+    assert_read_error_shown(agent, task_id, channel, "past the end")
     status, resp = agent.cdc({"request_type": "position", "request_data": {"task_id": task_id}})
     assert status == 200, resp
     for p in resp["data"]["positions"]:
