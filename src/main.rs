@@ -49,7 +49,7 @@ enum Command {
     /// differences (printed); 2: could not compare.
     Verify(milvus_cdc::verify::VerifyArgs),
     /// Manage tasks through the /cdc API of any replica (create, list, get,
-    /// pause, resume, delete).
+    /// pause, resume, delete, position).
     #[command(subcommand)]
     Task(milvus_cdc::cli::TaskCommand),
     /// Show each replica's role, readiness, leader and term, and the lag of

@@ -1,10 +1,16 @@
 //! The HTTP side of the client commands: addresses, requests with a
 //! timeout, and what an answer means for the exit code.
 
-use std::{io::Write as _, path::Path, process::ExitCode, time::Duration};
+use std::{io::Write as _, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+};
 use serde_json::Value;
 
 use super::{ServerArgs, CONNECT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE};
@@ -14,12 +20,89 @@ pub(super) type HttpClient = crate::api::tls::HttpsClient;
 /// A client for `http://` and `https://` servers; `https://` ones must
 /// present a certificate that chains to `cacert` (PEM) when given, to the
 /// system's roots otherwise. An unusable `cacert` is an error naming it.
-pub(super) fn http_client(timeout: Duration, cacert: Option<&Path>) -> Result<HttpClient, String> {
-    let tls = crate::api::tls::client_config(cacert, None).map_err(|e| format!("--cacert: {e}"))?;
+/// With `insecure` (`--insecure`) no certificate is verified, and a warning
+/// says so on stderr.
+pub(super) fn http_client(
+    timeout: Duration,
+    cacert: Option<&Path>,
+    insecure: bool,
+) -> Result<HttpClient, String> {
+    let tls = if insecure {
+        eprintln!(
+            "milvus-cdc: warning: --insecure: the certificates of https:// servers are not \
+             verified; anyone on the path can read and change the requests and the API token"
+        );
+        insecure_client_config()?
+    } else {
+        crate::api::tls::client_config(cacert, None).map_err(|e| format!("--cacert: {e}"))?
+    };
     Ok(crate::api::tls::https_client(
         tls,
         CONNECT_TIMEOUT.min(timeout),
     ))
+}
+
+/// Client TLS settings that accept any server certificate (`--insecure`).
+fn insecure_client_config() -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("--insecure: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A verifier that accepts every server certificate, whoever issued it and
+/// whatever name it holds (`--insecure`). The handshake signatures are
+/// still checked, so the peer does hold the key of the certificate it shows.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// An HTTP answer.
@@ -227,7 +310,8 @@ pub(super) async fn post_cdc(
     if_unanswered: Option<&str>,
 ) -> Result<Answer, ExitCode> {
     let urls = base_urls(&args.server).map_err(|e| fail(EXIT_USAGE, &e))?;
-    let client = http_client(timeout, args.cacert.as_deref()).map_err(|e| fail(EXIT_USAGE, &e))?;
+    let client = http_client(timeout, args.cacert.as_deref(), args.insecure)
+        .map_err(|e| fail(EXIT_USAGE, &e))?;
     let mut last_error = String::new();
     for url in &urls {
         match send(

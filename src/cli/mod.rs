@@ -5,10 +5,12 @@
 //!
 //! ```text
 //! milvus-cdc task create --target-uri http://10.0.0.7:19530 --target-token root:Milvus
+//! milvus-cdc task create --target-uri http://10.0.0.7:19530 --collection books --collection shop.*
 //! milvus-cdc task list --server http://cdc-0:8444,http://cdc-1:8444
 //! milvus-cdc task pause 0123456789abcdef0123456789abcdef
 //! milvus-cdc status --server http://cdc-0:8444,http://cdc-1:8444,http://cdc-2:8444
 //! milvus-cdc task list --server https://cdc-0:8444 --cacert ca.pem
+//! milvus-cdc task position 0123456789abcdef0123456789abcdef
 //! ```
 //!
 //! Exit codes: [`EXIT_OK`] (0), [`EXIT_API_ERROR`] (1: the server answered
@@ -43,6 +45,8 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8444";
 pub const SERVER_ENV: &str = "MILVUS_CDC_SERVER";
 /// Environment variable that sets `--cacert`.
 pub const CACERT_ENV: &str = "MILVUS_CDC_CACERT";
+/// What `task create` replicates without `--collection`: everything.
+pub const ALL_COLLECTIONS: &str = "*";
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -91,6 +95,11 @@ pub struct ServerArgs {
     /// chain to; the system's roots without it.
     #[arg(long, value_name = "FILE", env = CACERT_ENV)]
     pub cacert: Option<std::path::PathBuf>,
+    /// Do not verify the certificate of an `https://` server (like `curl
+    /// -k`): for tests only, anyone on the path could read the requests and
+    /// the API token. A warning is printed on stderr.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
     /// Seconds to wait for an answer (a `create` waits at least its
     /// connect timeout plus 30 s).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -142,6 +151,11 @@ pub struct CreateArgs {
     /// Seconds the agent may take to connect to the target (1-60).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub connect_timeout: u64,
+    /// A collection to replicate: `name` (default database), `db.name`,
+    /// `db.*` (a whole database) or `*` (everything, the default). Repeat
+    /// the flag for several; the agent checks the names (400 if invalid).
+    #[arg(long = "collection", value_name = "NAME")]
+    pub collections: Vec<String>,
     /// Server and output options.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -165,21 +179,31 @@ impl CreateArgs {
             param.insert("enable_tls".into(), json!(true));
         }
         param.insert("connect_timeout".into(), json!(self.connect_timeout));
+        let infos: Vec<Value> = if self.collections.is_empty() {
+            vec![json!({ "name": ALL_COLLECTIONS })]
+        } else {
+            self.collections
+                .iter()
+                .map(|n| json!({ "name": n }))
+                .collect()
+        };
         json!({
             "request_type": "create",
             "request_data": {
                 "milvus_connect_param": Value::Object(param),
-                "collection_infos": [{"name": "*"}],
+                "collection_infos": infos,
             },
         })
     }
 }
 
-/// `milvus-cdc task …`: the six requests of the `/cdc` API.
+/// `milvus-cdc task …`: the task requests of the `/cdc` API (`promote` is
+/// its own command).
 #[derive(Subcommand, Debug, Clone)]
 pub enum TaskCommand {
     /// Create a task that makes the target Milvus a replica of the source
-    /// (every collection, history first). Prints the new task's id.
+    /// (every collection unless --collection is given, history first).
+    /// Prints the new task's id.
     Create(CreateArgs),
     /// List every task (id, state, target, collections).
     List(ServerArgs),
@@ -191,6 +215,9 @@ pub enum TaskCommand {
     Resume(TaskIdArgs),
     /// Delete a task and its checkpoints (the target keeps its data).
     Delete(TaskIdArgs),
+    /// Show how far a task has read each channel: its checkpoints, as
+    /// positions that can start a new task (`position` extension).
+    Position(TaskIdArgs),
 }
 
 impl TaskCommand {
@@ -201,7 +228,8 @@ impl TaskCommand {
             TaskCommand::Get(a)
             | TaskCommand::Pause(a)
             | TaskCommand::Resume(a)
-            | TaskCommand::Delete(a) => &a.server,
+            | TaskCommand::Delete(a)
+            | TaskCommand::Position(a) => &a.server,
         }
     }
 
@@ -213,6 +241,7 @@ impl TaskCommand {
             TaskCommand::Pause(_) => "pause",
             TaskCommand::Resume(_) => "resume",
             TaskCommand::Delete(_) => "delete",
+            TaskCommand::Position(_) => "position",
         }
     }
 
@@ -223,7 +252,8 @@ impl TaskCommand {
             TaskCommand::Get(a)
             | TaskCommand::Pause(a)
             | TaskCommand::Resume(a)
-            | TaskCommand::Delete(a) => json!({
+            | TaskCommand::Delete(a)
+            | TaskCommand::Position(a) => json!({
                 "request_type": self.request_type(),
                 "request_data": {"task_id": a.task_id},
             }),
@@ -262,6 +292,10 @@ pub struct StatusArgs {
     /// chain to; the system's roots without it.
     #[arg(long, value_name = "FILE", env = CACERT_ENV)]
     pub cacert: Option<std::path::PathBuf>,
+    /// Do not verify the certificate of `https://` replicas (like `curl
+    /// -k`): for tests only. A warning is printed on stderr.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
     /// Seconds to wait for each replica's answers.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
@@ -364,6 +398,93 @@ mod tests {
         assert_eq!(s.server.len(), 3);
     }
 
+    fn create_body(extra: &[&str]) -> Result<Value, clap::Error> {
+        let mut args = vec!["task", "create", "--target-uri", "http://t:19530"];
+        args.extend_from_slice(extra);
+        match parse(&args)? {
+            TestCmd::Task(cmd @ TaskCommand::Create(_)) => Ok(cmd.body()),
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn collection_flags_fill_collection_infos_in_order() {
+        let infos = |body: Value| body["request_data"]["collection_infos"].clone();
+        assert_eq!(infos(create_body(&[]).unwrap()), json!([{"name": "*"}]));
+        assert_eq!(
+            infos(create_body(&["--collection", "books"]).unwrap()),
+            json!([{"name": "books"}])
+        );
+        assert_eq!(
+            infos(
+                create_body(&[
+                    "--collection",
+                    "shop.*",
+                    "--collection=default.books",
+                    "--collection",
+                    "*"
+                ])
+                .unwrap()
+            ),
+            json!([{"name": "shop.*"}, {"name": "default.books"}, {"name": "*"}]),
+            "given as typed: the agent checks them and answers 400 for a bad list"
+        );
+        // The names are the agent's to check, even odd ones.
+        assert_eq!(
+            infos(create_body(&["--collection", "a b"]).unwrap()),
+            json!([{"name": "a b"}])
+        );
+        let missing = create_body(&["--collection"]).unwrap_err();
+        assert_eq!(
+            missing.kind(),
+            clap::error::ErrorKind::InvalidValue,
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn every_request_type_but_promote_is_a_task_command() {
+        let id = "0123456789abcdef0123456789abcdef";
+        for (sub, request_type) in [
+            ("get", "get"),
+            ("pause", "pause"),
+            ("resume", "resume"),
+            ("delete", "delete"),
+            ("position", "position"),
+        ] {
+            let TestCmd::Task(cmd) = parse(&["task", sub, id]).unwrap() else {
+                panic!("not a task command")
+            };
+            assert_eq!(cmd.request_type(), request_type);
+            assert_eq!(
+                cmd.body(),
+                json!({"request_type": request_type, "request_data": {"task_id": id}})
+            );
+        }
+        let TestCmd::Task(cmd) = parse(&["task", "list"]).unwrap() else {
+            panic!("not a task command")
+        };
+        assert_eq!(cmd.body(), json!({"request_type": "list"}));
+    }
+
+    #[test]
+    fn insecure_is_opt_in() {
+        let TestCmd::Task(cmd) = parse(&["task", "list"]).unwrap() else {
+            panic!("not a task command")
+        };
+        assert!(!cmd.server().insecure);
+        for flag in ["--insecure", "-k"] {
+            let TestCmd::Task(cmd) = parse(&["task", "list", flag]).unwrap() else {
+                panic!("not a task command")
+            };
+            assert!(cmd.server().insecure, "{flag}");
+            let TestCmd::Status(s) = parse(&["status", flag]).unwrap() else {
+                panic!("not status")
+            };
+            assert!(s.insecure, "{flag}");
+        }
+    }
+
     #[tokio::test]
     async fn unreachable_server_is_exit_3() {
         // Port 1 on localhost refuses connections.
@@ -373,6 +494,7 @@ mod tests {
             timeout: 5,
             api_token: None,
             cacert: None,
+            insecure: false,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
@@ -381,6 +503,7 @@ mod tests {
             json: true,
             timeout: 5,
             cacert: None,
+            insecure: false,
         })
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
@@ -390,6 +513,7 @@ mod tests {
             timeout: 5,
             api_token: None,
             cacert: None,
+            insecure: false,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
@@ -399,6 +523,7 @@ mod tests {
             timeout: 5,
             api_token: None,
             cacert: None,
+            insecure: false,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_USAGE));
@@ -409,6 +534,7 @@ mod tests {
             timeout: 5,
             api_token: None,
             cacert: Some("/nonexistent/ca.pem".into()),
+            insecure: false,
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_USAGE));

@@ -382,7 +382,7 @@ pub async fn run_status(args: StatusArgs) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, &e),
     };
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let client = match http_client(timeout, args.cacert.as_deref()) {
+    let client = match http_client(timeout, args.cacert.as_deref(), args.insecure) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e),
     };

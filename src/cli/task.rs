@@ -122,6 +122,32 @@ fn format_task_detail(task: &Value) -> String {
     out
 }
 
+/// The `position` answer's checkpoints as a table: channel, the source
+/// timestamp reached (and its time, ms since the epoch) and the base64
+/// position that can start a new task.
+fn format_positions(positions: &[Value]) -> String {
+    if positions.is_empty() {
+        return "no checkpoint yet\n".into();
+    }
+    let number = |p: &Value, key: &str| {
+        p.get(key)
+            .and_then(Value::as_u64)
+            .map_or_else(|| "-".to_string(), |n| n.to_string())
+    };
+    let rows: Vec<Vec<String>> = positions
+        .iter()
+        .map(|p| {
+            vec![
+                str_field(p, "channel_name").unwrap_or("-").to_string(),
+                number(p, "tt"),
+                number(p, "time"),
+                str_field(p, "msg_id").unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    format_table(&["CHANNEL", "TT", "TIME (MS)", "POSITION"], &rows)
+}
+
 /// Seconds as a short duration: `0.4s`, `59.0s`, `5m03s`, `2h01m`, `-`.
 pub(super) fn format_secs(secs: Option<f64>) -> String {
     let Some(s) = secs.filter(|s| s.is_finite() && *s >= 0.0) else {
@@ -157,6 +183,10 @@ fn format_reply(cmd: &TaskCommand, data: &Value) -> String {
         TaskCommand::Pause(a) => format!("task {} paused\n", a.task_id),
         TaskCommand::Resume(a) => format!("task {} running\n", a.task_id),
         TaskCommand::Delete(a) => format!("task {} deleted\n", a.task_id),
+        TaskCommand::Position(_) => match data.get("positions").and_then(Value::as_array) {
+            Some(positions) => format_positions(positions),
+            None => format!("{data}\n"),
+        },
     }
 }
 
@@ -252,6 +282,26 @@ mod tests {
              connect timeout:  10s\n\
              collections:      *\n"
         );
+    }
+
+    #[test]
+    fn positions_table() {
+        let positions = vec![
+            json!({"channel_name": "by-dev-rootcoord-dml_0", "msg_id": "CgE=",
+                   "tt": 470846457935298561u64, "time": 1795641192566u64}),
+            json!({"channel_name": "by-dev-rootcoord-dml_1"}),
+        ];
+        let text = format_positions(&positions);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "CHANNEL                 TT                  TIME (MS)      POSITION",
+                "by-dev-rootcoord-dml_0  470846457935298561  1795641192566  CgE=",
+                "by-dev-rootcoord-dml_1  -                   -              -",
+            ]
+        );
+        assert_eq!(format_positions(&[]), "no checkpoint yet\n");
     }
 
     #[test]

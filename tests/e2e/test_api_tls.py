@@ -1,8 +1,8 @@
 """Optional TLS of the HTTP API (server.tls_cert_file / tls_key_file): every
 endpoint is served over HTTPS only, followers forward /cdc to the leader over
 HTTPS (verifying its certificate), plain HTTP to the port fails, the CLI
-works with --cacert, and with server.api_token as well the 401 keeps the
-contract's shape.
+works with --cacert (or, unverified and with a warning, --insecure), and
+with server.api_token as well the 401 keeps the contract's shape.
 
 The certificates are made at test time with the openssl CLI: a private CA and
 a server certificate for 127.0.0.1 signed by it. The server's file holds the
@@ -158,6 +158,16 @@ def test_three_replicas_serve_https_and_forward_to_the_leader(agents, certs):
     r = cli("task", "list", "--server", follower.url)
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "certificate" in r.stderr.lower(), r.stderr
+    # --insecure (-k) skips the verification, opt-in, with a warning.
+    for flag in ("--insecure", "-k"):
+        r = cli("task", "list", "--server", follower.url, flag, "--json")
+        assert r.returncode == 0, (flag, r.stdout, r.stderr)
+        assert [t["task_id"] for t in json.loads(r.stdout)["data"]["tasks"]] == [task_id]
+        assert "warning: --insecure" in r.stderr and "not verified" in r.stderr, r.stderr
+    r = cli("status", "--server", lead.url, "--insecure", "--json")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert json.loads(r.stdout)[0]["status"]["role"] == "leader"
+    assert "warning: --insecure" in r.stderr, r.stderr
     r = cli("status", "--server", ",".join(a.url for a in replicas), "--cacert", str(ca),
             "--json")
     assert r.returncode == 0, (r.stdout, r.stderr)

@@ -9,11 +9,16 @@ import os
 import re
 import subprocess
 import time
+import uuid
 
 import pytest
+from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
 
 from conftest import BIN, STACK, TARGET_TOKEN, free_port, http
+from workload import connect
 
+SOURCE = STACK["CDC_SOURCE_URI"]
+SOURCE_TOKEN = "root:Milvus" if STACK.get("CDC_SOURCE_AUTH") == "1" else None
 TARGET = STACK["CDC_TARGET_URI"]
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -153,6 +158,103 @@ def test_task_lifecycle_through_a_follower(agents):
         assert "error 404" in r.stderr and task_id in r.stderr
 
 
+def make_collection(alias, name, rows):
+    """A loaded collection of `rows` rows on `alias`."""
+    fields = [FieldSchema("pk", DataType.INT64, is_primary=True),
+              FieldSchema("vec", DataType.FLOAT_VECTOR, dim=4)]
+    c = Collection(name, CollectionSchema(fields), shards_num=1, using=alias)
+    c.create_index("vec", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+    c.load()
+    c.insert([list(range(rows)), [[float(k), 0.0, 0.0, 1.0] for k in range(rows)]])
+    return c
+
+
+def count(alias, name):
+    got = Collection(name, using=alias).query("", output_fields=["count(*)"],
+                                              consistency_level="Strong")
+    return got[0]["count(*)"]
+
+
+def wait_count(alias, name, want, timeout=180):
+    deadline, seen = time.time() + timeout, None
+    while time.time() < deadline:
+        try:
+            if utility.has_collection(name, using=alias):
+                seen = count(alias, name)
+                if seen == want:
+                    return
+        except Exception as e:  # noqa: BLE001 - not created or loaded yet
+            seen = repr(e)
+        time.sleep(2)
+    raise AssertionError(f"{name} on the target: {seen}, want {want} rows")
+
+
+def test_create_with_collection_flags_replicates_only_those(agents):
+    agent = agents(extra_env={"MILVUS_CDC_HA__TAKEOVER_REPLAY": "false"}).start()
+    tag = uuid.uuid4().hex[:6]
+    keep, skip = f"cli_keep_{tag}", f"cli_skip_{tag}"
+
+    # Bad selections come back as the API's 400, naming collection_infos.
+    for names, words in ((["a b"], "collection_infos[0].name"),
+                         (["*", keep], "cannot be combined"),
+                         ([keep, f"default.{keep}"], "given twice"),
+                         (["x.y.z"], "collection_infos[0].name")):
+        flags = [f for n in names for f in ("--collection", n)]
+        r = cli(*create_args(agent.url), *flags)
+        assert r.returncode == 1, (names, r.stdout, r.stderr)
+        assert r.stdout == "" and "error 400" in r.stderr and words in r.stderr, (names, r.stderr)
+    r = cli("task", "list", "--server", agent.url)
+    assert (r.returncode, r.stdout) == (0, "no tasks\n"), "a refused create stores nothing"
+
+    r = cli(*create_args(agent.url), "--collection", keep, "--collection", f"other_{tag}.*")
+    assert r.returncode == 0, r.stderr
+    task_id = r.stdout.strip()
+    src = connect(f"cli-src-{tag}", SOURCE, SOURCE_TOKEN)
+    tgt = connect(f"cli-tgt-{tag}", TARGET, TARGET_TOKEN)
+    try:
+        r = cli("task", "get", task_id, "--server", agent.url, "--json")
+        assert json.loads(r.stdout)["data"]["Task"]["collection_infos"] == [
+            {"name": keep}, {"name": f"other_{tag}.*"}]
+        r = cli("task", "list", "--server", agent.url)
+        assert table_rows(r.stdout)[1] == [task_id, "Running", TARGET, f"{keep},other_{tag}.*"]
+        # A second task over the same collection to the same target: 409.
+        r = cli(*create_args(agent.url), "--collection", f"default.{keep}")
+        assert r.returncode == 1 and "error 409" in r.stderr and task_id in r.stderr, r.stderr
+
+        make_collection(src, keep, 100)
+        make_collection(src, skip, 50)
+        wait_count(tgt, keep, 100)
+        time.sleep(5)  # the other collection's changes were read by now
+        assert not utility.has_collection(skip, using=tgt)
+
+        # position: a checkpoint per channel (once written), as the answer
+        # and as a table.
+        deadline = time.time() + 90
+        while True:
+            r = cli("task", "position", task_id, "--server", agent.url, "--json")
+            assert r.returncode == 0, r.stderr
+            positions = json.loads(r.stdout)["data"]["positions"]
+            if positions or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert positions, "no checkpoint within 90 s"
+        r = cli("task", "position", task_id, "--server", agent.url)
+        assert r.returncode == 0, r.stderr
+        rows = table_rows(r.stdout)
+        assert rows[0] == ["CHANNEL", "TT", "TIME (MS)", "POSITION"], r.stdout
+        assert len(rows) > 1 and all(row[0].startswith("by-dev-") and int(row[1]) > 0
+                                     for row in rows[1:]), r.stdout
+        assert {p["channel_name"] for p in positions} <= {row[0] for row in rows[1:]}
+        r = cli("task", "position", UNKNOWN_ID, "--server", agent.url)
+        assert r.returncode == 1 and "error 404" in r.stderr, r.stderr
+    finally:
+        cli("task", "delete", task_id, "--server", agent.url)
+        for name in (keep, skip):
+            for alias in (src, tgt):
+                if utility.has_collection(name, using=alias):
+                    utility.drop_collection(name, using=alias)
+
+
 def test_exit_codes(agent):
     # 1: the server answered with an error; its code and message are printed.
     r = cli("task", "get", UNKNOWN_ID, "--server", agent.url)
@@ -184,6 +286,8 @@ def test_exit_codes(agent):
                   "--username", "u", "--password", "p"],  # token and user conflict
                  ["task", "list", "--server", "https://127.0.0.1:8444",
                   "--cacert", "/nonexistent/ca.pem"],  # unreadable CA file
+                 ["task", "create", "--target-uri", TARGET, "--collection"],  # no name
+                 ["task", "position"],  # missing id
                  ["task", "frobnicate"],
                  ["status", "--server", "ftp://x"]):
         r = cli(*args)
@@ -233,3 +337,13 @@ def test_help_mentions_the_server_flag(sub):
     r = cli(*sub)
     assert r.returncode == 0
     assert "--server" in r.stdout or "create" in r.stdout
+
+
+def test_help_lists_every_task_request_and_the_collection_flag():
+    r = cli("task", "--help")
+    for sub in ("create", "list", "get", "pause", "resume", "delete", "position"):
+        assert re.search(rf"^\s+{sub}\s", r.stdout, re.M), (sub, r.stdout)
+    r = cli("task", "create", "--help")
+    assert "--collection <NAME>" in r.stdout and "db.*" in r.stdout, r.stdout
+    r = cli("--help")
+    assert re.search(r"^\s+promote\s", r.stdout, re.M), r.stdout

@@ -22,81 +22,39 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections
-from pymilvus.grpc_gen import milvus_pb2
+from pymilvus import Collection, connections
 
-from conftest import (BIN, REPO, STACK, TARGET_TOKEN, create_task, etcd_get_prefix, free_port,
-                      get_task, http, kafka_only, stack_env_for_restart)
-from test_replication import keys
+from brokers import (SCHEMA, BrokerProcess, alive_for, assert_every_row_once,
+                     assert_read_error_shown, collection, insert, lines_naming, log_offset,
+                     log_since, physical_channel, port_open, reconnects, retry_delays,
+                     start_outage_test, stopped_at_end, wait_contains, wait_target)
+from conftest import (BIN, REPO, STACK, create_task, etcd_get_prefix, free_port, get_task, http,
+                      kafka_only, stack_env_for_restart)
 from workload import connect
 
 pytestmark = kafka_only
 
 TANSU = Path(os.environ.get("CDC_KAFKA_TOOLS", REPO / ".venv" / "kafka")) / "tansu"
 BROKER = STACK.get("CDC_KAFKA_BROKERS", "")
-SCHEMA = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
-                           FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
 
 
 # ----------------------------------------------------------------- helpers
 
-class TansuProcess:
-    """A tansu broker or proxy that this test starts and stops itself."""
-
-    def __init__(self, args, port, log_dir):
-        self.args, self.port = args, port
-        self.log_path = Path(log_dir) / f"tansu-{port}.log"
-        self.proc = None
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(TANSU), *self.args], stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            if _port_open(self.port):
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"tansu on {self.port} not listening: "
-                             f"{self.log_path.read_text()[-2000:]}")
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-def _port_open(port):
-    import socket  # noqa: PLC0415
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 def tansu(tmp_path):
-    started = []
+    """Starts a tansu broker or proxy: make(args, port); all killed at the end."""
+    with stopped_at_end() as started:
+        def make(args, port):
+            t = BrokerProcess("tansu", [str(TANSU), *args], port, tmp_path / f"tansu-{port}.log")
+            started.append(t)
+            return t.start()
 
-    def make(args, port):
-        t = TansuProcess(args, port, tmp_path)
-        started.append(t)
-        return t.start()
-
-    yield make
-    for t in started:
-        t.stop()
+        yield make
 
 
 def proxy_args(port):
@@ -112,150 +70,23 @@ def kafka_env(brokers, **extra):
     return env
 
 
-def log_offset(agent):
-    try:
-        return agent.log_path.stat().st_size
-    except OSError:
-        return 0
-
-
-def log_since(agent, offset):
-    """What the agent logged since `offset` (its log file is shared by every
-    agent that ever ran on that port)."""
-    with open(agent.log_path, "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
-
-
-def reconnects(agent, task_id, channel=None):
-    """milvus_cdc_source_reconnects_total of the task (one channel or all)."""
-    _, text, _ = http("GET", agent.url + "/metrics")
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith("milvus_cdc_source_reconnects_total{") and task_id in line
-                and (channel is None or f'channel="{channel}"' in line)):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def physical_channel(alias, name):
-    return connections._fetch_handler(alias)._stub.DescribeCollection(  # noqa: SLF001
-        milvus_pb2.DescribeCollectionRequest(collection_name=name)).physical_channel_names
-
-
-def source_keys(alias, name):
-    c = Collection(name, using=alias)
-    if not c.indexes:
-        c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-    c.load()
-    return keys(alias, name)
-
-
-def target_rows(alias, name):
-    """(distinct keys, number of rows) of the target collection, or None
-    while it is not there yet."""
-    try:
-        t = Collection(name, using=alias)
-        if not t.indexes:
-            t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-        t.load()
-        n = t.query("", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
-        return keys(alias, name), n
-    except Exception:  # noqa: BLE001 - not replicated yet
-        return None
-
-
-def wait_target(alias, name, want, timeout=180, agent=None):
-    deadline, got = time.time() + timeout, None
-    while time.time() < deadline:
-        if agent is not None:
-            assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
-        got = target_rows(alias, name)
-        if got is not None and got[0] == want:
-            return got
-        time.sleep(1)
-    missing = sorted(want - got[0])[:20] if got else "all"
-    extra = sorted(got[0] - want)[:20] if got else []
-    raise AssertionError(f"target never matched: missing {missing}, extra {extra}, "
-                         f"agent log: {agent.log_tail() if agent else ''}")
-
-
-def wait_contains(alias, name, want, agent, timeout=180):
-    deadline, got = time.time() + timeout, None
-    while time.time() < deadline:
-        assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
-        got = target_rows(alias, name)
-        if got is not None and want <= got[0]:
-            return
-        time.sleep(1)
-    raise AssertionError(f"missing on the target: {sorted(want - (got[0] if got else set()))[:20]}")
-
-
-def insert(coll, ids):
-    coll.insert([list(ids), [[0.1, 0.2, 0.3, 0.4]] * len(ids)])
-
-
-class Writer(threading.Thread):
-    """Inserts batches of 10 rows every 0.3 s until stopped; keeps the keys
-    the source acknowledged (and the errors, which there should be none of:
-    the outage is between the agent and the broker only)."""
-
-    def __init__(self, coll, first):
-        super().__init__(daemon=True)
-        self.coll, self.next = coll, first
-        self.acked, self.errors = set(), []
-        self.halt = threading.Event()
-
-    def run(self):
-        while not self.halt.is_set():
-            ids = range(self.next, self.next + 10)
-            self.next += 10
-            try:
-                insert(self.coll, ids)
-                self.acked.update(ids)
-            except Exception as e:  # noqa: BLE001 - recorded, asserted later
-                self.errors.append(repr(e))
-            time.sleep(0.3)
-
-    def stop(self):
-        self.halt.set()
-        self.join(timeout=60)
-
-
 # ------------------------------------------------------------ the outage
 
 def test_broker_outage_is_reported_then_every_row_arrives_exactly(agents, tansu):
     proxy_port = free_port()
     proxy = tansu(proxy_args(proxy_port), proxy_port)
     agent = agents(extra_env=kafka_env([f"127.0.0.1:{proxy_port}"]))
-    offset = log_offset(agent)
-    agent.start()
-    task_id = create_task(agent)
-
-    tag = uuid.uuid4().hex[:8]
-    src = connect(f"kout-src-{tag}", STACK["CDC_SOURCE_URI"])
-    tgt = connect(f"kout-tgt-{tag}", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
-    name = f"kout_{tag}"
-    coll = Collection(name, SCHEMA, using=src, shards_num=1)
-    channel = physical_channel(src, name)[0]
-    insert(coll, range(100))
-    wait_target(tgt, name, set(range(100)), agent=agent)
-    before = reconnects(agent, task_id, channel)
-
-    writer = Writer(coll, 1000)
-    writer.start()
+    out = start_outage_test(agent, "kout")
+    offset, task_id, src, tgt, name = out.offset, out.task_id, out.src, out.tgt, out.name
+    channel, before, writer = out.channel, out.before, out.writer
     try:
         # 1. The broker hangs (every request of the agent goes unanswered).
         proxy.signal(signal.SIGSTOP)
-        t_stop = time.time()
         seen_frozen = ""
-        while time.time() - t_stop < 25:
-            assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
-            time.sleep(1)
+        alive_for(agent, 25)
         log = log_since(agent, offset)
-        frozen = [l for l in log.splitlines()
-                  if channel in l and f"127.0.0.1:{proxy_port}" in l
-                  and ("channel read failed" in l or "cannot open channel" in l)]
+        frozen = lines_naming(agent, offset, channel, f"127.0.0.1:{proxy_port}",
+                              "channel read failed", "cannot open channel")
         assert frozen, f"no log line says the broker does not answer: {log[-3000:]}"
         assert any("no answer within" in l for l in frozen), frozen
         seen_frozen = frozen[0]
@@ -274,27 +105,18 @@ def test_broker_outage_is_reported_then_every_row_arrives_exactly(agents, tansu)
         # 2. The broker is gone (connections refused), then back.
         offset2 = log_offset(agent)
         proxy.stop()
-        t_gone = time.time()
-        while time.time() - t_gone < 15:
-            assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
-            time.sleep(1)
-        log2 = log_since(agent, offset2)
-        gone = [l for l in log2.splitlines()
-                if channel in l and f"127.0.0.1:{proxy_port}" in l and "cannot open channel" in l]
-        assert gone, f"no log line says the broker is unreachable: {log2[-3000:]}"
+        alive_for(agent, 15)
+        gone = lines_naming(agent, offset2, channel, f"127.0.0.1:{proxy_port}",
+                            "cannot open channel")
+        assert gone, \
+            f"no log line says the broker is unreachable: {log_since(agent, offset2)[-3000:]}"
         assert reconnects(agent, task_id, channel) > mid
         proxy = tansu(proxy_args(proxy_port), proxy_port)
         time.sleep(5)
     finally:
         proxy.signal(signal.SIGCONT)
         writer.stop()
-    assert not writer.errors, writer.errors[:5]
-    acked = set(range(100)) | writer.acked
-    src_keys = source_keys(src, name)
-    assert src_keys == acked, (sorted(src_keys - acked)[:10], sorted(acked - src_keys)[:10])
-    got_keys, rows = wait_target(tgt, name, acked, agent=agent)
-    assert rows == len(acked), f"{rows} rows on the target for {len(acked)} keys: duplicates"
-    assert "channel reopened" in log_since(agent, offset), "never reopened"
+    assert_every_row_once(agent, out)
     assert agent.proc.poll() is None
     print(f"outage logged as: {seen_frozen[:300]}")
 
@@ -365,16 +187,6 @@ def test_check_names_a_wrong_broker_and_refused_credentials(tansu):
     assert "sasl_mechanism" in r.stderr, r.stderr
 
 
-def retry_delays(lines):
-    """The retry_in of each line, in seconds."""
-    out = []
-    for l in lines:
-        m = re.search(r"retry_in=([0-9.]+)(ms|s|µs)", l)
-        if m:
-            out.append(float(m.group(1)) / {"ms": 1e3, "s": 1, "µs": 1e6}[m.group(2)])
-    return out
-
-
 @pytest.mark.parametrize("case", ["wrong_broker", "bad_credentials"])
 def test_server_with_an_unreachable_broker_logs_it_and_retries_with_backoff(agents, tansu,
                                                                             case):
@@ -441,7 +253,7 @@ def restart_broker():
     pid = int((run_dir / "broker.pid").read_text().split()[0])
     os.killpg(pid, signal.SIGKILL)
     deadline = time.time() + 20
-    while time.time() < deadline and _port_open(int(BROKER.rsplit(":", 1)[1])):
+    while time.time() < deadline and port_open(int(BROKER.rsplit(":", 1)[1])):
         time.sleep(0.2)
     env = {**os.environ, **stack_env_for_restart(STACK),
            "CDC_KAFKA_PORT": BROKER.rsplit(":", 1)[1]}
@@ -481,10 +293,7 @@ def recreated_topic_behind_checkpoint(agents, etcd_root):
     the checkpoint. Returns (agent on the same port, not started, task id,
     channel, checkpoint sequence)."""
     tag = uuid.uuid4().hex[:8]
-    src = connect(f"kpast-src-{tag}", STACK["CDC_SOURCE_URI"])
-    tgt = connect(f"kpast-tgt-{tag}", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
-    name = f"kpast_{tag}"
-    coll = Collection(name, SCHEMA, using=src, shards_num=1)
+    src, tgt, name, coll = collection(tag, "kpast")
     channel = physical_channel(src, name)[0]
     # Many messages on the channel, so the recreated topic stays shorter than
     # the checkpoint for minutes (time ticks add about 5 per second).
@@ -560,12 +369,4 @@ def test_checkpoint_past_the_end_of_a_recreated_topic_is_reported(agents, etcd_r
     assert not [l for l in log_since(agent, offset).splitlines()
                 if channel in l and "channel reopened" in l], "it read the new topic"
     # get and list say so too (`read_errors`), not only the log.
-    task = get_task(agent, task_id)
-    status, listed = agent.cdc({"request_type": "list"})
-    assert status == 200, listed
-    mine = [t for t in listed["data"]["tasks"] if t["task_id"] == task_id]
-    for shown in (task, mine[0]):
-        errors = [e for e in shown.get("read_errors", []) if e["channel"] == channel]
-        assert errors and "past the end" in errors[0]["message"], \
-            f"get/list do not report the checkpoint past the end of {channel}: {shown}"
-        assert errors[0]["since_ms"] > 0, errors
+    assert_read_error_shown(agent, task_id, channel, "past the end")

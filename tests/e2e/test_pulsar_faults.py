@@ -37,16 +37,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pymilvus import Collection
 
-from conftest import (BIN, REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, http,
-                      source_env)
-from test_kafka_faults import (SCHEMA, Writer, _port_open, create_task, get_task, insert,
-                               log_offset, log_since, physical_channel, reconnects,
-                               retry_delays, source_keys, target_rows, wait_contains,
-                               wait_target)
+from brokers import (BrokerProcess, alive_for, assert_every_row_once, assert_read_error_shown,
+                     collection, insert, lines_naming, log_offset, log_since, physical_channel,
+                     reconnects, retry_delays, start_outage_test, stopped_at_end, wait_contains,
+                     wait_target)
+from conftest import (BIN, REPO, SOURCE_MQ, STACK, create_body, create_task, free_port,
+                      get_task, http, source_env)
 from test_positions import decode_position, msg_position
-from workload import connect
 
 pytestmark = pytest.mark.skipif(SOURCE_MQ != "pulsar",
                                 reason="needs a Pulsar source (CDC_SOURCE_MQ=pulsar)")
@@ -59,54 +57,20 @@ BROKER = STACK.get("CDC_PULSAR_BROKER_URL", "").split("://", 1)[-1]
 
 # ----------------------------------------------------------------- helpers
 
-class ShimProcess:
-    """A pulsar_shim.py in front of the stack's pulsar-lite, started and
-    stopped by the test."""
-
-    def __init__(self, port, log_dir, args=()):
-        self.port, self.args = port, list(args)
-        self.log_path = Path(log_dir) / f"shim-{port}.log"
-        self.proc = None
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(SHIM_PYTHON), str(SHIM), "--listen", f"127.0.0.1:{self.port}",
-             "--broker", BROKER, *self.args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            if _port_open(self.port):
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"shim on {self.port} not listening: "
-                             f"{self.log_path.read_text()[-2000:]}")
-
-    def signal(self, sig):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def shim(tmp_path):
-    started = []
+    """Starts a pulsar_shim.py in front of the stack's pulsar-lite:
+    make(port=None, args=()) (a free port by default); all killed at the end."""
+    with stopped_at_end() as started:
+        def make(port=None, args=()):
+            port = port or free_port(avoid={p.port for p in started})
+            s = BrokerProcess("shim", [str(SHIM_PYTHON), str(SHIM), "--listen",
+                                       f"127.0.0.1:{port}", "--broker", BROKER, *args],
+                              port, tmp_path / f"shim-{port}.log")
+            started.append(s)
+            return s.start()
 
-    def make(port=None, args=()):
-        s = ShimProcess(port or free_port(avoid={p.port for p in started}), tmp_path, args)
-        started.append(s)
-        return s.start()
-
-    yield make
-    for s in started:
-        s.stop()
+        yield make
 
 
 def pulsar_env(address, **extra):
@@ -133,14 +97,6 @@ def pulsar_line(r):
     lines = [l for l in r.stdout.splitlines() if "source pulsar" in l]
     assert len(lines) == 1, r.stdout + r.stderr
     return lines[0]
-
-
-def collection(tag, prefix, shards=1):
-    src = connect(f"{prefix}-src-{tag}", STACK["CDC_SOURCE_URI"])
-    tgt = connect(f"{prefix}-tgt-{tag}", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
-    name = f"{prefix}_{tag}"
-    coll = Collection(name, SCHEMA, using=src, shards_num=shards)
-    return src, tgt, name, coll
 
 
 # ------------------------------------------------------------ bad token
@@ -342,26 +298,15 @@ def test_broker_outage_loses_and_repeats_nothing_and_sigterm_is_bounded(agents, 
     url = f"pulsar://127.0.0.1:{relay.port}"
     agent = agents(extra_env={**pulsar_env(url), "MILVUS_CDC_SOURCE__CONNECT_TIMEOUT": '"3s"',
                               "MILVUS_CDC_SERVER__SHUTDOWN_TIMEOUT": '"8s"'})
-    offset = log_offset(agent)
-    agent.start()
-    task_id = create_task(agent)
-    tag = uuid.uuid4().hex[:8]
-    src, tgt, name, coll = collection(tag, "pout")
-    channel = physical_channel(src, name)[0]
-    insert(coll, range(100))
-    wait_target(tgt, name, set(range(100)), agent=agent)
-    before = reconnects(agent, task_id, channel)
-
-    writer = Writer(coll, 1000)
-    writer.start()
+    out = start_outage_test(agent, "pout")
+    offset, task_id, src, tgt, name = out.offset, out.task_id, out.src, out.tgt, out.name
+    channel, before, writer = out.channel, out.before, out.writer
     try:
         # 1. The broker hangs: every request of the agent goes unanswered.
         relay.signal(signal.SIGSTOP)
-        time.sleep(15)
-        assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
-        frozen = [l for l in log_since(agent, offset).splitlines()
-                  if channel in l and url in l
-                  and ("channel read failed" in l or "cannot open channel" in l)]
+        alive_for(agent, 15)
+        frozen = lines_naming(agent, offset, channel, url,
+                              "channel read failed", "cannot open channel")
         relay.signal(signal.SIGCONT)
         acked_frozen = set(writer.acked)
         assert len(acked_frozen) >= 100, "the source kept taking writes during the outage"
@@ -370,27 +315,16 @@ def test_broker_outage_loses_and_repeats_nothing_and_sigterm_is_bounded(agents, 
         # 2. The broker is gone (connections refused), then back.
         offset2 = log_offset(agent)
         relay.stop()
-        time.sleep(10)
-        assert agent.proc.poll() is None, f"agent exited: {agent.log_tail()}"
-        gone = [l for l in log_since(agent, offset2).splitlines()
-                if channel in l and url in l and "cannot open channel" in l]
-        assert gone, f"no log line says the broker is unreachable: {log_since(agent, offset2)[-3000:]}"
+        alive_for(agent, 10)
+        gone = lines_naming(agent, offset2, channel, url, "cannot open channel")
+        assert gone, \
+            f"no log line says the broker is unreachable: {log_since(agent, offset2)[-3000:]}"
         assert reconnects(agent, task_id, channel) > before, "reconnects not counted"
         relay = shim(port=relay.port)
     finally:
         relay.signal(signal.SIGCONT)
         writer.stop()
-    assert not writer.errors, writer.errors[:5]
-    acked = set(range(100)) | writer.acked
-    src_keys = source_keys(src, name)
-    assert src_keys == acked, (sorted(src_keys - acked)[:10], sorted(acked - src_keys)[:10])
-    wait_target(tgt, name, acked, agent=agent)
-    # Counted again now that every key is there (wait_target's count was
-    # taken before its key scan, possibly while the last rows arrived).
-    got_keys, rows = target_rows(tgt, name)
-    assert got_keys == acked
-    assert rows == len(acked), f"{rows} rows on the target for {len(acked)} keys: duplicates"
-    assert "channel reopened" in log_since(agent, offset), "never reopened"
+    assert_every_row_once(agent, out)
     print(f"frozen broker logged as: {frozen[:1]}")
 
     # 3. SIGTERM while the broker hangs: a clean exit within shutdown_timeout.
@@ -468,14 +402,7 @@ def test_a_checkpoint_past_the_end_of_its_topic_is_retried_and_shown(agents):
     assert not [l for l in log_since(agent, offset).splitlines()
                 if channel in l and "channel reopened" in l], "it read the topic"
     assert reconnects(agent, task_id, channel) >= 2
-    task = get_task(agent, task_id)
-    status, listed = agent.cdc({"request_type": "list"})
-    assert status == 200, listed
-    mine = [t for t in listed["data"]["tasks"] if t["task_id"] == task_id]
-    for shown in (task, mine[0]):
-        errors = [e for e in shown.get("read_errors", []) if e["channel"] == channel]
-        assert errors and "past the end" in errors[0]["message"], shown
-        assert errors[0]["since_ms"] > 0, errors
+    assert_read_error_shown(agent, task_id, channel, "past the end")
     status, resp = agent.cdc({"request_type": "position", "request_data": {"task_id": task_id}})
     assert status == 200, resp
     for p in resp["data"]["positions"]:
