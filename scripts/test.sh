@@ -61,10 +61,11 @@ KAFKA_TESTS=(tests/e2e/test_concurrent_writers.py tests/e2e/test_ha.py
   tests/e2e/test_source_reader.py tests/e2e/test_kafka_faults.py)
 # The same queue-dependent part with a Pulsar source (pulsar-lite behind
 # scripts/pulsar_shim.py); kept to this list so that CI stays within its time.
-# test_pulsar_faults: bad token, TLS, wrong namespace, gaps, broker outage (about 80 s).
+# test_pulsar_faults: bad token, TLS, wrong namespace, gaps, broker outage (about 80 s);
+# test_pulsar_stall: wedged connections, each reader recovering on its own (about 60 s).
 PULSAR_TESTS=(tests/e2e/test_concurrent_writers.py tests/e2e/test_ha.py
   tests/e2e/test_positions.py tests/e2e/test_replication.py tests/e2e/test_source_health.py
-  tests/e2e/test_source_reader.py tests/e2e/test_pulsar_faults.py)
+  tests/e2e/test_source_reader.py tests/e2e/test_pulsar_faults.py tests/e2e/test_pulsar_stall.py)
 
 build() {
   scripts/setup.sh
