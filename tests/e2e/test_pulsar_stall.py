@@ -35,9 +35,9 @@ import uuid
 import pytest
 
 from conftest import SOURCE_MQ, create_task
-from test_kafka_faults import (insert, log_offset, log_since, physical_channel, reconnects,
-                               target_rows, wait_target)
-from test_pulsar_faults import collection, pulsar_env, shim  # noqa: F401  (a fixture)
+from brokers import (collection, insert, log_offset, log_since, physical_channel, reconnects,
+                     target_rows, wait_target)
+from test_pulsar_faults import pulsar_env, shim  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(SOURCE_MQ != "pulsar",
                                 reason="needs a Pulsar source (CDC_SOURCE_MQ=pulsar)")
