@@ -73,7 +73,13 @@ impl MilvusSink {
             }
             self.drop_collection_raw(&spec.db, &spec.name).await?;
         }
-        let schema = target_schema(&spec.schema);
+        // The schema of a CreateCollection read from the stream carries the
+        // name the collection had then; Milvus requires the collection's
+        // name (its name on the source now, after a rename) in it.
+        let schema = crate::proto::schema::CollectionSchema {
+            name: spec.name.clone(),
+            ..target_schema(&spec.schema)
+        };
         let mut properties: Vec<KeyValuePair> = spec
             .properties
             .iter()

@@ -80,7 +80,7 @@ def test_a_renamed_collection_keeps_its_rows_when_a_new_one_takes_its_name(agent
 def test_swapped_names_follow_the_source(agent):
     src = connect(f"src-swap-{tag()}", SOURCE)
     tgt = connect(f"tgt-swap-{tag()}", TARGET, TARGET_TOKEN)
-    create_task(agent)
+    task_id = create_task(agent)
     t = tag()
     x, y, tmp = f"swap_x_{t}", f"swap_y_{t}", f"swap_tmp_{t}"
     make(src, x, range(0, 40), "x")
@@ -100,3 +100,18 @@ def test_swapped_names_follow_the_source(agent):
     assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 525)}
     names = utility.list_collections(using=tgt)
     assert tmp not in names and not [n for n in names if "_cdc_renaming_" in n], names
+
+    # A new task replays the history: its CreateCollection messages carry the
+    # names the collections had then (the schema's name too), and must land
+    # under their names of now, on the replicas that exist.
+    # Replayed onto a target that lost both replicas, so that they are
+    # created again from those messages.
+    status, body = agent.cdc({"request_type": "delete", "request_data": {"task_id": task_id}})
+    assert status == 200, body
+    for n in (x, y):
+        utility.drop_collection(n, using=tgt)
+    create_task(agent)
+    insert(Collection(x, using=src), range(525, 530), "y")
+    wait_verified([x, y])
+    assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 530)}
+    assert target_rows(tgt, y) == {i: f"x{i}" for i in range(0, 50)}
