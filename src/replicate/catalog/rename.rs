@@ -136,10 +136,7 @@ impl Catalog {
                 return Ok(true);
             }
         }
-        self.writer
-            .rename_collection(db, name, new_db, new_name)
-            .await?;
-        info!(source_id = id, db, collection = name, new_db = %new_db, new_name = %new_name, "renamed on the target, as on the source");
+        self.rename_target(id, db, name, new_db, new_name).await?;
         Ok(true)
     }
 
@@ -158,10 +155,7 @@ impl Catalog {
         if same_place(&old_db, &old_name, db, name) {
             return self.writer.describe(db, name).await;
         }
-        self.writer
-            .rename_collection(&old_db, &old_name, db, name)
-            .await?;
-        info!(source_id = id, db = %old_db, collection = %old_name, new_db = db, new_name = name, "renamed on the target, as on the source");
+        self.rename_target(id, &old_db, &old_name, db, name).await?;
         self.writer.describe(db, name).await
     }
 
@@ -175,8 +169,7 @@ impl Catalog {
         name: &str,
     ) -> Result<Arc<LiveCollection>, MilvusError> {
         let mut gate = live.gate.write().await;
-        self.writer
-            .rename_collection(&live.db, &live.name, db, name)
+        self.rename_target(id, &live.db, &live.name, db, name)
             .await?;
         let moved = Arc::new(LiveCollection::new(
             db.to_string(),
@@ -193,8 +186,31 @@ impl Catalog {
             .await
             .insert(id, Entry::Live(moved.clone()));
         *gate = Gate::Moved;
-        info!(source_id = id, db = %live.db, collection = %live.name, new_db = db, new_name = name, "renamed on the target, as on the source");
         Ok(moved)
+    }
+
+    /// Renames target collection `db.name` (the replica of source collection
+    /// `id`) to `new_db.new_name`, and logs it.
+    async fn rename_target(
+        &self,
+        id: i64,
+        db: &str,
+        name: &str,
+        new_db: &str,
+        new_name: &str,
+    ) -> Result<(), MilvusError> {
+        self.writer
+            .rename_collection(db, name, new_db, new_name)
+            .await?;
+        info!(
+            source_id = id,
+            db,
+            collection = name,
+            new_db,
+            new_name,
+            "renamed on the target, as on the source"
+        );
+        Ok(())
     }
 
     /// The source's id → (database, name) map, listed now.
