@@ -29,7 +29,7 @@ cd "$REPO"
 MODE=${1:-all}
 [ $# -gt 0 ] && shift
 
-log() { printf '[test] %s\n' "$*" >&2; }
+log() { printf '[test %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 export CDC_RUN_DIR=${CDC_TEST_RUN_DIR:-$REPO/.run/test-stack}
 export CDC_ETCD_PORT=${CDC_TEST_ETCD_PORT:-12379}
@@ -92,7 +92,7 @@ e2e_on() {
   # issue); run them with: scripts/test.sh e2e -m quarantine
   local select=(-m "not quarantine")
   for a in "$@"; do [ "$a" = -m ] && select=(); done
-  CDC_BIN="$REPO/target/debug/milvus-cdc" "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider -rfE "${select[@]}" "$@"
+  CDC_BIN="$REPO/target/debug/milvus-cdc" "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider -rfE --durations=15 "${select[@]}" "$@"
   log "stopping the test stack"
   scripts/stack.sh stop
   trap - EXIT
