@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, db, utility
 
-from conftest import REPO, STACK, TARGET_TOKEN, create_body, free_port_in, http
+from conftest import REPO, STACK, TARGET_TOKEN, create_body, http
+from ports import free_block_in, free_port_in
 from workload import connect
 
 SOURCE = STACK["CDC_SOURCE_URI"]
@@ -34,13 +35,7 @@ MARKER = "milvus-cdc.source-collection-id"
 
 def _free_block(span=10):
     """A proxy port whose block of `span` ports is free, and a free NATS port."""
-    for _ in range(50):
-        base = free_port_in(31000, 32600)
-        ports = range(base, base + span)
-        if all(free_port_in(p, p + 1) == p for p in ports):
-            nats = free_port_in(32600, 32700)
-            return base, nats
-    raise AssertionError("no free block of ports for the peer Milvus")
+    return free_block_in(31000, 32600, span), free_port_in(32600, 32700)
 
 
 @pytest.fixture(scope="module")
