@@ -485,18 +485,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn unreachable_server_is_exit_3() {
-        // Port 1 on localhost refuses connections.
-        let code = run_task(TaskCommand::List(ServerArgs {
-            server: vec!["127.0.0.1:1".into()],
+    /// `task list` arguments for `server`, with a short timeout.
+    fn list_args(server: &str) -> ServerArgs {
+        ServerArgs {
+            server: vec![server.into()],
             json: false,
             timeout: 5,
             api_token: None,
             cacert: None,
             insecure: false,
-        }))
-        .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_exit_3() {
+        // Port 1 on localhost refuses connections.
+        let code = run_task(TaskCommand::List(list_args("127.0.0.1:1"))).await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
         let code = run_status(StatusArgs {
             server: vec!["127.0.0.1:1".into()],
@@ -507,34 +511,14 @@ mod tests {
         })
         .await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
-        let code = run_task(TaskCommand::List(ServerArgs {
-            server: vec!["https://127.0.0.1:1".into()],
-            json: false,
-            timeout: 5,
-            api_token: None,
-            cacert: None,
-            insecure: false,
-        }))
-        .await;
+        let code = run_task(TaskCommand::List(list_args("https://127.0.0.1:1"))).await;
         assert_eq!(code, ExitCode::from(EXIT_UNREACHABLE));
-        let code = run_task(TaskCommand::List(ServerArgs {
-            server: vec!["ftp://127.0.0.1:1".into()],
-            json: false,
-            timeout: 5,
-            api_token: None,
-            cacert: None,
-            insecure: false,
-        }))
-        .await;
+        let code = run_task(TaskCommand::List(list_args("ftp://127.0.0.1:1"))).await;
         assert_eq!(code, ExitCode::from(EXIT_USAGE));
         // An unusable CA file is a usage error that names it.
         let code = run_task(TaskCommand::List(ServerArgs {
-            server: vec!["https://127.0.0.1:1".into()],
-            json: false,
-            timeout: 5,
-            api_token: None,
             cacert: Some("/nonexistent/ca.pem".into()),
-            insecure: false,
+            ..list_args("https://127.0.0.1:1")
         }))
         .await;
         assert_eq!(code, ExitCode::from(EXIT_USAGE));

@@ -16,8 +16,11 @@
 //! # Ok(()) }
 //! ```
 
+mod call;
+
 use std::time::Duration;
 
+pub use self::call::{MilvusCall, WithStatus};
 use base64::Engine as _;
 use tonic::{
     metadata::MetadataValue,
@@ -228,61 +231,63 @@ impl MilvusClient {
         &self.url
     }
 
+    /// Sends `req` and returns the answer's body whatever its Milvus status
+    /// says, for a caller that reads the status itself (a refusal that
+    /// means "done already"); a gRPC failure is an error naming the call.
+    pub async fn send<R: MilvusCall>(&self, req: R) -> Result<R::Response, MilvusError> {
+        req.send(self.client())
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.status_error(R::NAME, s))
+    }
+
+    /// Sends `req` and returns the answer's body; a gRPC failure or a
+    /// Milvus error status is an error naming the call.
+    pub async fn call<R: MilvusCall>(&self, req: R) -> Result<R::Response, MilvusError> {
+        let resp = self.send(req).await?;
+        self.check(R::NAME, resp.milvus_status())?;
+        Ok(resp)
+    }
+
     /// Checks that the target answers and accepts the credentials by listing
     /// its collections. Returns their names.
     pub async fn probe(&self) -> Result<Vec<String>, MilvusError> {
-        let resp = self
-            .client()
-            .show_collections(pb::ShowCollectionsRequest::default())
-            .await
-            .map_err(|s| self.status_error(s))?
-            .into_inner();
-        self.check("ShowCollections", resp.status.as_ref())?;
+        let resp = self.call(pb::ShowCollectionsRequest::default()).await?;
         Ok(resp.collection_names)
     }
 
     /// The target's version string (`GetVersion`).
     pub async fn version(&self) -> Result<String, MilvusError> {
-        let resp = self
-            .client()
-            .get_version(pb::GetVersionRequest::default())
-            .await
-            .map_err(|s| self.status_error(s))?
-            .into_inner();
-        self.check("GetVersion", resp.status.as_ref())?;
-        Ok(resp.version)
+        Ok(self.call(pb::GetVersionRequest::default()).await?.version)
     }
 
     /// Names of the databases.
     pub async fn list_databases(&self) -> Result<Vec<String>, MilvusError> {
-        let resp = self
-            .client()
-            .list_databases(pb::ListDatabasesRequest::default())
-            .await
-            .map_err(|s| self.status_error(s))?
-            .into_inner();
-        self.check("ListDatabases", resp.status.as_ref())?;
-        Ok(resp.db_names)
+        Ok(self
+            .call(pb::ListDatabasesRequest::default())
+            .await?
+            .db_names)
     }
 
     /// `(collection id, name)` of every collection in `db`; empty if the
     /// database is gone.
     pub async fn show_collections(&self, db: &str) -> Result<Vec<(i64, String)>, MilvusError> {
-        let resp = self
-            .client()
-            .show_collections(pb::ShowCollectionsRequest {
+        let resp = match self
+            .call(pb::ShowCollectionsRequest {
                 db_name: db.to_string(),
                 ..Default::default()
             })
             .await
-            .map_err(|s| self.status_error(s))?
-            .into_inner();
-        match self.check("ShowCollections", resp.status.as_ref()) {
-            Ok(()) => {}
+        {
+            Ok(resp) => resp,
             // 800: database not found (dropped meanwhile).
-            Err(MilvusError::Rejected { code: 800, .. }) => return Ok(Vec::new()),
+            Err(MilvusError::Rejected {
+                code: 800,
+                status: None,
+                ..
+            }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
-        }
+        };
         Ok(resp
             .collection_ids
             .into_iter()
@@ -296,20 +301,21 @@ impl MilvusClient {
         db: &str,
         name: &str,
     ) -> Result<Option<pb::DescribeCollectionResponse>, MilvusError> {
-        let resp = self
-            .client()
-            .describe_collection(pb::DescribeCollectionRequest {
+        match self
+            .call(pb::DescribeCollectionRequest {
                 db_name: db.to_string(),
                 collection_name: name.to_string(),
                 ..Default::default()
             })
             .await
-            .map_err(|s| self.status_error(s))?
-            .into_inner();
-        match self.check("DescribeCollection", resp.status.as_ref()) {
-            Ok(()) => Ok(Some(resp)),
+        {
+            Ok(resp) => Ok(Some(resp)),
             // 100: collection not found (also when dropped meanwhile).
-            Err(MilvusError::Rejected { code: 100, .. }) => Ok(None),
+            Err(MilvusError::Rejected {
+                code: 100,
+                status: None,
+                ..
+            }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -321,16 +327,13 @@ impl MilvusClient {
         name: &str,
     ) -> Result<Option<Vec<String>>, MilvusError> {
         let resp = self
-            .client()
-            .show_partitions(pb::ShowPartitionsRequest {
+            .send(pb::ShowPartitionsRequest {
                 db_name: db.to_string(),
                 collection_name: name.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.status_error(s))?
-            .into_inner();
-        if self.collection_gone("ShowPartitions", resp.status.as_ref())? {
+            .await?;
+        if self.collection_gone(pb::ShowPartitionsRequest::NAME, resp.status.as_ref())? {
             return Ok(None);
         }
         Ok(Some(resp.partition_names))
@@ -352,9 +355,9 @@ impl MilvusClient {
         }
     }
 
-    /// Maps a gRPC status to a [`MilvusError`], which keeps it as its
-    /// source.
-    pub fn status_error(&self, s: Status) -> MilvusError {
+    /// Maps the gRPC status a call `what` failed with to a [`MilvusError`],
+    /// which keeps it as its source.
+    pub fn status_error(&self, what: &'static str, s: Status) -> MilvusError {
         let url = self.url.clone();
         match s.code() {
             Code::Unauthenticated | Code::PermissionDenied => MilvusError::Unauthenticated {
@@ -372,7 +375,7 @@ impl MilvusClient {
             },
             code => MilvusError::Rejected {
                 url,
-                what: "a call",
+                what,
                 code: code as i32,
                 reason: format!("gRPC {:?}: {}", code, s.message()),
                 permanent: matches!(
@@ -458,20 +461,22 @@ mod tests {
             ),
             url: url.into(),
         };
-        let e = milvus.status_error(Status::unavailable("gone"));
+        let e = milvus.status_error("Upsert", Status::unavailable("gone"));
         assert_eq!(
             e.to_string(),
             "Milvus http://127.0.0.1:1 is unreachable: Unavailable: gone"
         );
         assert_eq!(e.status().map(Status::code), Some(Code::Unavailable));
         assert!(std::error::Error::source(&e).is_some());
-        let e = milvus.status_error(Status::invalid_argument("bad"));
+        let e = milvus.status_error("Upsert", Status::invalid_argument("bad"));
         assert!(e.is_permanent());
         assert_eq!(e.status().map(Status::message), Some("bad"));
-        let e = milvus.status_error(Status::resource_exhausted("slow down"));
+        let e = milvus.status_error("Upsert", Status::resource_exhausted("slow down"));
         assert!(!e.is_permanent());
+        // A refused call names itself.
+        assert!(e.to_string().contains("answered Upsert with error"), "{e}");
         assert!(matches!(
-            milvus.status_error(Status::permission_denied("no")),
+            milvus.status_error("Upsert", Status::permission_denied("no")),
             MilvusError::Unauthenticated { .. }
         ));
     }

@@ -18,14 +18,11 @@ impl MilvusSink {
     pub async fn create_alias(&self, req: pb::CreateAliasRequest) -> Result<Applied, MilvusError> {
         let st = self
             .target
-            .client()
-            .create_alias(pb::CreateAliasRequest {
+            .send(pb::CreateAliasRequest {
                 base: None,
                 ..req.clone()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if status_failed(Some(&st)).is_none() {
             return Ok(Applied::Done);
         }
@@ -42,11 +39,8 @@ impl MilvusSink {
     pub async fn drop_alias(&self, req: pb::DropAliasRequest) -> Result<Applied, MilvusError> {
         let st = self
             .target
-            .client()
-            .drop_alias(pb::DropAliasRequest { base: None, ..req })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .send(pb::DropAliasRequest { base: None, ..req })
+            .await?;
         if status_failed(Some(&st)).is_some() {
             return Ok(Applied::AlreadyThere);
         }
@@ -55,14 +49,9 @@ impl MilvusSink {
 
     /// Points an alias at another collection.
     pub async fn alter_alias(&self, req: pb::AlterAliasRequest) -> Result<Applied, MilvusError> {
-        let st = self
-            .target
-            .client()
-            .alter_alias(pb::AlterAliasRequest { base: None, ..req })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("AlterAlias", Some(&st))?;
+        self.target
+            .call(pb::AlterAliasRequest { base: None, ..req })
+            .await?;
         Ok(Applied::Done)
     }
 }

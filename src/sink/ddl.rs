@@ -21,14 +21,11 @@ impl MilvusSink {
         }
         let st = self
             .target
-            .client()
-            .create_database(pb::CreateDatabaseRequest {
+            .send(pb::CreateDatabaseRequest {
                 db_name: db.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if status_failed(Some(&st)).is_some()
             && self.target.list_databases().await?.iter().any(|d| d == db)
         {
@@ -48,17 +45,12 @@ impl MilvusSink {
         if !self.target.list_databases().await?.iter().any(|d| d == db) {
             return Ok(Applied::AlreadyThere);
         }
-        let st = self
-            .target
-            .client()
-            .drop_database(pb::DropDatabaseRequest {
+        self.target
+            .call(pb::DropDatabaseRequest {
                 db_name: db.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("DropDatabase", Some(&st))?;
+            .await?;
         Ok(Applied::Done)
     }
 
@@ -90,8 +82,7 @@ impl MilvusSink {
         let has_partition_key = schema.fields.iter().any(|f| f.is_partition_key);
         let st = self
             .target
-            .client()
-            .create_collection(pb::CreateCollectionRequest {
+            .send(pb::CreateCollectionRequest {
                 db_name: spec.db.clone(),
                 collection_name: spec.name.clone(),
                 schema: prost::Message::encode_to_vec(&schema),
@@ -105,9 +96,7 @@ impl MilvusSink {
                 },
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if status_failed(Some(&st)).is_some() {
             // Another pipeline of the same task may have created it meanwhile.
             if let Some(now) = self.describe(&spec.db, &spec.name).await? {
@@ -123,15 +112,12 @@ impl MilvusSink {
     async fn drop_collection_raw(&self, db: &str, name: &str) -> Result<(), MilvusError> {
         let st = self
             .target
-            .client()
-            .drop_collection(pb::DropCollectionRequest {
+            .send(pb::DropCollectionRequest {
                 db_name: db.to_string(),
                 collection_name: name.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if status_failed(Some(&st)).is_some() && self.describe(db, name).await?.is_none() {
             return Ok(());
         }
@@ -151,8 +137,7 @@ impl MilvusSink {
     ) -> Result<Applied, MilvusError> {
         let st = self
             .target
-            .client()
-            .rename_collection(pb::RenameCollectionRequest {
+            .send(pb::RenameCollectionRequest {
                 db_name: db.to_string(),
                 old_name: old.to_string(),
                 new_name: new.to_string(),
@@ -163,9 +148,7 @@ impl MilvusSink {
                 },
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if status_failed(Some(&st)).is_some()
             && self.describe(db, old).await?.is_none()
             && self.describe(new_db, new).await?.is_some()
@@ -222,19 +205,14 @@ impl MilvusSink {
             Some(p) if p.iter().any(|n| n == partition) => return Ok(Applied::AlreadyThere),
             Some(_) => {}
         }
-        let st = self
-            .target
-            .client()
-            .create_partition(pb::CreatePartitionRequest {
+        self.target
+            .call(pb::CreatePartitionRequest {
                 db_name: db.to_string(),
                 collection_name: collection.to_string(),
                 partition_name: partition.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("CreatePartition", Some(&st))?;
+            .await?;
         Ok(Applied::Done)
     }
 
@@ -251,27 +229,21 @@ impl MilvusSink {
         }
         let _ = self
             .target
-            .client()
-            .release_partitions(pb::ReleasePartitionsRequest {
+            .send(pb::ReleasePartitionsRequest {
                 db_name: db.to_string(),
                 collection_name: collection.to_string(),
                 partition_names: vec![partition.to_string()],
                 ..Default::default()
             })
             .await;
-        let st = self
-            .target
-            .client()
-            .drop_partition(pb::DropPartitionRequest {
+        self.target
+            .call(pb::DropPartitionRequest {
                 db_name: db.to_string(),
                 collection_name: collection.to_string(),
                 partition_name: partition.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("DropPartition", Some(&st))?;
+            .await?;
         Ok(Applied::Done)
     }
 }
@@ -321,19 +293,14 @@ impl MilvusSink {
         if differ.is_empty() {
             return Ok(0);
         }
-        let st = self
-            .target
-            .client()
-            .alter_collection(pb::AlterCollectionRequest {
+        self.target
+            .call(pb::AlterCollectionRequest {
                 db_name: db.to_string(),
                 collection_name: name.to_string(),
                 properties: differ.clone(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("AlterCollection", Some(&st))?;
+            .await?;
         Ok(differ.len())
     }
 
@@ -342,18 +309,14 @@ impl MilvusSink {
     /// AlterCollection sets properties but cannot remove one; an empty
     /// marker means "not a replica" everywhere it is read.
     pub async fn unmark_collection(&self, db: &str, name: &str) -> Result<(), MilvusError> {
-        let st = self
-            .target
-            .client()
-            .alter_collection(pb::AlterCollectionRequest {
+        self.target
+            .call(pb::AlterCollectionRequest {
                 db_name: db.to_string(),
                 collection_name: name.to_string(),
                 properties: vec![kv(SOURCE_ID_PROPERTY, "")],
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("AlterCollection", Some(&st))
+            .await?;
+        Ok(())
     }
 }

@@ -28,10 +28,8 @@ impl MilvusSink {
             partition.to_string()
         };
         self.touch(db, collection.name);
-        let resp = self
-            .target
-            .client()
-            .upsert(pb::UpsertRequest {
+        self.target
+            .call(pb::UpsertRequest {
                 db_name: db.to_string(),
                 collection_name: collection.name.to_string(),
                 partition_name,
@@ -39,10 +37,7 @@ impl MilvusSink {
                 num_rows,
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("Upsert", resp.status.as_ref())?;
+            .await?;
         Ok(Applied::Done)
     }
 
@@ -62,20 +57,15 @@ impl MilvusSink {
         };
         self.touch(db, collection.name);
         for expr in keys.exprs(&collection.meta.pk_field, DELETE_CHUNK) {
-            let resp = self
-                .target
-                .client()
-                .delete(pb::DeleteRequest {
+            self.target
+                .call(pb::DeleteRequest {
                     db_name: db.to_string(),
                     collection_name: collection.name.to_string(),
                     partition_name: partition_name.clone(),
                     expr,
                     ..Default::default()
                 })
-                .await
-                .map_err(|s| self.grpc(s))?
-                .into_inner();
-            self.check("Delete", resp.status.as_ref())?;
+                .await?;
         }
         Ok(Applied::Done)
     }

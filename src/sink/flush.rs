@@ -18,18 +18,13 @@ impl MilvusSink {
         if names.is_empty() {
             return Ok(Applied::Skipped("no flushed collection exists".into()));
         }
-        let resp = self
-            .target
-            .client()
-            .flush(pb::FlushRequest {
+        self.target
+            .call(pb::FlushRequest {
                 base: None,
                 db_name: req.db_name,
                 collection_names: names,
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("Flush", resp.status.as_ref())?;
+            .await?;
         Ok(Applied::Done)
     }
 
@@ -62,15 +57,12 @@ impl MilvusSink {
     async fn flush_one(&self, db: &str, name: &str, wait: Duration) -> Result<(), MilvusError> {
         let resp = self
             .target
-            .client()
-            .flush(pb::FlushRequest {
+            .send(pb::FlushRequest {
                 base: None,
                 db_name: db.to_string(),
                 collection_names: vec![name.to_string()],
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if self.target.collection_gone("Flush", resp.status.as_ref())? {
             return Ok(());
         }
@@ -84,16 +76,13 @@ impl MilvusSink {
         loop {
             let state = self
                 .target
-                .client()
-                .get_flush_state(pb::GetFlushStateRequest {
+                .send(pb::GetFlushStateRequest {
                     segment_i_ds: segment_ids.clone(),
                     flush_ts,
                     db_name: db.to_string(),
                     collection_name: name.to_string(),
                 })
-                .await
-                .map_err(|s| self.grpc(s))?
-                .into_inner();
+                .await?;
             if self
                 .target
                 .collection_gone("GetFlushState", state.status.as_ref())?

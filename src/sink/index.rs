@@ -2,13 +2,9 @@
 //! dropped only when present; loads and releases are skipped when their
 //! collection is gone.
 
-use std::future::Future;
-
-use tonic::Status;
-
 use super::{replay_without_index, status_failed, Applied, MilvusSink};
 use crate::{
-    milvus::{MilvusError, ServiceClient},
+    milvus::{MilvusCall, MilvusError},
     proto::{common, milvus as pb},
 };
 
@@ -42,14 +38,9 @@ impl MilvusSink {
         {
             return Ok(Applied::AlreadyThere);
         }
-        let st = self
-            .target
-            .client()
-            .create_index(pb::CreateIndexRequest { base: None, ..req })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
-        self.check("CreateIndex", Some(&st))?;
+        self.target
+            .call(pb::CreateIndexRequest { base: None, ..req })
+            .await?;
         Ok(Applied::Done)
     }
 
@@ -60,15 +51,12 @@ impl MilvusSink {
     ) -> Result<Vec<(String, String)>, MilvusError> {
         let resp = self
             .target
-            .client()
-            .describe_index(pb::DescribeIndexRequest {
+            .send(pb::DescribeIndexRequest {
                 db_name: db.to_string(),
                 collection_name: collection.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         // "index not found" is the answer for a collection without indexes.
         if status_failed(resp.status.as_ref()).is_some() {
             return Ok(Vec::new());
@@ -95,13 +83,7 @@ impl MilvusSink {
             return Ok(Applied::AlreadyThere);
         }
         let req = pb::DropIndexRequest { base: None, ..req };
-        let st = self
-            .target
-            .client()
-            .drop_index(req.clone())
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+        let st = self.target.send(req.clone()).await?;
         if status_failed(Some(&st)).is_some_and(|(_, reason)| reason.contains("loaded")) {
             // Replaying history onto a target that is already further on
             // (loaded later): release first, as the source did; the load
@@ -112,14 +94,7 @@ impl MilvusSink {
                 collection_name: req.collection_name.clone(),
             })
             .await?;
-            let st = self
-                .target
-                .client()
-                .drop_index(req)
-                .await
-                .map_err(|s| self.grpc(s))?
-                .into_inner();
-            self.check("DropIndex", Some(&st))?;
+            self.target.call(req).await?;
             return Ok(Applied::Done);
         }
         self.check("DropIndex", Some(&st))?;
@@ -132,21 +107,12 @@ impl MilvusSink {
         req: pb::LoadCollectionRequest,
     ) -> Result<Applied, MilvusError> {
         let (db, name) = (req.db_name.clone(), req.collection_name.clone());
-        self.change_load(
-            &db,
-            &name,
-            Load::Load,
-            "LoadCollection",
-            |mut c| async move {
-                c.load_collection(pb::LoadCollectionRequest {
-                    base: None,
-                    resource_groups: Vec::new(),
-                    ..req
-                })
-                .await
-            },
-        )
-        .await
+        let req = pb::LoadCollectionRequest {
+            base: None,
+            resource_groups: Vec::new(),
+            ..req
+        };
+        self.change_load(&db, &name, Load::Load, req).await
     }
 
     /// Releases a collection.
@@ -155,17 +121,8 @@ impl MilvusSink {
         req: pb::ReleaseCollectionRequest,
     ) -> Result<Applied, MilvusError> {
         let (db, name) = (req.db_name.clone(), req.collection_name.clone());
-        self.change_load(
-            &db,
-            &name,
-            Load::Release,
-            "ReleaseCollection",
-            |mut c| async move {
-                c.release_collection(pb::ReleaseCollectionRequest { base: None, ..req })
-                    .await
-            },
-        )
-        .await
+        let req = pb::ReleaseCollectionRequest { base: None, ..req };
+        self.change_load(&db, &name, Load::Release, req).await
     }
 
     /// Loads partitions.
@@ -174,21 +131,12 @@ impl MilvusSink {
         req: pb::LoadPartitionsRequest,
     ) -> Result<Applied, MilvusError> {
         let (db, name) = (req.db_name.clone(), req.collection_name.clone());
-        self.change_load(
-            &db,
-            &name,
-            Load::Load,
-            "LoadPartitions",
-            |mut c| async move {
-                c.load_partitions(pb::LoadPartitionsRequest {
-                    base: None,
-                    resource_groups: Vec::new(),
-                    ..req
-                })
-                .await
-            },
-        )
-        .await
+        let req = pb::LoadPartitionsRequest {
+            base: None,
+            resource_groups: Vec::new(),
+            ..req
+        };
+        self.change_load(&db, &name, Load::Load, req).await
     }
 
     /// Releases partitions.
@@ -197,34 +145,23 @@ impl MilvusSink {
         req: pb::ReleasePartitionsRequest,
     ) -> Result<Applied, MilvusError> {
         let (db, name) = (req.db_name.clone(), req.collection_name.clone());
-        self.change_load(
-            &db,
-            &name,
-            Load::Release,
-            "ReleasePartitions",
-            |mut c| async move {
-                c.release_partitions(pb::ReleasePartitionsRequest { base: None, ..req })
-                    .await
-            },
-        )
-        .await
+        let req = pb::ReleasePartitionsRequest { base: None, ..req };
+        self.change_load(&db, &name, Load::Release, req).await
     }
 
     /// The part every load and release shares: nothing is sent when the
     /// collection `db.name` is gone (a load no longer applies, a release is
     /// done already), and a load refused for want of an index during a
     /// replay is skipped (see [`replay_without_index`]).
-    async fn change_load<F, Fut>(
+    async fn change_load<R>(
         &self,
         db: &str,
         name: &str,
         load: Load,
-        what: &'static str,
-        call: F,
+        req: R,
     ) -> Result<Applied, MilvusError>
     where
-        F: FnOnce(ServiceClient) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<common::Status>, Status>>,
+        R: MilvusCall<Response = common::Status>,
     {
         if self.describe(db, name).await?.is_none() {
             return Ok(match load {
@@ -232,16 +169,13 @@ impl MilvusSink {
                 Load::Release => Applied::AlreadyThere,
             });
         }
-        let st = call(self.target.client())
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+        let st = self.target.send(req).await?;
         if load == Load::Load {
             if let Some(skip) = replay_without_index(&st) {
                 return Ok(skip);
             }
         }
-        self.check(what, Some(&st))?;
+        self.check(R::NAME, Some(&st))?;
         Ok(Applied::Done)
     }
 }

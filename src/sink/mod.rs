@@ -28,8 +28,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tonic::Status;
-
 pub use self::dml::PrimaryKeys;
 use crate::milvus::{is_system_field, MilvusClient, MilvusError};
 use crate::proto::{
@@ -184,10 +182,6 @@ impl MilvusSink {
         &self.target
     }
 
-    fn grpc(&self, s: Status) -> MilvusError {
-        self.target.status_error(s)
-    }
-
     fn check(&self, what: &'static str, st: Option<&common::Status>) -> Result<(), MilvusError> {
         self.target.check(what, st)
     }
@@ -200,15 +194,12 @@ impl MilvusSink {
     ) -> Result<Option<TargetCollection>, MilvusError> {
         let has = self
             .target
-            .client()
-            .has_collection(pb::HasCollectionRequest {
+            .send(pb::HasCollectionRequest {
                 db_name: db.to_string(),
                 collection_name: name.to_string(),
                 ..Default::default()
             })
-            .await
-            .map_err(|s| self.grpc(s))?
-            .into_inner();
+            .await?;
         if let Some((_, reason)) = status_failed(has.status.as_ref()) {
             if reason.contains("database") && reason.contains("not") {
                 return Ok(None);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{Side, VerifyError};
 use crate::{
-    milvus::{MilvusClient, MilvusError},
+    milvus::{MilvusCall, MilvusClient, MilvusError},
     proto::{
         common::{self, ConsistencyLevel, KeyValuePair, LoadState},
         milvus as pb,
@@ -52,43 +52,32 @@ impl<'a> Api<'a> {
         }
     }
 
-    fn grpc(&self, scope: &str, call: &'static str, s: tonic::Status) -> VerifyError {
-        self.call_error(scope, call)(self.m.status_error(s))
-    }
-
-    fn check(
-        &self,
-        scope: &str,
-        call: &'static str,
-        st: Option<&common::Status>,
-    ) -> Result<(), VerifyError> {
-        self.m.check(call, st).map_err(self.call_error(scope, call))
+    /// Sends `req`; a failed call or a Milvus error status is an error
+    /// naming this side, `scope` and the call.
+    async fn call<R: MilvusCall>(&self, scope: &str, req: R) -> Result<R::Response, VerifyError> {
+        self.m
+            .call(req)
+            .await
+            .map_err(self.call_error(scope, R::NAME))
     }
 
     pub(super) async fn databases(&self) -> Result<Vec<String>, VerifyError> {
         let r = self
-            .m
-            .client()
-            .list_databases(pb::ListDatabasesRequest::default())
-            .await
-            .map_err(|s| self.grpc("databases", "ListDatabases", s))?
-            .into_inner();
-        self.check("databases", "ListDatabases", r.status.as_ref())?;
+            .call("databases", pb::ListDatabasesRequest::default())
+            .await?;
         Ok(r.db_names)
     }
 
     pub(super) async fn collections(&self, db: &str) -> Result<Vec<String>, VerifyError> {
         let r = self
-            .m
-            .client()
-            .show_collections(pb::ShowCollectionsRequest {
-                db_name: db.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(db, "ShowCollections", s))?
-            .into_inner();
-        self.check(db, "ShowCollections", r.status.as_ref())?;
+            .call(
+                db,
+                pb::ShowCollectionsRequest {
+                    db_name: db.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         Ok(r.collection_names)
     }
 
@@ -127,33 +116,29 @@ impl<'a> Api<'a> {
         scope: &str,
     ) -> Result<pb::DescribeCollectionResponse, VerifyError> {
         let r = self
-            .m
-            .client()
-            .describe_collection(pb::DescribeCollectionRequest {
-                db_name: db.to_string(),
-                collection_name: c.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(scope, "DescribeCollection", s))?
-            .into_inner();
-        self.check(scope, "DescribeCollection", r.status.as_ref())?;
+            .call(
+                scope,
+                pb::DescribeCollectionRequest {
+                    db_name: db.to_string(),
+                    collection_name: c.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         Ok(r)
     }
 
     async fn partitions(&self, db: &str, c: &str, scope: &str) -> Result<Vec<String>, VerifyError> {
         let r = self
-            .m
-            .client()
-            .show_partitions(pb::ShowPartitionsRequest {
-                db_name: db.to_string(),
-                collection_name: c.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(scope, "ShowPartitions", s))?
-            .into_inner();
-        self.check(scope, "ShowPartitions", r.status.as_ref())?;
+            .call(
+                scope,
+                pb::ShowPartitionsRequest {
+                    db_name: db.to_string(),
+                    collection_name: c.to_string(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         Ok(r.partition_names)
     }
 
@@ -164,25 +149,21 @@ impl<'a> Api<'a> {
         c: &str,
         scope: &str,
     ) -> Result<Vec<pb::IndexDescription>, VerifyError> {
-        let r = self
-            .m
-            .client()
-            .describe_index(pb::DescribeIndexRequest {
-                db_name: db.to_string(),
-                collection_name: c.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(scope, "DescribeIndex", s))?
-            .into_inner();
-        match self.m.check("DescribeIndex", r.status.as_ref()) {
-            Ok(()) => Ok(r.index_descriptions),
-            Err(MilvusError::Rejected { code, reason, .. })
-                if is_index_not_found(code, &reason) =>
-            {
-                Ok(Vec::new())
-            }
-            Err(e) => Err(self.call_error(scope, "DescribeIndex")(e)),
+        let req = pb::DescribeIndexRequest {
+            db_name: db.to_string(),
+            collection_name: c.to_string(),
+            ..Default::default()
+        };
+        match self.m.call(req).await {
+            Ok(r) => Ok(r.index_descriptions),
+            // A Milvus status (not a failed call) saying "no index".
+            Err(MilvusError::Rejected {
+                code,
+                reason,
+                status: None,
+                ..
+            }) if is_index_not_found(code, &reason) => Ok(Vec::new()),
+            Err(e) => Err(self.call_error(scope, pb::DescribeIndexRequest::NAME)(e)),
         }
     }
 
@@ -194,18 +175,16 @@ impl<'a> Api<'a> {
         partitions: &[String],
     ) -> Result<i32, VerifyError> {
         let r = self
-            .m
-            .client()
-            .get_load_state(pb::GetLoadStateRequest {
-                db_name: db.to_string(),
-                collection_name: c.to_string(),
-                partition_names: partitions.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(scope, "GetLoadState", s))?
-            .into_inner();
-        self.check(scope, "GetLoadState", r.status.as_ref())?;
+            .call(
+                scope,
+                pb::GetLoadStateRequest {
+                    db_name: db.to_string(),
+                    collection_name: c.to_string(),
+                    partition_names: partitions.to_vec(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         Ok(r.state)
     }
 
@@ -227,23 +206,21 @@ impl<'a> Api<'a> {
             });
         }
         let r = self
-            .m
-            .client()
-            .query(pb::QueryRequest {
-                db_name: db.to_string(),
-                collection_name: c.to_string(),
-                expr: expr.to_string(),
-                output_fields: output_fields.iter().map(|s| s.to_string()).collect(),
-                query_params,
-                // Strong with guarantee_timestamp 0: the proxy uses "now".
-                consistency_level: ConsistencyLevel::Strong as i32,
-                use_default_consistency: false,
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.grpc(&scope, "Query", s))?
-            .into_inner();
-        self.check(&scope, "Query", r.status.as_ref())?;
+            .call(
+                &scope,
+                pb::QueryRequest {
+                    db_name: db.to_string(),
+                    collection_name: c.to_string(),
+                    expr: expr.to_string(),
+                    output_fields: output_fields.iter().map(|s| s.to_string()).collect(),
+                    query_params,
+                    // Strong with guarantee_timestamp 0: the proxy uses "now".
+                    consistency_level: ConsistencyLevel::Strong as i32,
+                    use_default_consistency: false,
+                    ..Default::default()
+                },
+            )
+            .await?;
         Ok(r.fields_data)
     }
 

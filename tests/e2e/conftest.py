@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pymilvus import utility
 
 from ports import free_port_in
 
@@ -100,6 +101,34 @@ def http(method, url, body=None, headers=None, timeout=60):
         return status, raw.decode(errors="replace"), hdrs
 
 
+def wait_for(probe, what, timeout, interval=2.0, until=bool, tolerate=(), show=repr):
+    """Calls `probe()` every `interval` s until `until(value)` holds, and
+    returns that value. An exception in `tolerate` counts as "not yet" (the
+    thing may not exist yet). After `timeout` s: an AssertionError saying
+    `what` was awaited and, through `show`, the last value or exception."""
+    deadline, seen = time.time() + timeout, None
+    while True:
+        try:
+            seen = probe()
+            if until(seen):
+                return seen
+        except tolerate as e:
+            seen = e
+        if time.time() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout}s; last seen: {show(seen)}")
+        time.sleep(interval)
+
+
+def wait_collection(alias, name, read, want, timeout, show=repr):
+    """Waits until `read(alias, name)` equals `want` on `alias`, the
+    collection maybe not created or loaded yet; `show` renders what was
+    last read for the failure."""
+    def probe():
+        return read(alias, name) if utility.has_collection(name, using=alias) else None
+    wait_for(probe, f"{read.__name__}({name}) on {alias} == want", timeout,
+             until=lambda seen: seen == want, tolerate=(Exception,), show=show)
+
+
 def etcd_get_prefix(prefix):
     """Every key/value under prefix in the agent's etcd, read with etcdctl."""
     out = subprocess.run(
@@ -150,18 +179,12 @@ class Agent:
         return self
 
     def wait_ready(self, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                status, _, _ = http("GET", self.url + "/readyz", timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"agent not ready within {timeout}s: {self.log_tail()}")
+            return http("GET", self.url + "/readyz", timeout=2)[0] == 200
+        wait_for(ready, f"agent {self.url} ready", timeout, interval=0.1, tolerate=(OSError,),
+                 show=lambda _: self.log_tail())
 
     def log_tail(self, n=40):
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, db, utility
 
-from conftest import REPO, STACK, TARGET_TOKEN, create_body, http
+from conftest import REPO, STACK, TARGET_TOKEN, create_body, http, wait_collection, wait_for
 from ports import free_block_in, free_port_in
 from workload import connect
 
@@ -53,19 +53,18 @@ def peer():
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{proxy}"
     try:
-        deadline = time.time() + 180
-        while True:
+        def healthy():
             assert proc.poll() is None, f"peer Milvus exited with {proc.returncode}"
             try:
                 status, _, _ = http("GET", f"http://127.0.0.1:{proxy + 9}/healthz", timeout=2)
-                if status == 200:
-                    connect(f"peer-probe-{proxy}", uri)
-                    utility.list_collections(using=f"peer-probe-{proxy}")
-                    break
+                if status != 200:
+                    return False
+                connect(f"peer-probe-{proxy}", uri)
+                utility.list_collections(using=f"peer-probe-{proxy}")
+                return True
             except Exception:  # noqa: BLE001 - not up yet
-                pass
-            assert time.time() < deadline, "peer Milvus not healthy within 180s"
-            time.sleep(1)
+                return False
+        wait_for(healthy, "peer Milvus healthy", 180, interval=1)
         yield {"uri": uri, "nats": f"nats://127.0.0.1:{nats}"}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -141,18 +140,9 @@ def rows(alias, name):
 
 
 def wait_rows(alias, name, want, timeout=240):
-    deadline, seen = time.time() + timeout, None
-    while time.time() < deadline:
-        try:
-            if utility.has_collection(name, using=alias):
-                seen = rows(alias, name)
-                if seen == want:
-                    return
-        except Exception as e:  # noqa: BLE001 - not created or loaded yet
-            seen = repr(e)
-        time.sleep(2)
-    summary = seen if not isinstance(seen, dict) else f"{len(seen)} rows, want {len(want)}"
-    raise AssertionError(f"{name} never equal: {summary}")
+    wait_collection(alias, name, rows, want, timeout,
+                    show=lambda seen: f"{len(seen)} rows, want {len(want)}"
+                    if isinstance(seen, dict) else repr(seen))
 
 
 def applied_insert_rows(agent, task_id):
@@ -334,13 +324,11 @@ def test_promote_and_fail_back(agents, peer):
     env = {**os.environ}
     if SOURCE_TOKEN:
         env["MILVUS_CDC_TARGET_TOKEN"] = SOURCE_TOKEN
-    deadline = time.time() + 120
-    while True:
-        r = subprocess.run([str(REPO / "target" / "debug" / "milvus-cdc"), "verify", "--source",
-                            peer["uri"], "--target", SOURCE, "--database", "default",
-                            "--collection", name],
-                           env=env, capture_output=True, text=True, timeout=120)
-        if r.returncode == 0 or time.time() > deadline:
-            break
-        time.sleep(3)  # index or load state still on its way
-    assert r.returncode == 0, r.stdout + r.stderr
+    def verify():
+        return subprocess.run([str(REPO / "target" / "debug" / "milvus-cdc"), "verify", "--source",
+                               peer["uri"], "--target", SOURCE, "--database", "default",
+                               "--collection", name],
+                              env=env, capture_output=True, text=True, timeout=120)
+    # Index or load state may still be on its way.
+    wait_for(verify, "milvus-cdc verify passing", 120, interval=3,
+             until=lambda r: r.returncode == 0, show=lambda r: r.stdout + r.stderr)

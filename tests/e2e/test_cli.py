@@ -14,7 +14,7 @@ import uuid
 import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
 
-from conftest import BIN, STACK, TARGET_TOKEN, free_port, http
+from conftest import BIN, STACK, TARGET_TOKEN, free_port, http, wait_collection, wait_for
 from workload import connect
 
 SOURCE = STACK["CDC_SOURCE_URI"]
@@ -40,13 +40,9 @@ def create_args(server):
 
 
 def wait_follower(agent, leader, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        _, body, _ = http("GET", agent.url + "/status", timeout=5)
-        if body.get("role") == "follower" and body.get("leader") == leader.url:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{agent.url} does not follow {leader.url}")
+    wait_for(lambda: http("GET", agent.url + "/status", timeout=5)[1],
+             f"{agent.url} following {leader.url}", timeout, interval=0.2,
+             until=lambda s: s.get("role") == "follower" and s.get("leader") == leader.url)
 
 
 def table_rows(text):
@@ -111,15 +107,14 @@ def test_task_lifecycle_through_a_follower(agents):
 
         # status: both replicas, the leader, the task and its lag on the leader.
         servers = f"{leader.url},{follower.url}"
-        deadline = time.time() + 30
-        while True:
+        def status():
             r = cli("status", "--server", servers, "--json")
             assert r.returncode == 0, r.stderr
-            reports = json.loads(r.stdout)
-            lag = reports[0]["tasks"].get(task_id, {}).get("lag_seconds")
-            if lag is not None or time.time() > deadline:
-                break
-            time.sleep(0.5)
+            return json.loads(r.stdout)
+        reports = wait_for(status, f"the lag of {task_id}", 30, interval=0.5,
+                           until=lambda rs: rs[0]["tasks"].get(task_id, {}).get("lag_seconds")
+                           is not None)
+        lag = reports[0]["tasks"][task_id]["lag_seconds"]
         assert [x["server"] for x in reports] == [leader.url, follower.url]
         assert reports[0]["status"]["role"] == "leader"
         assert reports[0]["status"]["running_tasks"] == [task_id]
@@ -176,17 +171,7 @@ def count(alias, name):
 
 
 def wait_count(alias, name, want, timeout=180):
-    deadline, seen = time.time() + timeout, None
-    while time.time() < deadline:
-        try:
-            if utility.has_collection(name, using=alias):
-                seen = count(alias, name)
-                if seen == want:
-                    return
-        except Exception as e:  # noqa: BLE001 - not created or loaded yet
-            seen = repr(e)
-        time.sleep(2)
-    raise AssertionError(f"{name} on the target: {seen}, want {want} rows")
+    wait_collection(alias, name, count, want, timeout)
 
 
 def test_create_with_collection_flags_replicates_only_those(agents):
@@ -229,15 +214,11 @@ def test_create_with_collection_flags_replicates_only_those(agents):
 
         # position: a checkpoint per channel (once written), as the answer
         # and as a table.
-        deadline = time.time() + 90
-        while True:
+        def positions_json():
             r = cli("task", "position", task_id, "--server", agent.url, "--json")
             assert r.returncode == 0, r.stderr
-            positions = json.loads(r.stdout)["data"]["positions"]
-            if positions or time.time() > deadline:
-                break
-            time.sleep(2)
-        assert positions, "no checkpoint within 90 s"
+            return json.loads(r.stdout)["data"]["positions"]
+        positions = wait_for(positions_json, "a checkpoint", 90)
         r = cli("task", "position", task_id, "--server", agent.url)
         assert r.returncode == 0, r.stderr
         rows = table_rows(r.stdout)
