@@ -107,6 +107,12 @@ e2e_on() {
 e2e() {
   build
   if [ $# -gt 0 ]; then
+    # Test files or node ids given: only those; otherwise (e.g. -k ha) the
+    # whole suite with those options.
+    local a
+    for a in "$@"; do
+      case "$a" in tests/*) e2e_on natsmq "$CDC_RUN_DIR" "$@"; return ;; esac
+    done
     e2e_on natsmq "$CDC_RUN_DIR" tests/e2e "$@"
     return
   fi
