@@ -21,6 +21,9 @@ pub struct InsertBatch {
     pub collection: String,
     /// Partition name.
     pub partition: String,
+    /// The source partition's id (a partition dropped and re-created under
+    /// its name gets a new one).
+    pub partition_id: i64,
     /// Concatenated columns.
     pub columns: Vec<FieldData>,
     /// Rows in the batch.
@@ -39,6 +42,7 @@ impl InsertBatch {
             db: msg.db_name,
             collection: msg.collection_name,
             partition: msg.partition_name,
+            partition_id: msg.partition_id,
             columns: msg.fields_data,
             rows: msg.num_rows,
             bytes,
@@ -50,6 +54,7 @@ impl InsertBatch {
     pub fn accepts(&self, msg: &InsertRequest) -> bool {
         msg.collection_id == self.collection_id
             && msg.partition_name == self.partition
+            && msg.partition_id == self.partition_id
             && msg.fields_data.len() == self.columns.len()
             && msg
                 .fields_data
@@ -193,6 +198,11 @@ mod tests {
         let mut other_partition = insert(1, &[2], &["b"]);
         other_partition.partition_name = "p1".into();
         assert!(!b.accepts(&other_partition));
+        // The same name, re-created on the source after a drop: another
+        // partition, whose rows must not be written with the old one's.
+        let mut reborn = insert(1, &[2], &["b"]);
+        reborn.partition_id = 9;
+        assert!(!b.accepts(&reborn));
         let mut fewer = insert(1, &[2], &["b"]);
         fewer.fields_data.pop();
         assert!(!b.accepts(&fewer));

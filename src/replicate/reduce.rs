@@ -15,7 +15,7 @@
 //! version of each key and partition. A key written ten times is written
 //! once; applying the same writes twice changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     proto::{
@@ -73,6 +73,9 @@ pub struct DeleteStep {
     pub collection_id: i64,
     /// Where the older versions are removed.
     pub scope: Scope,
+    /// The source partition's id for a [`Scope::Partition`] (a partition
+    /// dropped and re-created under its name gets a new id), else 0.
+    pub partition_id: i64,
     /// The keys.
     pub keys: PrimaryKeys,
 }
@@ -101,8 +104,8 @@ pub struct Limits {
 struct KeyState {
     /// A delete covered every partition.
     cleared_all: bool,
-    /// Partitions a partition-scoped delete covered.
-    cleared: BTreeSet<String>,
+    /// Partitions a partition-scoped delete covered: name and source id.
+    cleared: BTreeMap<String, i64>,
     /// Newest version of the run per partition: (insert index, row).
     newest: HashMap<String, (usize, usize)>,
 }
@@ -150,7 +153,7 @@ pub fn reduce(
                         Scope::Partition(p) => {
                             st.newest.remove(p);
                             if !st.cleared_all {
-                                st.cleared.insert(p.clone());
+                                st.cleared.insert(p.clone(), m.partition_id);
                             }
                         }
                     }
@@ -197,14 +200,14 @@ fn insert_keys(m: &InsertRequest, pk_field: &str) -> Option<Vec<Pk>> {
 }
 
 fn delete_steps(keys: &HashMap<(i64, Pk), KeyState>) -> Vec<DeleteStep> {
-    let mut groups: BTreeMap<(i64, Scope), Vec<&Pk>> = BTreeMap::new();
+    let mut groups: BTreeMap<(i64, Scope, i64), Vec<&Pk>> = BTreeMap::new();
     for ((coll, pk), st) in keys {
         if st.cleared_all {
-            groups.entry((*coll, Scope::All)).or_default().push(pk);
+            groups.entry((*coll, Scope::All, 0)).or_default().push(pk);
         } else {
-            for p in &st.cleared {
+            for (p, id) in &st.cleared {
                 groups
-                    .entry((*coll, Scope::Partition(p.clone())))
+                    .entry((*coll, Scope::Partition(p.clone()), *id))
                     .or_default()
                     .push(pk);
             }
@@ -212,11 +215,12 @@ fn delete_steps(keys: &HashMap<(i64, Pk), KeyState>) -> Vec<DeleteStep> {
     }
     groups
         .into_iter()
-        .map(|((collection_id, scope), mut pks)| {
+        .map(|((collection_id, scope, partition_id), mut pks)| {
             pks.sort();
             DeleteStep {
                 collection_id,
                 scope,
+                partition_id,
                 keys: to_primary_keys(&pks),
             }
         })
@@ -412,4 +416,48 @@ fn pick_strided<T: Clone>(data: &[T], keep: &[bool]) -> Option<Vec<T>> {
             .flat_map(|(row, _)| row.iter().cloned())
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::schema::{IDs, LongArray};
+
+    fn delete(partition: &str, partition_id: i64, keys: &[i64]) -> Change {
+        Change::Delete(Box::new(DeleteRequest {
+            collection_id: 1,
+            partition_name: partition.into(),
+            partition_id,
+            primary_keys: Some(IDs {
+                id_field: Some(crate::proto::schema::i_ds::IdField::IntId(LongArray {
+                    data: keys.to_vec(),
+                })),
+            }),
+            num_rows: keys.len() as i64,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_partition_delete_keeps_the_source_partition_id() {
+        let limits = Limits {
+            rows: 1000,
+            bytes: 1 << 20,
+        };
+        let plan = reduce(
+            vec![delete("pc", 77, &[1, 2]), delete("", -1, &[3])],
+            |_| Some("id".into()),
+            limits,
+        );
+        let steps: Vec<(Scope, i64, usize)> = plan
+            .deletes
+            .iter()
+            .map(|d| (d.scope.clone(), d.partition_id, d.keys.len()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![(Scope::All, 0, 1), (Scope::Partition("pc".into()), 77, 2)],
+            "the id lets a write skip a partition dropped meanwhile"
+        );
+    }
 }

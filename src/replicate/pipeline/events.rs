@@ -7,13 +7,20 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Pipeline;
+use super::{
+    dropped::{self, Claim},
+    Pipeline,
+};
 use crate::{
     milvus::MilvusError,
     replicate::catalog::Entry,
     sink::Applied,
     source::event::{EventKind, Position},
 };
+
+/// How long a DML channel waits for another channel to finish dropping a
+/// partition that both carry.
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Pipeline {
     /// Applies one non-insert event and records it; false if cancelled first.
@@ -225,12 +232,32 @@ impl Pipeline {
             },
             EventKind::DropPartition(p) => match self.catalog.resolve(p.collection_id).await? {
                 Entry::Live(live) => {
+                    // Each DML channel of the collection carries the drop:
+                    // the first to reach it applies it; the others wait for
+                    // that, so that a lagging channel's copy cannot drop a
+                    // partition re-created under the name.
+                    let task = self.labels.task_id.as_str();
+                    let started = Instant::now();
+                    loop {
+                        match dropped::claim(task, p.partition_id, &self.channel) {
+                            Claim::Mine => break,
+                            Claim::Done => return Ok(Applied::AlreadyThere),
+                            Claim::Pending if started.elapsed() > DROP_WAIT => {
+                                warn!(partition = %p.partition_name, "another channel did not finish dropping this partition within {DROP_WAIT:?}; going on");
+                                return Ok(Applied::AlreadyThere);
+                            }
+                            Claim::Pending => {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
                     let r = w
                         .drop_partition(&live.db, &live.name, &p.partition_name)
                         .await?;
                     self.catalog
                         .forget_partition(p.collection_id, &p.partition_name)
                         .await;
+                    dropped::finish(task, p.partition_id);
                     Ok(r)
                 }
                 Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),

@@ -28,6 +28,7 @@ use crate::{
     source::event::{Event, EventKind},
 };
 
+mod dropped;
 mod events;
 mod retry;
 
@@ -268,6 +269,14 @@ impl Pipeline {
         let started = Instant::now();
         let result = self
             .retry(cancel, "insert", || async move {
+                // Checked on every attempt: another channel may drop the
+                // partition (and a newer one take its name) meanwhile.
+                if dropped::is_dropped(&self.labels.task_id, batch.partition_id) {
+                    return Ok(Applied::Skipped(format!(
+                        "partition {} of {} was dropped on the source",
+                        batch.partition, batch.collection
+                    )));
+                }
                 let (live, _gate) = match self.catalog.writable(batch.collection_id).await? {
                     Writable::Live(live, gate) => (live, gate),
                     Writable::Excluded => return Ok(Applied::Excluded),
@@ -324,6 +333,11 @@ impl Pipeline {
         };
         let result = self
             .retry(cancel, "delete", || async move {
+                if dropped::is_dropped(&self.labels.task_id, step.partition_id) {
+                    return Ok(Applied::Skipped(format!(
+                        "partition {partition} was dropped on the source"
+                    )));
+                }
                 let (live, _gate) = match self.catalog.writable(step.collection_id).await? {
                     Writable::Live(live, gate) => (live, gate),
                     Writable::Dropped => return Ok(Applied::Skipped("collection dropped".into())),
