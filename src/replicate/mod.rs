@@ -75,6 +75,8 @@ struct Inner {
     leadership: Mutex<Leadership>,
     metrics: Metrics,
     tasks: Mutex<HashMap<TaskId, Running>>,
+    /// Source partitions dropped under the tasks run in this process.
+    dropped: pipeline::DroppedPartitions,
 }
 
 /// The leadership tasks run under: the fenced store for checkpoints, the
@@ -145,6 +147,7 @@ impl Engine {
                 }),
                 metrics,
                 tasks: Mutex::new(HashMap::new()),
+                dropped: pipeline::DroppedPartitions::default(),
             }),
         }
     }

@@ -348,6 +348,7 @@ async fn run_workers(
             skipped: skipped.clone(),
             budget: budget.clone(),
             mq: inner.mq.clone(),
+            dropped: inner.dropped.clone(),
             start: cp.map_or_else(window::Cut::default, |c| window::Cut {
                 resume_after: c.sequence,
                 through_ts: c.timestamp,

@@ -15,12 +15,13 @@
 //! and deletes of a dropped partition id are skipped (the drop removes them
 //! on the source anyway).
 //!
-//! The registry lives for the process: replays within it (a rewind, a task
-//! restarted by a new term) see the drops already applied.
+//! The engine keeps one registry for its whole life: replays within the
+//! process (a rewind, a task restarted by a new term) see the drops already
+//! applied.
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 /// Where the drop of one source partition stands for one channel.
@@ -37,50 +38,57 @@ pub(super) enum Claim {
 /// (task id, source partition id) -> (the channel applying the drop, done).
 type Claims = HashMap<(String, i64), (String, bool)>;
 
-fn claims() -> std::sync::MutexGuard<'static, Claims> {
-    static CLAIMS: OnceLock<Mutex<Claims>> = OnceLock::new();
-    CLAIMS
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// The drops of source partitions that the engine's tasks have reached,
+/// shared by every pipeline (cheap to clone).
+#[derive(Clone, Default)]
+pub struct DroppedPartitions(Arc<Mutex<Claims>>);
 
-/// Claims the drop of source partition `partition_id` for `channel`: the
-/// first channel to reach it gets [`Claim::Mine`] until it has applied it,
-/// every copy after that (its own replays too) [`Claim::Done`]. A drop
-/// without an id (zero or less) is always [`Claim::Mine`].
-pub(super) fn claim(task_id: &str, partition_id: i64, channel: &str) -> Claim {
-    if partition_id <= 0 {
-        return Claim::Mine;
+impl DroppedPartitions {
+    fn claims(&self) -> MutexGuard<'_, Claims> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    let mut claims = claims();
-    let (owner, done) = claims
-        .entry((task_id.to_string(), partition_id))
-        .or_insert_with(|| (channel.to_string(), false));
-    if *done {
-        // Even for the channel that applied it: a replay of the drop (a
-        // rewind, the takeover replay) must not drop the partition that
-        // has taken the name since.
-        Claim::Done
-    } else if owner == channel {
-        Claim::Mine
-    } else {
-        Claim::Pending
-    }
-}
 
-/// Records that the target's partition is dropped (by the claiming channel).
-pub(super) fn finish(task_id: &str, partition_id: i64) {
-    if let Some((_, done)) = claims().get_mut(&(task_id.to_string(), partition_id)) {
-        *done = true;
+    /// Claims the drop of source partition `partition_id` for `channel`: the
+    /// first channel to reach it gets [`Claim::Mine`] until it has applied
+    /// it, every copy after that (its own replays too) [`Claim::Done`]. A
+    /// drop without an id (zero or less) is always [`Claim::Mine`].
+    pub(super) fn claim(&self, task_id: &str, partition_id: i64, channel: &str) -> Claim {
+        if partition_id <= 0 {
+            return Claim::Mine;
+        }
+        let mut claims = self.claims();
+        let (owner, done) = claims
+            .entry((task_id.to_string(), partition_id))
+            .or_insert_with(|| (channel.to_string(), false));
+        if *done {
+            // Even for the channel that applied it: a replay of the drop (a
+            // rewind, the takeover replay) must not drop the partition that
+            // has taken the name since.
+            Claim::Done
+        } else if owner == channel {
+            Claim::Mine
+        } else {
+            Claim::Pending
+        }
     }
-}
 
-/// Whether the task has dropped (or is dropping) source partition
-/// `partition_id`: its rows and deletes are not written any more. Ids of
-/// zero or less (no partition, or every partition) are never dropped.
-pub(super) fn is_dropped(task_id: &str, partition_id: i64) -> bool {
-    partition_id > 0 && claims().contains_key(&(task_id.to_string(), partition_id))
+    /// Records that the target's partition is dropped (by the claiming
+    /// channel).
+    pub(super) fn finish(&self, task_id: &str, partition_id: i64) {
+        if let Some((_, done)) = self.claims().get_mut(&(task_id.to_string(), partition_id)) {
+            *done = true;
+        }
+    }
+
+    /// Whether the task has dropped (or is dropping) source partition
+    /// `partition_id`: its rows and deletes are not written any more. Ids
+    /// of zero or less (no partition, or every partition) are never dropped.
+    pub(super) fn is_dropped(&self, task_id: &str, partition_id: i64) -> bool {
+        partition_id > 0
+            && self
+                .claims()
+                .contains_key(&(task_id.to_string(), partition_id))
+    }
 }
 
 #[cfg(test)]
@@ -89,52 +97,54 @@ mod tests {
 
     #[test]
     fn the_first_channel_claims_a_drop_and_its_retries_keep_it() {
+        let d = DroppedPartitions::default();
         let task = "t-dropped-claim";
-        assert!(!is_dropped(task, 4401));
-        assert_eq!(claim(task, 4401, "dml_0"), Claim::Mine);
+        assert!(!d.is_dropped(task, 4401));
+        assert_eq!(d.claim(task, 4401, "dml_0"), Claim::Mine);
         assert!(
-            is_dropped(task, 4401),
+            d.is_dropped(task, 4401),
             "rows of the partition are skipped from now on"
         );
         assert_eq!(
-            claim(task, 4401, "dml_0"),
+            d.claim(task, 4401, "dml_0"),
             Claim::Mine,
             "a retry of the same channel"
         );
         assert_eq!(
-            claim(task, 4401, "dml_1"),
+            d.claim(task, 4401, "dml_1"),
             Claim::Pending,
             "the other channel waits until the target's partition is gone"
         );
-        finish(task, 4401);
+        d.finish(task, 4401);
         assert_eq!(
-            claim(task, 4401, "dml_1"),
+            d.claim(task, 4401, "dml_1"),
             Claim::Done,
             "then its copy is a no-op"
         );
         assert_eq!(
-            claim(task, 4401, "dml_0"),
+            d.claim(task, 4401, "dml_0"),
             Claim::Done,
             "and so is a replay of the drop on the channel that applied it"
         );
         // A partition re-created under the same name has another id.
-        assert!(!is_dropped(task, 4402));
-        assert_eq!(claim(task, 4402, "dml_1"), Claim::Mine);
+        assert!(!d.is_dropped(task, 4402));
+        assert_eq!(d.claim(task, 4402, "dml_1"), Claim::Mine);
     }
 
     #[test]
     fn tasks_and_whole_collection_scopes_are_apart() {
-        assert_eq!(claim("t-dropped-a", 4501, "dml_0"), Claim::Mine);
-        assert!(!is_dropped("t-dropped-b", 4501), "another task's drop");
-        assert_eq!(claim("t-dropped-b", 4501, "dml_1"), Claim::Mine);
+        let d = DroppedPartitions::default();
+        assert_eq!(d.claim("t-dropped-a", 4501, "dml_0"), Claim::Mine);
+        assert!(!d.is_dropped("t-dropped-b", 4501), "another task's drop");
+        assert_eq!(d.claim("t-dropped-b", 4501, "dml_1"), Claim::Mine);
         assert!(
-            !is_dropped("t-dropped-a", -1),
+            !d.is_dropped("t-dropped-a", -1),
             "a delete in every partition"
         );
-        assert!(!is_dropped("t-dropped-a", 0));
+        assert!(!d.is_dropped("t-dropped-a", 0));
         // A drop message without an id is applied by every channel.
-        assert_eq!(claim("t-dropped-a", 0, "dml_0"), Claim::Mine);
-        assert_eq!(claim("t-dropped-a", 0, "dml_1"), Claim::Mine);
-        assert!(!is_dropped("t-dropped-a", 0));
+        assert_eq!(d.claim("t-dropped-a", 0, "dml_0"), Claim::Mine);
+        assert_eq!(d.claim("t-dropped-a", 0, "dml_1"), Claim::Mine);
+        assert!(!d.is_dropped("t-dropped-a", 0));
     }
 }

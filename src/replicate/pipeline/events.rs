@@ -7,10 +7,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    dropped::{self, Claim},
-    Pipeline,
-};
+use super::{dropped::Claim, Pipeline};
 use crate::{
     milvus::MilvusError,
     replicate::catalog::Entry,
@@ -239,7 +236,7 @@ impl Pipeline {
                     let task = self.labels.task_id.as_str();
                     let started = Instant::now();
                     loop {
-                        match dropped::claim(task, p.partition_id, &self.channel) {
+                        match self.dropped.claim(task, p.partition_id, &self.channel) {
                             Claim::Mine => break,
                             Claim::Done => return Ok(Applied::AlreadyThere),
                             Claim::Pending if started.elapsed() > DROP_WAIT => {
@@ -257,7 +254,7 @@ impl Pipeline {
                     self.catalog
                         .forget_partition(p.collection_id, &p.partition_name)
                         .await;
-                    dropped::finish(task, p.partition_id);
+                    self.dropped.finish(task, p.partition_id);
                     Ok(r)
                 }
                 Entry::Dropped => Ok(Applied::Skipped("collection dropped".into())),

@@ -29,6 +29,8 @@ use crate::{
 };
 
 mod dropped;
+
+pub use dropped::DroppedPartitions;
 mod events;
 mod retry;
 
@@ -69,6 +71,8 @@ pub struct Pipeline {
     pub budget: crate::source::budget::ByteBudget,
     /// The source queue, asked whether a silent channel's stream has more.
     pub mq: std::sync::Arc<dyn crate::source::mq::MessageQueue>,
+    /// Source partitions whose drop a channel of the task has reached.
+    pub dropped: DroppedPartitions,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -271,7 +275,10 @@ impl Pipeline {
             .retry(cancel, "insert", || async move {
                 // Checked on every attempt: another channel may drop the
                 // partition (and a newer one take its name) meanwhile.
-                if dropped::is_dropped(&self.labels.task_id, batch.partition_id) {
+                if self
+                    .dropped
+                    .is_dropped(&self.labels.task_id, batch.partition_id)
+                {
                     return Ok(Applied::Skipped(format!(
                         "partition {} of {} was dropped on the source",
                         batch.partition, batch.collection
@@ -333,7 +340,10 @@ impl Pipeline {
         };
         let result = self
             .retry(cancel, "delete", || async move {
-                if dropped::is_dropped(&self.labels.task_id, step.partition_id) {
+                if self
+                    .dropped
+                    .is_dropped(&self.labels.task_id, step.partition_id)
+                {
                     return Ok(Applied::Skipped(format!(
                         "partition {partition} was dropped on the source"
                     )));
