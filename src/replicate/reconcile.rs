@@ -47,6 +47,12 @@ pub async fn reconcile_once(
         debug!(changes, "metadata reconciliation stopped: no longer leader");
         Ok(changes)
     };
+    // The collections this run has not met since its checkpoints, so that
+    // the pass below covers them too (resolving writes nothing new).
+    let Some(adopted) = fenced(guard, catalog.adopt_replicas()).await else {
+        return not_leader(changes);
+    };
+    adopted?;
     // Renames first (not in the stream either), so that the rest compares
     // each collection under its current name.
     let Some(renamed) = fenced(guard, catalog.follow_renames()).await else {

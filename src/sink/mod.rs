@@ -24,7 +24,7 @@ mod flush;
 mod index;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -228,6 +228,22 @@ impl MilvusSink {
             has_partition_key: schema.fields.iter().any(|f| f.is_partition_key),
             schema,
         }))
+    }
+
+    /// Every target collection that is a replica, in any database: its
+    /// source collection id (from its property) and its (database, name).
+    pub async fn replicas_by_source_id(
+        &self,
+    ) -> Result<HashMap<i64, (String, String)>, MilvusError> {
+        let mut found = HashMap::new();
+        for db in self.target.list_databases().await? {
+            for (_, name) in self.target.show_collections(&db).await? {
+                if let Some(id) = self.describe(&db, &name).await?.and_then(|c| c.source_id) {
+                    found.insert(id, (db.clone(), name));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Finds the target collection created for source collection

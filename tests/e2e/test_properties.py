@@ -22,7 +22,7 @@ def properties(alias, name):
 def test_a_ttl_set_after_creation_reaches_the_target(agent):
     src = connect(f"src-props-{tag()}", SOURCE)
     tgt = connect(f"tgt-props-{tag()}", TARGET, TARGET_TOKEN)
-    create_task(agent)
+    task_id = create_task(agent)
     name = f"props_{tag()}"
     schema = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
                                FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
@@ -33,6 +33,13 @@ def test_a_ttl_set_after_creation_reaches_the_target(agent):
     wait_verified([name])
     assert "collection.ttl.seconds" not in properties(tgt, name)
 
+    # A new run of the task (as after a failover or a resume) starts from
+    # its checkpoints, past everything of this collection: the reconciler
+    # must still know it has a replica to keep in step.
+    for request in ("pause", "resume"):
+        status, body = agent.cdc({"request_type": request, "request_data": {"task_id": task_id}})
+        assert status == 200, body
+    time.sleep(2)
     c.set_properties({"collection.ttl.seconds": 86400})
     deadline = time.time() + 60  # the reconciler runs every 10 s
     while time.time() < deadline:

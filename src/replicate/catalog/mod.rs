@@ -135,6 +135,8 @@ pub struct Catalog {
     writer: MilvusSink,
     /// Serializes creating, replacing and registering target collections.
     creating: Arc<Mutex<()>>,
+    /// Whether this run has taken up the replicas earlier runs made.
+    adopted: Arc<std::sync::atomic::AtomicBool>,
     /// The collections the task replicates.
     selection: Arc<Selection>,
     /// Replicate replicas too (off: the loop guard).
@@ -151,6 +153,7 @@ impl Catalog {
             source,
             writer,
             creating: Arc::new(Mutex::new(())),
+            adopted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             selection: Arc::new(Selection::all()),
             replicas: false,
         }
@@ -309,6 +312,44 @@ impl Catalog {
                 Entry::Dropped | Entry::Excluded => None,
             })
             .collect()
+    }
+
+    /// Takes up, once per run, the replicas that earlier runs of the task
+    /// made for source collections this run has not met yet: a run resumes
+    /// from checkpoints, and a collection with no change since then would
+    /// otherwise stay unknown, so the reconciler would never follow its
+    /// renames, aliases or properties (after a failover, a resume, or the
+    /// takeover replay). Only source collections the task selects and that
+    /// have a replica on the target (under any name) are resolved; nothing
+    /// is created. Returns how many were taken up.
+    pub async fn adopt_replicas(&self) -> Result<usize, MilvusError> {
+        use std::sync::atomic::Ordering;
+        if self.adopted.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let replicas = self.writer.replicas_by_source_id().await?;
+        let mut adopted = 0;
+        for db in self.source.list_databases().await? {
+            for (id, name) in self.source.show_collections(&db).await? {
+                if !replicas.contains_key(&id)
+                    || !self.selection.matches(&db, &name)
+                    || self.known(id).await.is_some()
+                {
+                    continue;
+                }
+                if matches!(self.resolve(id).await?, Entry::Live(_)) {
+                    adopted += 1;
+                }
+            }
+        }
+        self.adopted.store(true, Ordering::Release);
+        if adopted > 0 {
+            info!(
+                collections = adopted,
+                "took up the replicas of collections with no change since the checkpoints"
+            );
+        }
+        Ok(adopted)
     }
 
     /// The source's description of `db.name`, or None if it does not exist.
