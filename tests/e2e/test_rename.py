@@ -115,3 +115,32 @@ def test_swapped_names_follow_the_source(agent):
     wait_verified([x, y])
     assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 530)}
     assert target_rows(tgt, y) == {i: f"x{i}" for i in range(0, 50)}
+
+
+def test_a_task_replaying_history_follows_a_swap_made_while_none_ran(agent):
+    """The target still has both replicas under their old names when a new
+    task replays the history: its CreateCollection of `x` (named `y` on the
+    source now) finds `y` held on the target by the other collection, which
+    is not a drop but a swap, so the replicas swap names too."""
+    src = connect(f"src-swap2-{tag()}", SOURCE)
+    tgt = connect(f"tgt-swap2-{tag()}", TARGET, TARGET_TOKEN)
+    task_id = create_task(agent)
+    t = tag()
+    x, y, tmp = f"swapr_x_{t}", f"swapr_y_{t}", f"swapr_tmp_{t}"
+    make(src, x, range(0, 40), "x")
+    make(src, y, range(500, 520), "y")
+    wait_verified([x, y])
+    status, body = agent.cdc({"request_type": "delete", "request_data": {"task_id": task_id}})
+    assert status == 200, body
+
+    utility.rename_collection(x, tmp, using=src)
+    utility.rename_collection(y, x, using=src)
+    utility.rename_collection(tmp, y, using=src)
+    create_task(agent)
+    insert(Collection(y, using=src), range(40, 50), "x")
+    insert(Collection(x, using=src), range(520, 525), "y")
+    wait_verified([x, y])
+    assert target_rows(tgt, y) == {i: f"x{i}" for i in range(0, 50)}
+    assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 525)}
+    names = utility.list_collections(using=tgt)
+    assert tmp not in names and not [n for n in names if "_cdc_renaming_" in n], names

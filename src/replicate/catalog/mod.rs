@@ -437,6 +437,14 @@ impl Catalog {
                     return self.create_registered(spec).await;
                 }
             }
+            if let Some(holder) = old.source_id.filter(|h| *h != spec.source_id) {
+                if self.swapped_with(spec, holder).await? {
+                    return match self.known(spec.source_id).await {
+                        Some(Entry::Live(_)) => Ok(Applied::AlreadyThere),
+                        _ => self.create_registered(spec).await,
+                    };
+                }
+            }
             match old.source_id {
                 // Milvus allocates collection ids in increasing order: the
                 // target already holds a later collection of this name, so

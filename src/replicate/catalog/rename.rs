@@ -18,6 +18,7 @@ use std::{collections::HashMap, sync::Arc};
 use tracing::{info, warn};
 
 use super::{Catalog, Entry, Gate, LiveCollection};
+use crate::sink::CollectionSpec;
 use crate::{milvus::MilvusError, task::selection::normal_db};
 
 /// Where a live collection should move.
@@ -138,6 +139,53 @@ impl Catalog {
         }
         self.rename_target(id, db, name, new_db, new_name).await?;
         Ok(true)
+    }
+
+    /// When the target's `spec.name` is held by `holder`, another source
+    /// collection: if the source still has `spec`'s collection under that
+    /// name and `holder` under another one, the two were renamed (e.g.
+    /// swapped) on the source, not dropped, and this run had not met them
+    /// yet (it resumed from checkpoints, or replays the history). Registers both replicas where the
+    /// target has them and follows the renames; true if `spec`'s collection
+    /// now has its name on the target (registered) or the name is free.
+    /// The caller holds `creating`.
+    pub(super) async fn swapped_with(
+        &self,
+        spec: &CollectionSpec,
+        holder: i64,
+    ) -> Result<bool, MilvusError> {
+        let fresh = self.refresh_locations().await?;
+        let ours_here = fresh
+            .get(&spec.source_id)
+            .is_some_and(|(d, n)| same_place(d, n, &spec.db, &spec.name));
+        let holder_moved = fresh
+            .get(&holder)
+            .is_some_and(|(d, n)| !same_place(d, n, &spec.db, &spec.name));
+        if !(ours_here && holder_moved) {
+            return Ok(false);
+        }
+        self.register_found(holder, &spec.db, &spec.name).await?;
+        if let Some((db, name)) = self.writer.find_by_source_id(spec.source_id).await? {
+            self.register_found(spec.source_id, &db, &name).await?;
+        }
+        self.renames_locked().await?;
+        Ok(match self.writer.describe(&spec.db, &spec.name).await? {
+            None => true,
+            Some(t) => t.source_id == Some(spec.source_id),
+        })
+    }
+
+    /// Registers target collection `db.name` as the live replica of source
+    /// collection `id`, unless the run knows `id` already.
+    async fn register_found(&self, id: i64, db: &str, name: &str) -> Result<(), MilvusError> {
+        if self.known(id).await.is_some() {
+            return Ok(());
+        }
+        if let Some(meta) = self.writer.describe(db, name).await? {
+            let live = Arc::new(LiveCollection::new(db.to_string(), name.to_string(), meta));
+            self.entries.lock().await.insert(id, Entry::Live(live));
+        }
+        Ok(())
     }
 
     /// The target collection of source collection `id`, found under an
