@@ -30,9 +30,12 @@ async def _purge_all_streams():
         purged = {}
         for name in names:
             if name.startswith("by-dev-"):
-                before = await jsm.stream_info(name)
                 await jsm.purge_stream(name)
-                purged[name] = before.state.last_seq
+                # The last purged sequence: the stream starts right after it
+                # (a time tick appended while purging is purged too, so the
+                # last sequence read before the purge could be one short).
+                after = await jsm.stream_info(name)
+                purged[name] = after.state.first_seq - 1
         return purged
     finally:
         await nc.close()
