@@ -77,29 +77,48 @@ def test_a_renamed_collection_keeps_its_rows_when_a_new_one_takes_its_name(agent
     assert not [n for n in names if "_cdc_renaming_" in n], names
 
 
-def test_swapped_names_follow_the_source(agent):
-    src = connect(f"src-swap-{tag()}", SOURCE)
-    tgt = connect(f"tgt-swap-{tag()}", TARGET, TARGET_TOKEN)
+def swap_setup(agent, prefix):
+    """A `*` task and two collections `x` (keys 0-39) and `y` (500-519),
+    replicated; returns (source, target, task id, x, y, tmp)."""
+    src = connect(f"src-{prefix}-{tag()}", SOURCE)
+    tgt = connect(f"tgt-{prefix}-{tag()}", TARGET, TARGET_TOKEN)
     task_id = create_task(agent)
     t = tag()
-    x, y, tmp = f"swap_x_{t}", f"swap_y_{t}", f"swap_tmp_{t}"
+    x, y, tmp = f"{prefix}_x_{t}", f"{prefix}_y_{t}", f"{prefix}_tmp_{t}"
     make(src, x, range(0, 40), "x")
     make(src, y, range(500, 520), "y")
     wait_verified([x, y])
+    return src, tgt, task_id, x, y, tmp
 
-    # Swap the names on the source (through a temporary one), then write to
-    # both under their new names.
+
+def swap_names(src, x, y, tmp):
+    """Swaps the names on the source, through a temporary one."""
     utility.rename_collection(x, tmp, using=src)
     utility.rename_collection(y, x, using=src)
     utility.rename_collection(tmp, y, using=src)
-    insert(Collection(y, using=src), range(40, 50), "x")
-    insert(Collection(x, using=src), range(520, 525), "y")
 
+
+def assert_swapped(tgt, x, y, tmp):
+    """The target holds each collection's rows under its new name, and no
+    temporary name is left."""
     wait_verified([x, y])
     assert target_rows(tgt, y) == {i: f"x{i}" for i in range(0, 50)}
     assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 525)}
     names = utility.list_collections(using=tgt)
     assert tmp not in names and not [n for n in names if "_cdc_renaming_" in n], names
+
+
+def write_after_swap(src, x, y):
+    """Writes to both under their new names."""
+    insert(Collection(y, using=src), range(40, 50), "x")
+    insert(Collection(x, using=src), range(520, 525), "y")
+
+
+def test_swapped_names_follow_the_source(agent):
+    src, tgt, task_id, x, y, tmp = swap_setup(agent, "swap")
+    swap_names(src, x, y, tmp)
+    write_after_swap(src, x, y)
+    assert_swapped(tgt, x, y, tmp)
 
     # A new task replays the history: its CreateCollection messages carry the
     # names the collections had then (the schema's name too), and must land
@@ -122,25 +141,10 @@ def test_a_task_replaying_history_follows_a_swap_made_while_none_ran(agent):
     task replays the history: its CreateCollection of `x` (named `y` on the
     source now) finds `y` held on the target by the other collection, which
     is not a drop but a swap, so the replicas swap names too."""
-    src = connect(f"src-swap2-{tag()}", SOURCE)
-    tgt = connect(f"tgt-swap2-{tag()}", TARGET, TARGET_TOKEN)
-    task_id = create_task(agent)
-    t = tag()
-    x, y, tmp = f"swapr_x_{t}", f"swapr_y_{t}", f"swapr_tmp_{t}"
-    make(src, x, range(0, 40), "x")
-    make(src, y, range(500, 520), "y")
-    wait_verified([x, y])
+    src, tgt, task_id, x, y, tmp = swap_setup(agent, "swapr")
     status, body = agent.cdc({"request_type": "delete", "request_data": {"task_id": task_id}})
     assert status == 200, body
-
-    utility.rename_collection(x, tmp, using=src)
-    utility.rename_collection(y, x, using=src)
-    utility.rename_collection(tmp, y, using=src)
+    swap_names(src, x, y, tmp)
     create_task(agent)
-    insert(Collection(y, using=src), range(40, 50), "x")
-    insert(Collection(x, using=src), range(520, 525), "y")
-    wait_verified([x, y])
-    assert target_rows(tgt, y) == {i: f"x{i}" for i in range(0, 50)}
-    assert target_rows(tgt, x) == {i: f"y{i}" for i in range(500, 525)}
-    names = utility.list_collections(using=tgt)
-    assert tmp not in names and not [n for n in names if "_cdc_renaming_" in n], names
+    write_after_swap(src, x, y)
+    assert_swapped(tgt, x, y, tmp)
