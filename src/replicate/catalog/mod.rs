@@ -329,17 +329,15 @@ impl Catalog {
         }
         let replicas = self.writer.replicas_by_source_id().await?;
         let mut adopted = 0;
-        for db in self.source.list_databases().await? {
-            for (id, name) in self.source.show_collections(&db).await? {
-                if !replicas.contains_key(&id)
-                    || !self.selection.matches(&db, &name)
-                    || self.known(id).await.is_some()
-                {
-                    continue;
-                }
-                if matches!(self.resolve(id).await?, Entry::Live(_)) {
-                    adopted += 1;
-                }
+        for (id, (db, name)) in self.refresh_locations().await? {
+            if !replicas.contains_key(&id)
+                || !self.selection.matches(&db, &name)
+                || self.known(id).await.is_some()
+            {
+                continue;
+            }
+            if matches!(self.resolve(id).await?, Entry::Live(_)) {
+                adopted += 1;
             }
         }
         self.adopted.store(true, Ordering::Release);
