@@ -77,6 +77,9 @@ struct Inner {
     tasks: Mutex<HashMap<TaskId, Running>>,
     /// Source partitions dropped under the tasks run in this process.
     dropped: pipeline::DroppedPartitions,
+    /// The replica's probe of the source's queue: while it fails, every
+    /// channel's lag keeps rising.
+    source_health: tokio::sync::watch::Receiver<crate::source::health::SourceHealth>,
 }
 
 /// The leadership tasks run under: the fenced store for checkpoints, the
@@ -125,11 +128,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
-    /// An engine reading `mq` and saving checkpoints in `store`.
+    /// An engine reading `mq` (whose health `source_health` reports) and
+    /// saving checkpoints in `store`.
     pub fn new(
         source: SourceConfig,
         replicate: ReplicateConfig,
-        mq: Arc<dyn MessageQueue>,
+        (mq, source_health): (
+            Arc<dyn MessageQueue>,
+            tokio::sync::watch::Receiver<crate::source::health::SourceHealth>,
+        ),
         store: TaskStore,
         metrics: Metrics,
     ) -> Self {
@@ -148,6 +155,7 @@ impl Engine {
                 metrics,
                 tasks: Mutex::new(HashMap::new()),
                 dropped: pipeline::DroppedPartitions::default(),
+                source_health,
             }),
         }
     }

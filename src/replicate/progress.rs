@@ -3,7 +3,7 @@
 //! metric.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -39,6 +39,16 @@ pub struct ChannelProgress {
     /// Source timestamp of the message that woke the channel from idle: the
     /// oldest change not yet applied, until something newer is applied.
     pub woke_ts: u64,
+}
+
+/// What a task cannot read right now: its lag keeps rising there.
+#[derive(Debug, Clone, Default)]
+pub struct Unreadable {
+    /// Since when (ms since the epoch) the source's queue has not answered
+    /// the replica's probe: every channel is unreadable.
+    pub source_down_since: Option<u64>,
+    /// Channels whose reader cannot open them.
+    pub channels: HashSet<String>,
 }
 
 /// Progress of every channel of one task.
@@ -216,21 +226,38 @@ impl TaskProgress {
     /// newer (the last applied one may be minutes old); 0 for an idle,
     /// caught-up channel. It keeps rising while a channel with pending
     /// messages is stuck.
-    pub fn lags(&self) -> Vec<(String, f64)> {
+    ///
+    /// A channel the task cannot read ([`Unreadable`]) is never idle: it gets
+    /// no message because its queue does not answer, not because the source
+    /// is quiet, so its lag keeps rising from its last applied change. A
+    /// channel without any position yet (no checkpoint, nothing applied)
+    /// counts from the moment the source's queue stopped answering; a read
+    /// error of that channel alone leaves it at 0, as its topic may not
+    /// exist yet (Milvus creates it at the first message).
+    pub fn lags(&self, unreadable: &Unreadable) -> Vec<(String, f64)> {
         let now = now_ms();
         self.with(|m| {
             m.iter()
                 .map(|(c, p)| {
                     let since = p.applied.map_or(0, |(_, ts)| ts).max(p.woke_ts);
-                    let lag = if Self::is_idle(p) || since == 0 {
-                        0.0
+                    let stuck =
+                        unreadable.source_down_since.is_some() || unreadable.channels.contains(c);
+                    let since_ms = if since == 0 {
+                        unreadable.source_down_since.unwrap_or(now)
+                    } else if Self::is_idle(p) && !stuck {
+                        now
                     } else {
-                        now.saturating_sub(physical_ms(since)) as f64 / 1000.0
+                        physical_ms(since)
                     };
-                    (c.clone(), lag)
+                    (c.clone(), now.saturating_sub(since_ms) as f64 / 1000.0)
                 })
                 .collect()
         })
+    }
+
+    /// The channels tracked, for clearing their gauges.
+    pub fn channels(&self) -> Vec<String> {
+        self.with(|m| m.keys().cloned().collect())
     }
 }
 
@@ -301,11 +328,11 @@ mod tests {
         p.applied("a", 1, old);
         // The next message arrives and its write hangs (target down).
         p.received("a", true, 2, old);
-        let lag = p.lags()[0].1;
+        let lag = p.lags(&Unreadable::default())[0].1;
         assert!(lag >= 5.0, "{lag}");
         received_ago(&p, "a", 60);
         assert!(
-            p.lags()[0].1 >= 5.0,
+            p.lags(&Unreadable::default())[0].1 >= 5.0,
             "still busy long after: lag must not reset"
         );
     }
@@ -352,13 +379,49 @@ mod tests {
         p.received("a", true, 1, long_ago);
         p.applied("a", 1, long_ago);
         received_ago(&p, "a", 2);
-        assert_eq!(p.lags()[0].1, 0.0, "idle");
+        assert_eq!(p.lags(&Unreadable::default())[0].1, 0.0, "idle");
         let recent = (now_ms() - 1_000) << 18;
         p.received("a", true, 2, recent);
-        let lag = p.lags()[0].1;
+        let lag = p.lags(&Unreadable::default())[0].1;
         assert!(
             (0.9..5.0).contains(&lag),
             "{lag}: not the 600 s since the previous message"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_channel_is_never_idle() {
+        let p = TaskProgress::default();
+        p.register("a", true, None, Some(0));
+        p.register("b", true, None, Some(0));
+        let old = (now_ms() - 30_000) << 18;
+        p.received("a", true, 1, old);
+        p.applied("a", 1, old);
+        received_ago(&p, "a", 20);
+        assert_eq!(
+            p.lags(&Unreadable::default())[0].1,
+            0.0,
+            "readable and quiet: idle"
+        );
+        let channels = Unreadable {
+            source_down_since: None,
+            channels: ["a".to_string(), "b".to_string()].into(),
+        };
+        let lags = p.lags(&channels);
+        assert!(lags[0].1 >= 30.0, "{lags:?}: from the last applied change");
+        assert_eq!(
+            lags[1].1, 0.0,
+            "{lags:?}: no position (its topic may not exist)"
+        );
+        let down = Unreadable {
+            source_down_since: Some(now_ms() - 7_000),
+            channels: HashSet::new(),
+        };
+        let lags = p.lags(&down);
+        assert!(lags[0].1 >= 30.0, "{lags:?}");
+        assert!(
+            (7.0..20.0).contains(&lags[1].1),
+            "{lags:?}: no position: from the outage"
         );
     }
 }

@@ -19,7 +19,7 @@ use super::{
     durable::Durability,
     history, lock,
     pipeline::{sleep_until_opt, Pipeline},
-    progress::TaskProgress,
+    progress::{TaskProgress, Unreadable},
     reconcile, window, Inner, Leadership, CHANNEL_BUFFER,
 };
 use crate::{
@@ -27,6 +27,7 @@ use crate::{
     metrics::{ChannelLabels, ErrorLabels, TaskLabels},
     milvus::MilvusClient,
     source::{
+        health::SourceHealth,
         mq::{MessageQueue, StartAt},
         reader::{ChannelReader, ReadErrors},
     },
@@ -85,7 +86,7 @@ fn error_counter(
 /// Removes the task's gauges, so a stopped task leaves no stale lag behind
 /// (counters stay: they only ever grow).
 fn forget_gauges(inner: &Inner, id: &TaskId, progress: &TaskProgress) {
-    for (channel, _) in progress.lags() {
+    for channel in progress.channels() {
         inner.metrics.replication_lag.remove(&ChannelLabels {
             task_id: id.to_string(),
             channel,
@@ -118,6 +119,7 @@ pub(super) async fn run_task(
         inner.clone(),
         task.task_id.clone(),
         progress.clone(),
+        read_errors.clone(),
     ));
     let mut from = None;
     loop {
@@ -160,13 +162,22 @@ pub(super) async fn run_task(
 const LAG_REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Publishes every channel's lag every [`LAG_REPORT_EVERY`] for the task's
-/// whole life.
-async fn report_lag(inner: Arc<Inner>, id: TaskId, progress: TaskProgress) {
+/// whole life. A channel whose reader cannot open it, or every channel
+/// while the source's queue does not answer the probe, counts as unreadable:
+/// its lag keeps rising instead of falling to 0 as if the source were quiet.
+async fn report_lag(inner: Arc<Inner>, id: TaskId, progress: TaskProgress, errors: ReadErrors) {
     let mut tick = tokio::time::interval(LAG_REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for (channel, lag) in progress.lags() {
+        let unreadable = Unreadable {
+            source_down_since: match &*inner.source_health.borrow() {
+                SourceHealth::Down { since_ms, .. } => Some(*since_ms),
+                SourceHealth::Up { .. } | SourceHealth::Unknown => None,
+            },
+            channels: errors.current().into_iter().map(|e| e.channel).collect(),
+        };
+        for (channel, lag) in progress.lags(&unreadable) {
             inner
                 .metrics
                 .replication_lag

@@ -107,3 +107,70 @@ def test_an_unreachable_source_is_reported_and_replication_resumes(agents, tmp_p
         proxy.terminate()
         proxy.wait(10)
         time.sleep(0.1)
+
+
+def dml_lag(agent):
+    """The largest replication lag over the agent's DML channels (None
+    before any is reported)."""
+    _, text, _ = http("GET", agent.url + "/metrics", timeout=10)
+    lags = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+            if l.startswith("milvus_cdc_replication_lag_seconds{") and "rootcoord" in l]
+    return max(lags) if lags else None
+
+
+def test_the_lag_keeps_rising_while_the_queue_cannot_be_read(agents, tmp_path):
+    # The source Milvus keeps taking writes while the agent's path to its
+    # queue is cut: no message arrives, but the channels are not quiet, so
+    # the lag must rise (not fall to 0 as for an idle source) and fall again
+    # once the changes are read.
+    port = free_port()
+    cmd = [sys.executable, str(PROXY), "--listen", f"127.0.0.1:{port}",
+           "--upstream", queue_address(), "--control", str(tmp_path / "delay")]
+    proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        agent = agents(extra_env={**queue_env(port),
+                                  "MILVUS_CDC_SOURCE__CONNECT_TIMEOUT": "2s"}).start()
+        name = f"lagdown_{uuid.uuid4().hex[:8]}"
+        src = connect("lagdown-src", STACK["CDC_SOURCE_URI"])
+        c = Collection(name, CollectionSchema([
+            FieldSchema("id", DataType.INT64, is_primary=True),
+            FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)]), shards_num=1, using=src)
+        status, body = agent.cdc(create_body())
+        assert status == 200, body
+        tgt = connect("lagdown-tgt", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
+
+        def replicated(want):
+            def check():
+                from pymilvus import utility
+                if not utility.has_collection(name, using=tgt):
+                    return None
+                t = Collection(name, using=tgt)
+                if not t.indexes:
+                    t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+                t.load()
+                return keys(tgt, name) == want or None
+            return check
+
+        c.insert([list(range(20)), [[0.25] * 4] * 20])
+        wait_for("the first rows are replicated", replicated(set(range(20))), limit=120)
+        wait_for("the lag is reported", lambda: dml_lag(agent) is not None, limit=30)
+
+        proxy.kill()
+        proxy.wait(10)
+        cut_at = time.time()
+        seen = []
+        while time.time() - cut_at < 25:
+            c.insert([[1000 + len(seen)], [[0.5] * 4]])
+            seen.append(dml_lag(agent))
+            time.sleep(1)
+        assert seen[-1] is not None and seen[-1] > 12, \
+            f"the lag must keep rising while the queue cannot be read: {seen}"
+
+        proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        want = set(range(20)) | {1000 + i for i in range(len(seen))}
+        wait_for("every change written meanwhile arrives", replicated(want), limit=240)
+        wait_for("the lag falls again", lambda: (dml_lag(agent) or 0) < 5, limit=60)
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        time.sleep(0.1)

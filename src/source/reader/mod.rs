@@ -67,7 +67,7 @@ pub struct ReadError {
 
 /// The channels of a task that cannot be opened right now, shared by its
 /// readers (each sets its channel's entry on a failed open and clears it
-/// once a message arrives). Cheap to clone.
+/// once the channel opens again). Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct ReadErrors(Arc<Mutex<BTreeMap<String, ReadError>>>);
 
@@ -154,7 +154,7 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
     }
 
     /// Reports failed opens of the channel in `errors` (cleared by the next
-    /// message read).
+    /// successful open).
     pub fn with_errors(mut self, errors: ReadErrors) -> Self {
         self.errors = Some(errors);
         self
@@ -199,6 +199,15 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         }
     }
 
+    /// Clears the channel's read error, if `failing` says it has one.
+    fn recovered(&self, failing: &mut bool) {
+        if std::mem::take(failing) {
+            if let Some(errors) = &self.errors {
+                errors.recovered(&self.channel);
+            }
+        }
+    }
+
     /// Reads until `cancel` fires or `tx` is closed. Never returns an error:
     /// queue failures are retried with backoff, undecodable messages are
     /// passed on as [`EventKind::Undecodable`].
@@ -209,7 +218,7 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         };
         let mut delays = backoff();
         let mut first_open = true;
-        // Whether `errors` holds this channel (a failed open, no message since).
+        // Whether `errors` holds this channel (a failed open, none opened since).
         let mut failing = false;
         let dense = self.mq.dense_sequences();
         loop {
@@ -234,6 +243,10 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                         info!(channel = %self.channel, ?start, "channel reopened");
                     }
                     first_open = false;
+                    // Opening reached the queue (every queue's open asks it
+                    // for the channel): a quiet channel must not keep an
+                    // error until its next message.
+                    self.recovered(&mut failing);
                     s
                 }
                 Err(e) => {
@@ -267,12 +280,7 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                     }
                 };
                 delays = backoff();
-                if failing {
-                    if let Some(errors) = &self.errors {
-                        errors.recovered(&self.channel);
-                    }
-                    failing = false;
-                }
+                self.recovered(&mut failing);
                 if let Some(l) = last {
                     if msg.sequence <= l {
                         debug!(channel = %self.channel, sequence = msg.sequence, "duplicate skipped");

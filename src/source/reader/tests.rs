@@ -189,7 +189,7 @@ async fn a_sparse_queue_read_from_sequence_zero_reports_no_loss() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failed_opens_are_shown_until_a_message_arrives() {
+async fn failed_opens_are_shown_until_the_channel_opens_again() {
     let mq = FakeMq::new(6, 100);
     mq.refused_opens
         .store(3, std::sync::atomic::Ordering::SeqCst);
@@ -211,7 +211,7 @@ async fn failed_opens_are_shown_until_a_message_arrives() {
     assert_eq!(shown[0].channel, "c");
     assert!(shown[0].message.contains("past the end"));
     assert!(shown[0].since_ms > 0);
-    // The fourth open works: the first message clears it.
+    // The fourth open works: that clears it.
     assert_eq!(rx.recv().await.unwrap().position.sequence, 3);
     assert!(errors.current().is_empty(), "{:?}", errors.current());
     cancel.cancel();
