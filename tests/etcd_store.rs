@@ -1,6 +1,8 @@
 //! The etcd task store against a real etcd: checkpoints never move
 //! backwards, fenced writes are refused once leadership moved, a create
-//! writes the task and its start checkpoints together or not at all.
+//! writes the task and its start checkpoints together or not at all, the
+//! records of applied partition drops live and go with their task (or
+//! collection).
 //!
 //! Needs an etcd: `CDC_TEST_ETCD=127.0.0.1:12379` (scripts/test.sh sets it
 //! while its stack runs). Without it every test here says so and passes.
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use milvus_cdc::{
-    store::{Checkpoint, Checkpoints, Fence, StoreError, TaskStore},
+    store::{Checkpoint, Checkpoints, DroppedPartition, Fence, StoreError, TaskStore},
     task::{CollectionInfo, MilvusConnectParam, TaskId, TaskRecord, TaskState},
 };
 
@@ -110,6 +112,65 @@ async fn a_deleted_task_cannot_get_checkpoints_back() {
         .await
         .unwrap()
         .is_empty());
+}
+
+fn dropped(collection_id: i64, partition_id: i64) -> DroppedPartition {
+    DroppedPartition {
+        collection_id,
+        partition_id,
+        partition_name: "p".into(),
+        channel: "by-dev-rootcoord-dml_0".into(),
+        recorded_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn dropped_partitions_are_kept_per_task_until_their_collection_or_task_goes() {
+    let Some((_c, store)) = store().await else {
+        return;
+    };
+    let (task, other) = (record(), record());
+    for t in [&task, &other] {
+        store.create_task(t, 10, &Checkpoints::new()).await.unwrap();
+    }
+    let id = &task.task_id;
+    for d in [dropped(12, 101), dropped(12, 102), dropped(123, 103)] {
+        store.save_dropped_partition(id, &d).await.unwrap();
+    }
+    // Written again (a retry): still one record.
+    store
+        .save_dropped_partition(id, &dropped(12, 101))
+        .await
+        .unwrap();
+    store
+        .save_dropped_partition(&other.task_id, &dropped(12, 101))
+        .await
+        .unwrap();
+    let ids = |v: Vec<DroppedPartition>| v.into_iter().map(|d| d.partition_id).collect::<Vec<_>>();
+    let mut got = ids(store.load_dropped_partitions(id).await.unwrap());
+    got.sort_unstable();
+    assert_eq!(got, vec![101, 102, 103]);
+    // Collection 12's drop: its records go, not those of 123 (a prefix of
+    // the other id's key) or of another task.
+    store.forget_dropped_partitions(id, 12).await.unwrap();
+    assert_eq!(
+        ids(store.load_dropped_partitions(id).await.unwrap()),
+        vec![103]
+    );
+    assert_eq!(
+        ids(store.load_dropped_partitions(&other.task_id).await.unwrap()),
+        vec![101]
+    );
+    // The task's deletion removes the rest, and its workers cannot write
+    // records back.
+    store.delete_task(id).await.unwrap();
+    assert!(store.load_dropped_partitions(id).await.unwrap().is_empty());
+    let err = store
+        .save_dropped_partition(id, &dropped(12, 104))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(store.load_dropped_partitions(id).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -259,6 +259,22 @@ async fn run_workers(
             c
         }
     };
+    // Drops of source partitions applied by earlier runs, maybe in another
+    // process: a channel replaying from before one must neither write the
+    // old partition's rows nor drop the partition re-created under its name.
+    let Some(dropped) = until_ok(
+        cancel,
+        "load dropped partitions",
+        &error_counter(inner, &id, "checkpoint"),
+        || store.load_dropped_partitions(&id),
+    )
+    .await
+    else {
+        return Run::Done;
+    };
+    inner
+        .dropped
+        .restore(id.as_str(), dropped.iter().map(|d| d.partition_id));
     // Registered before connecting: a task whose target is down shows its
     // backlog's lag, rising, from the start.
     let mut channels: Vec<(String, bool)> = inner
@@ -360,6 +376,7 @@ async fn run_workers(
             budget: budget.clone(),
             mq: inner.mq.clone(),
             dropped: inner.dropped.clone(),
+            task: id.clone(),
             start: cp.map_or_else(window::Cut::default, |c| window::Cut {
                 resume_after: c.sequence,
                 through_ts: c.timestamp,

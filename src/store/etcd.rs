@@ -8,7 +8,8 @@ use etcd_client::{
 };
 
 use super::{
-    Checkpoint, Checkpoints, EtcdFailure, Fence, Result, StoreError, StoredTask, Versioned,
+    Checkpoint, Checkpoints, DroppedPartition, EtcdFailure, Fence, Result, StoreError, StoredTask,
+    Versioned,
 };
 use crate::{
     config::EtcdConfig,
@@ -104,6 +105,10 @@ impl TaskStore {
 
     fn positions_prefix(&self, id: &TaskId) -> String {
         format!("{}/positions/{id}/", self.root)
+    }
+
+    fn dropped_prefix(&self, id: &TaskId) -> String {
+        format!("{}/dropped/{id}/", self.root)
     }
 
     fn fence_compare(&self) -> Vec<Compare> {
@@ -263,10 +268,12 @@ impl TaskStore {
         Err(StoreError::Conflict(record.task_id.clone()))
     }
 
-    /// Removes a task and all its checkpoints in one transaction.
+    /// Removes a task with all its checkpoints and dropped-partition
+    /// records in one transaction.
     pub async fn delete_task(&self, id: &TaskId) -> Result<()> {
         let key = self.task_key(id);
         let positions = self.positions_prefix(id);
+        let dropped = self.dropped_prefix(id);
         let ok = self
             .txn(
                 "delete task",
@@ -274,6 +281,7 @@ impl TaskStore {
                 vec![
                     TxnOp::delete(key.as_str(), None),
                     TxnOp::delete(positions.as_str(), Some(DeleteOptions::new().with_prefix())),
+                    TxnOp::delete(dropped.as_str(), Some(DeleteOptions::new().with_prefix())),
                 ],
             )
             .await?;
@@ -354,5 +362,67 @@ impl TaskStore {
             .into_iter()
             .map(|(channel, (cp, _))| (channel, cp))
             .collect())
+    }
+
+    /// Records that the task applied the drop of a source partition. The
+    /// task must still exist (a deleted task's workers cannot leave records
+    /// behind); writing the same record again is harmless.
+    pub async fn save_dropped_partition(
+        &self,
+        id: &TaskId,
+        dropped: &DroppedPartition,
+    ) -> Result<()> {
+        let task = self.task_key(id);
+        let key = format!(
+            "{}{}/{}",
+            self.dropped_prefix(id),
+            dropped.collection_id,
+            dropped.partition_id
+        );
+        let ok = self
+            .txn(
+                "record dropped partition",
+                vec![Compare::version(task.as_str(), CompareOp::Greater, 0)],
+                vec![TxnOp::put(key, Self::encode(dropped), None)],
+            )
+            .await?;
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(id.clone()))
+        }
+    }
+
+    /// The source partitions whose drop the task applied (in key order).
+    pub async fn load_dropped_partitions(&self, id: &TaskId) -> Result<Vec<DroppedPartition>> {
+        let mut kv = self.kv.clone();
+        let prefix = self.dropped_prefix(id);
+        let resp = bounded(
+            self.timeout,
+            "load dropped partitions",
+            kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| Self::decode(kv.key(), kv.value()))
+            .collect()
+    }
+
+    /// Forgets the dropped partitions of a source collection that the task
+    /// has dropped: a replay of their drops or rows resolves the collection
+    /// as dropped on the source and skips them without the records.
+    pub async fn forget_dropped_partitions(&self, id: &TaskId, collection_id: i64) -> Result<()> {
+        let prefix = format!("{}{collection_id}/", self.dropped_prefix(id));
+        self.txn(
+            "forget dropped partitions",
+            Vec::new(),
+            vec![TxnOp::delete(
+                prefix.as_str(),
+                Some(DeleteOptions::new().with_prefix()),
+            )],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -4,6 +4,10 @@
 //! Layout under the configured root `R`:
 //! - `R/tasks/<task_id>`: the [`TaskRecord`] as JSON;
 //! - `R/positions/<task_id>/<channel>`: a [`Checkpoint`] as JSON;
+//! - `R/dropped/<task_id>/<collection_id>/<partition_id>`: a
+//!   [`DroppedPartition`] as JSON, one per source partition whose drop the
+//!   task applied on the target (see `crate::replicate::pipeline`'s
+//!   `dropped` module);
 //! - `R/leader`: the election key (see `crate::ha`).
 //!
 //! Every write can be fenced ([`Fence`]): it then succeeds only while the
@@ -97,6 +101,23 @@ impl Checkpoint {
     pub fn position(&self) -> (u64, u64) {
         (self.sequence, self.timestamp)
     }
+}
+
+/// A source partition whose drop a task applied on the target: later
+/// copies and replays of that drop (in this process or a later one) must
+/// not drop the partition that has taken its name since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedPartition {
+    /// The source collection's id.
+    pub collection_id: i64,
+    /// The source partition's id (never reused by Milvus).
+    pub partition_id: i64,
+    /// The partition's name when it was dropped (for people reading etcd).
+    pub partition_name: String,
+    /// The channel whose copy of the drop was applied.
+    pub channel: String,
+    /// When the record was written, ms since the Unix epoch.
+    pub recorded_at_ms: u64,
 }
 
 /// A task record together with the etcd revision it was read at, needed to

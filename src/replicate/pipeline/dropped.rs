@@ -17,7 +17,23 @@
 //!
 //! The engine keeps one registry for its whole life: replays within the
 //! process (a rewind, a task restarted by a new term) see the drops already
-//! applied.
+//! applied. Each applied drop is also recorded in the task store
+//! (`R/dropped/<task>/<collection>/<partition>`, written by the claiming
+//! channel once the target's partition is gone), and every run of a task
+//! first loads its records into the registry as done ([`DroppedPartitions::restore`]),
+//! so that after a failover or a restart a channel whose checkpoint is
+//! still before such a drop skips the old partition's rows and its copy of
+//! the drop instead of writing into, then dropping, the partition re-created
+//! under the name.
+//!
+//! Residual window: the record is written after the target's drop, so an
+//! agent that dies between the two (or whose record write is never
+//! answered) leaves no record, and the next run applies that drop again by
+//! name. That is the lesser evil: recording first would let a crash before
+//! the drop skip it for good (the old partition and its rows would stay on
+//! the target). Records of a task go with the task; those of a collection
+//! go when its drop is applied (a replay then finds the collection dropped
+//! on the source and skips its rows and drops anyway).
 
 use std::{
     collections::HashMap,
@@ -69,6 +85,20 @@ impl DroppedPartitions {
             Claim::Mine
         } else {
             Claim::Pending
+        }
+    }
+
+    /// Marks the drops an earlier run (another process) recorded as done:
+    /// copies and replays of them do nothing, and rows of those partitions
+    /// are skipped. A claim in progress in this process is completed too
+    /// (its record says the target's partition is gone).
+    pub(crate) fn restore(&self, task_id: &str, partition_ids: impl IntoIterator<Item = i64>) {
+        let mut claims = self.claims();
+        for id in partition_ids.into_iter().filter(|id| *id > 0) {
+            claims
+                .entry((task_id.to_string(), id))
+                .or_insert_with(|| (String::new(), true))
+                .1 = true;
         }
     }
 
@@ -129,6 +159,37 @@ mod tests {
         // A partition re-created under the same name has another id.
         assert!(!d.is_dropped(task, 4402));
         assert_eq!(d.claim(task, 4402, "dml_1"), Claim::Mine);
+    }
+
+    #[test]
+    fn drops_recorded_by_an_earlier_run_are_done_for_every_channel() {
+        let d = DroppedPartitions::default();
+        let task = "t-dropped-restore";
+        // What a new process finds in the store: the drop of 4601 applied.
+        d.restore(task, [4601, 0, -1]);
+        assert!(
+            d.is_dropped(task, 4601),
+            "a lagging channel's replayed rows of the old partition are skipped"
+        );
+        assert_eq!(
+            d.claim(task, 4601, "dml_1"),
+            Claim::Done,
+            "its replayed drop does not drop the re-created partition"
+        );
+        assert_eq!(d.claim(task, 4601, "dml_0"), Claim::Done);
+        assert!(
+            !d.is_dropped(task, 0),
+            "ids without a partition are ignored"
+        );
+        assert!(!d.is_dropped(task, -1));
+        assert!(!d.is_dropped("t-dropped-other", 4601), "another task's");
+        assert!(!d.is_dropped(task, 4602), "the re-created partition's id");
+        // A claim still pending in this process, whose record a run loads
+        // (restarted after the drop was applied and recorded): done.
+        assert_eq!(d.claim(task, 4603, "dml_0"), Claim::Mine);
+        d.restore(task, [4601, 4603]);
+        assert_eq!(d.claim(task, 4603, "dml_0"), Claim::Done);
+        assert_eq!(d.claim(task, 4603, "dml_1"), Claim::Done);
     }
 
     #[test]

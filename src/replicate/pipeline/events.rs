@@ -9,10 +9,12 @@ use tracing::{debug, info, warn};
 
 use super::{dropped::Claim, Pipeline};
 use crate::{
+    backoff::retry_delays,
     milvus::MilvusError,
     replicate::catalog::Entry,
     sink::Applied,
     source::event::{EventKind, Position},
+    store::{now_ms, DroppedPartition, StoreError},
 };
 
 /// How long a DML channel waits for another channel to finish dropping a
@@ -199,6 +201,84 @@ impl Pipeline {
         }
     }
 
+    /// Records in the task store that the target's copy of source partition
+    /// `partition_id` is dropped, so that later runs (another process after
+    /// a failover or a restart) treat replays of the drop as done. Retried
+    /// until stored: the other channels wait on this drop meanwhile. A
+    /// deleted task needs no record.
+    async fn record_drop(
+        &self,
+        collection_id: i64,
+        partition_id: i64,
+        partition_name: &str,
+    ) -> Result<(), MilvusError> {
+        let record = DroppedPartition {
+            collection_id,
+            partition_id,
+            partition_name: partition_name.to_string(),
+            channel: self.channel.to_string(),
+            recorded_at_ms: now_ms(),
+        };
+        let mut delays = retry_delays();
+        loop {
+            match self
+                .leadership
+                .store
+                .save_dropped_partition(&self.task, &record)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(StoreError::NotFound(_)) => return Ok(()),
+                Err(StoreError::Fenced) => {
+                    self.leadership
+                        .refuse(&self.metrics, "record dropped partition");
+                    return Err(MilvusError::Fenced);
+                }
+                Err(e) => {
+                    self.store_error();
+                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
+                    warn!(partition = partition_name, partition_id, error = %e, retry_in = ?delay, "the drop of the partition was applied but not recorded yet; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Forgets the task's dropped-partition records of a collection whose
+    /// drop was applied (its replays resolve it as dropped on the source).
+    /// Best effort: a record left behind only takes a little space until
+    /// the task is deleted.
+    async fn forget_drops(&self, collection_id: i64) -> Result<(), MilvusError> {
+        match self
+            .leadership
+            .store
+            .forget_dropped_partitions(&self.task, collection_id)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::Fenced) => {
+                self.leadership
+                    .refuse(&self.metrics, "forget dropped partitions");
+                Err(MilvusError::Fenced)
+            }
+            Err(e) => {
+                self.store_error();
+                warn!(collection_id, error = %e, "the dropped-partition records of the dropped collection stay in the store until the task is deleted");
+                Ok(())
+            }
+        }
+    }
+
+    fn store_error(&self) {
+        self.metrics
+            .apply_errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                task_id: self.labels.task_id.clone(),
+                kind: "checkpoint".into(),
+            })
+            .inc();
+    }
+
     pub(super) async fn apply_once(&self, kind: &EventKind) -> Result<Applied, MilvusError> {
         self.still_leading()?;
         let w = &self.writer;
@@ -215,6 +295,7 @@ impl Pipeline {
                     None => Applied::AlreadyThere,
                 };
                 self.catalog.set_dropped(d.collection_id).await;
+                self.forget_drops(d.collection_id).await?;
                 Ok(r)
             }
             EventKind::CreatePartition(p) => match self.catalog.resolve(p.collection_id).await? {
@@ -254,6 +335,10 @@ impl Pipeline {
                     self.catalog
                         .forget_partition(p.collection_id, &p.partition_name)
                         .await;
+                    if p.partition_id > 0 {
+                        self.record_drop(p.collection_id, p.partition_id, &p.partition_name)
+                            .await?;
+                    }
                     self.dropped.finish(task, p.partition_id);
                     Ok(r)
                 }

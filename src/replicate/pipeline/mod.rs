@@ -73,6 +73,8 @@ pub struct Pipeline {
     pub mq: std::sync::Arc<dyn crate::source::mq::MessageQueue>,
     /// Source partitions whose drop a channel of the task has reached.
     pub dropped: DroppedPartitions,
+    /// The task's id, for its records in the store.
+    pub task: crate::task::TaskId,
 }
 
 /// Sleeps until `deadline`, or forever without one.
