@@ -188,11 +188,13 @@ impl<'a> Api<'a> {
         Ok(r.state)
     }
 
-    /// A strongly consistent query; `limit` None returns every match.
+    /// A strongly consistent query over `partitions` (empty: the whole
+    /// collection); `limit` None returns every match.
     pub(super) async fn query(
         &self,
         db: &str,
         c: &str,
+        partitions: &[String],
         expr: &str,
         output_fields: &[&str],
         limit: Option<usize>,
@@ -211,6 +213,7 @@ impl<'a> Api<'a> {
                 pb::QueryRequest {
                     db_name: db.to_string(),
                     collection_name: c.to_string(),
+                    partition_names: partitions.to_vec(),
                     expr: expr.to_string(),
                     output_fields: output_fields.iter().map(|s| s.to_string()).collect(),
                     query_params,
@@ -224,9 +227,17 @@ impl<'a> Api<'a> {
         Ok(r.fields_data)
     }
 
-    /// `count(*)` of the whole collection (duplicated keys count twice).
-    pub(super) async fn count(&self, db: &str, c: &str) -> Result<u64, VerifyError> {
-        let cols = self.query(db, c, "", &["count(*)"], None).await?;
+    /// `count(*)` of `partitions` (empty: the whole collection); duplicated
+    /// keys count twice.
+    pub(super) async fn count(
+        &self,
+        db: &str,
+        c: &str,
+        partitions: &[String],
+    ) -> Result<u64, VerifyError> {
+        let cols = self
+            .query(db, c, partitions, "", &["count(*)"], None)
+            .await?;
         let n = cols
             .iter()
             .find(|f| f.field_name == "count(*)")

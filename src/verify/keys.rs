@@ -146,6 +146,8 @@ pub(super) struct KeyCursor<'a, K> {
     pub(super) api: Api<'a>,
     db: &'a str,
     collection: &'a str,
+    /// The partitions read (empty: the whole collection).
+    partitions: &'a [String],
     pk: &'a str,
     last: Option<K>,
     /// No keys after `last`.
@@ -155,11 +157,18 @@ pub(super) struct KeyCursor<'a, K> {
 }
 
 impl<'a, K: Key> KeyCursor<'a, K> {
-    pub(super) fn new(api: Api<'a>, db: &'a str, collection: &'a str, pk: &'a str) -> Self {
+    pub(super) fn new(
+        api: Api<'a>,
+        db: &'a str,
+        collection: &'a str,
+        partitions: &'a [String],
+        pk: &'a str,
+    ) -> Self {
         Self {
             api,
             db,
             collection,
+            partitions,
             pk,
             last: None,
             done: false,
@@ -215,7 +224,14 @@ impl<'a, K: Key> KeyCursor<'a, K> {
     async fn fetch(&self, expr: &str, limit: Option<usize>) -> Result<Vec<K>, VerifyError> {
         let cols = self
             .api
-            .query(self.db, self.collection, expr, &[self.pk], limit)
+            .query(
+                self.db,
+                self.collection,
+                self.partitions,
+                expr,
+                &[self.pk],
+                limit,
+            )
             .await?;
         let scope = scope_of(self.db, self.collection);
         let col = cols.iter().find(|f| f.field_name == self.pk);

@@ -7,7 +7,9 @@
 //! shards, consistency level, properties, partitions, indexes, load state,
 //! aliases; and, when the collection is loaded on both sides, the full set of
 //! primary keys, `count(*)`, and the values of `sample` rows spread over the
-//! key range. The replica's documented deviations are not differences: the
+//! key range; for a collection with several partitions (and no partition
+//! key) all of that partition by partition, as one key may live in several
+//! partitions with different values. The replica's documented deviations are not differences: the
 //! [`SOURCE_ID_PROPERTY`] property, and `auto_id` being off on the target
 //! (reported as a note).
 //!
@@ -28,11 +30,13 @@
 //! Layout: this file holds the command line, options, report and the walk
 //! over databases and collections; `api` the calls to one side, `meta` the
 //! metadata comparison, `keys` the ordered walk and merge of primary keys,
-//! `rows` the per-collection key walk and the comparison of sampled rows.
+//! `partitions` the choice between one walk per collection and one per
+//! partition, `rows` the key walks and the comparison of sampled rows.
 
 mod api;
 mod keys;
 mod meta;
+mod partitions;
 mod rows;
 
 use std::{
@@ -71,7 +75,8 @@ pub struct VerifyArgs {
     #[arg(long, env = "MILVUS_CDC_TARGET_TOKEN", hide_env_values = true)]
     pub target_token: Option<String>,
     /// Rows per collection whose values are compared field by field
-    /// (spread evenly over the primary keys; 0 compares keys only).
+    /// (spread evenly over the primary keys, and over the partitions in
+    /// proportion to their rows; 0 compares keys only).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub sample: usize,
     /// Database to compare (repeatable); default: every database.
@@ -118,7 +123,9 @@ impl Default for VerifyOptions {
 pub struct Report {
     /// Collections present on both sides and compared.
     pub collections: usize,
-    /// Distinct primary keys compared (seen on either side).
+    /// Distinct primary keys compared (seen on either side); for a
+    /// collection compared partition by partition, the sum over its
+    /// partitions (a key in two partitions counts twice).
     pub rows_compared: u64,
     /// Every difference found; empty means the target is an exact replica.
     pub differences: Vec<Difference>,
@@ -420,7 +427,8 @@ impl Verifier<'_> {
             self.note(&scope, "not loaded: rows not compared");
             return Ok(());
         }
-        self.rows(db, c, &s.schema()).await
+        let plan = partitions::plan(&s, &t);
+        self.rows(db, c, &s.schema(), plan).await
     }
 }
 

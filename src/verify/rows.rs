@@ -1,5 +1,6 @@
-//! Rows: the key walk of one collection on both sides, the [`Sampler`]
-//! of rows whose values are compared, and the comparison of those values.
+//! Rows: the key walk of one collection (or of each of its partitions, see
+//! [`RowPlan`]) on both sides, the [`Sampler`] of rows whose values are
+//! compared, and the comparison of those values.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -12,6 +13,7 @@ use super::{
     api::scope_of,
     both,
     keys::{duplicates, in_chunks, in_expr, Key, KeyCursor, KeyDiff},
+    partitions::{in_partition, partition_names, split_samples, RowPlan},
     unexpected, zip_maps, Side, Verifier, VerifyError,
 };
 use crate::{
@@ -37,6 +39,7 @@ impl Verifier<'_> {
         db: &str,
         c: &str,
         schema: &CollectionSchema,
+        plan: RowPlan,
     ) -> Result<(), VerifyError> {
         let scope = scope_of(db, c);
         let Some(pk) = schema.fields.iter().find(|f| f.is_primary_key) else {
@@ -44,8 +47,8 @@ impl Verifier<'_> {
             return Ok(());
         };
         match DataType::try_from(pk.data_type) {
-            Ok(DataType::Int64) => self.rows_typed::<i64>(db, c, &pk.name).await,
-            Ok(DataType::VarChar) => self.rows_typed::<String>(db, c, &pk.name).await,
+            Ok(DataType::Int64) => self.rows_typed::<i64>(db, c, &pk.name, plan).await,
+            Ok(DataType::VarChar) => self.rows_typed::<String>(db, c, &pk.name, plan).await,
             _ => {
                 self.note(&scope, "unsupported primary key type: rows not compared");
                 Ok(())
@@ -53,18 +56,74 @@ impl Verifier<'_> {
         }
     }
 
-    /// Walks both key sets in order, reports missing and extra keys and
-    /// duplicates, then compares the values of sampled rows.
-    async fn rows_typed<K: Key>(&mut self, db: &str, c: &str, pk: &str) -> Result<(), VerifyError> {
-        let scope = scope_of(db, c);
+    /// Compares the whole collection in one walk, or each partition on its
+    /// own (see [`RowPlan`]).
+    async fn rows_typed<K: Key>(
+        &mut self,
+        db: &str,
+        c: &str,
+        pk: &str,
+        plan: RowPlan,
+    ) -> Result<(), VerifyError> {
         let (src, tgt) = (self.src, self.tgt);
-        let (s_count, t_count) = tokio::try_join!(src.count(db, c), tgt.count(db, c))?;
-        let mut s_cur = KeyCursor::<K>::new(src, db, c, pk);
-        let mut t_cur = KeyCursor::<K>::new(tgt, db, c, pk);
+        match plan {
+            RowPlan::Whole => {
+                let counts = tokio::try_join!(src.count(db, c, &[]), tgt.count(db, c, &[]))?;
+                self.walk::<K>(db, c, pk, None, counts, self.opts.sample)
+                    .await
+            }
+            RowPlan::PerPartition { compared, notes } => {
+                let scope = scope_of(db, c);
+                for n in notes {
+                    self.note(&scope, n);
+                }
+                let mut counts = Vec::with_capacity(compared.len());
+                for p in &compared {
+                    let part = std::slice::from_ref(p);
+                    counts.push(tokio::try_join!(
+                        src.count(db, c, part),
+                        tgt.count(db, c, part)
+                    )?);
+                }
+                let rows: Vec<u64> = counts.iter().map(|(s, t)| *s.max(t)).collect();
+                let samples = split_samples(self.opts.sample, &rows);
+                for ((p, counts), sample) in compared.iter().zip(counts).zip(samples) {
+                    if counts == (0, 0) {
+                        continue;
+                    }
+                    self.walk::<K>(db, c, pk, Some(p), counts, sample).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Walks both key sets of `part` (None: the whole collection) in order,
+    /// reports missing and extra keys and duplicates, then compares the
+    /// values of `sample` rows. `counts` are `count(*)` on each side.
+    async fn walk<K: Key>(
+        &mut self,
+        db: &str,
+        c: &str,
+        pk: &str,
+        part: Option<&String>,
+        (s_count, t_count): (u64, u64),
+        sample: usize,
+    ) -> Result<(), VerifyError> {
+        let scope = scope_of(db, c);
+        let label = |what: String| in_partition(part, what);
+        let progress_scope = match part {
+            Some(p) => format!("{scope} partition {p}"),
+            None => scope.clone(),
+        };
+        let (src, tgt) = (self.src, self.tgt);
+        let names = partition_names(part);
+        let mut s_cur = KeyCursor::<K>::new(src, db, c, names, pk);
+        let mut t_cur = KeyCursor::<K>::new(tgt, db, c, names, pk);
         let mut s_buf = VecDeque::new();
         let mut t_buf = VecDeque::new();
         let mut diff = KeyDiff::default();
-        let mut sampler = Sampler::new(s_count.max(t_count), self.opts.sample);
+        let mut sampler = Sampler::new(s_count.max(t_count), sample);
         loop {
             let need_s = s_buf.is_empty() && !s_cur.done;
             let need_t = t_buf.is_empty() && !t_cur.done;
@@ -74,7 +133,7 @@ impl Verifier<'_> {
             let common = diff.merge(&mut s_buf, &mut t_buf, s_cur.done, t_cur.done);
             sampler.offer(common);
             self.progress
-                .tick(&scope, diff.source_keys(), s_count.max(t_count));
+                .tick(&progress_scope, diff.source_keys(), s_count.max(t_count));
             if s_cur.done && t_cur.done && s_buf.is_empty() && t_buf.is_empty() {
                 break;
             }
@@ -84,7 +143,9 @@ impl Verifier<'_> {
                 let side = cur.api.side;
                 self.note(
                     &scope,
-                    format!("{side} returned keys out of order; batches were re-read by range"),
+                    label(format!(
+                        "{side} returned keys out of order; batches were re-read by range"
+                    )),
                 );
             }
         }
@@ -96,23 +157,23 @@ impl Verifier<'_> {
                 return Err(unexpected(
                     cur.api.side,
                     &scope,
-                    format!("query returned fewer keys than count(*) {count} ({keys}) before the last key"),
+                    label(format!("query returned fewer keys than count(*) {count} ({keys}) before the last key")),
                 ));
             }
         }
         self.report.rows_compared += diff.union();
         for what in diff.describe() {
-            self.differ(&scope, what);
+            self.differ(&scope, label(what));
         }
         let (differences, notes) =
             duplicates(s_count, diff.source_keys(), t_count, diff.target_keys());
         for what in differences {
-            self.differ(&scope, what);
+            self.differ(&scope, label(what));
         }
         for what in notes {
-            self.note(&scope, what);
+            self.note(&scope, label(what));
         }
-        self.compare_samples(db, c, pk, sampler.keys).await
+        self.compare_samples(db, c, pk, part, sampler.keys).await
     }
 
     async fn compare_samples<K: Key>(
@@ -120,15 +181,17 @@ impl Verifier<'_> {
         db: &str,
         c: &str,
         pk: &str,
+        part: Option<&String>,
         keys: Vec<K>,
     ) -> Result<(), VerifyError> {
         let scope = scope_of(db, c);
+        let names = partition_names(part);
         let mut differing = Vec::new();
         for chunk in in_chunks(&keys, SAMPLE_BATCH, MAX_EXPR_BYTES) {
             let expr = in_expr(pk, chunk);
             let (s, t) = tokio::try_join!(
-                self.src.query(db, c, &expr, &["*"], None),
-                self.tgt.query(db, c, &expr, &["*"], None),
+                self.src.query(db, c, names, &expr, &["*"], None),
+                self.tgt.query(db, c, names, &expr, &["*"], None),
             )?;
             let s = rows_by_key::<K>(&s, pk).map_err(|m| unexpected(Side::Source, &scope, m))?;
             let t = rows_by_key::<K>(&t, pk).map_err(|m| unexpected(Side::Target, &scope, m))?;
@@ -136,15 +199,18 @@ impl Verifier<'_> {
         }
         let total = differing.len();
         for what in differing.into_iter().take(ROW_DIFFS_SHOWN) {
-            self.differ(&scope, what);
+            self.differ(&scope, in_partition(part, what));
         }
         if total > ROW_DIFFS_SHOWN {
             self.differ(
                 &scope,
-                format!(
-                    "values differ in {total} of {} sampled rows ({} more not shown)",
-                    keys.len(),
-                    total - ROW_DIFFS_SHOWN
+                in_partition(
+                    part,
+                    format!(
+                        "values differ in {total} of {} sampled rows ({} more not shown)",
+                        keys.len(),
+                        total - ROW_DIFFS_SHOWN
+                    ),
                 ),
             );
         }
