@@ -351,12 +351,22 @@ impl<K: Key> KeyDiff<K> {
     }
 }
 
+/// What to try before repairing duplicate keys on a target that restarted:
+/// a Milvus 2.3.5 target killed and restarted under writes served older
+/// versions that its storage had deleted until the collection was loaded
+/// again (docs/reliability.md, "Target fault").
+pub(super) const RESTARTED_TARGET_HINT: &str = "if the target Milvus restarted, release and load \
+     the target collection and verify again: a restarted Milvus 2.3.5 was seen to serve row \
+     versions its storage had deleted";
+
 /// Compares `count(*)` with the number of distinct keys on each side.
 /// Milvus counts a key written twice without upsert twice (and on 2.3.5 an
 /// upsert into another partition than the one holding the key leaves both
 /// rows), on the source as on the target, faithfully replicated. So only a target with *more* surplus rows
 /// than the source is a difference (duplicates the replication made); any
-/// other surplus is a note. Returns (differences, notes).
+/// other surplus is a note; such a difference comes with a note on what to
+/// try first when the target restarted (see [`RESTARTED_TARGET_HINT`]).
+/// Returns (differences, notes).
 pub(super) fn duplicates(
     s_count: u64,
     s_keys: u64,
@@ -376,6 +386,7 @@ pub(super) fn duplicates(
             line("target", t_count, t_keys),
             line("source", s_count, s_keys)
         ));
+        notes.push(RESTARTED_TARGET_HINT.to_string());
     } else {
         if s_extra > 0 {
             notes.push(line("source", s_count, s_keys));
@@ -487,9 +498,11 @@ mod tests {
             d.is_empty(),
             "the same surplus on both sides is not a difference"
         );
-        let (d, _) = duplicates(10, 10, 12, 10);
+        let (d, n) = duplicates(10, 10, 12, 10);
         assert_eq!(d.len(), 1);
         assert!(d[0].starts_with("duplicate primary keys on the target"));
+        assert_eq!(n, vec![RESTARTED_TARGET_HINT.to_string()]);
+        assert!(n[0].contains("release and load"));
     }
 
     #[test]
