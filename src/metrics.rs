@@ -400,6 +400,91 @@ impl Metrics {
         }
     }
 
+    /// Gives every labelled family one series with empty labels, so that
+    /// [`Metrics::encode`] declares (`# HELP`, `# TYPE`) every registered
+    /// metric: the text format leaves out a family without series. For
+    /// tests that list the metrics; the agent never calls it, since the
+    /// placeholder series would be scraped.
+    pub fn add_placeholder_series(&self) {
+        // Exhaustive: a new field must be handled here.
+        let Self {
+            registry: _,
+            api_requests,
+            tasks,
+            source_messages,
+            source_bytes,
+            source_decode_errors,
+            source_reconnects,
+            source_gaps,
+            applied_messages,
+            applied_rows,
+            applied_bytes,
+            reduced_rows,
+            skipped_messages,
+            apply_latency,
+            source_delay,
+            window_delay,
+            apply_errors,
+            replication_lag,
+            checkpoint_age,
+            checkpoints_saved,
+            is_leader: _,
+            source_up: _,
+            leader_changes: _,
+            election_attempts: _,
+            lease_renewal_age: _,
+            fencing_refusals: _,
+            forwarded_requests,
+        } = self;
+        let channel = ChannelLabels {
+            task_id: String::new(),
+            channel: String::new(),
+        };
+        let kind = channel.with_kind("");
+        let task = TaskLabels {
+            task_id: String::new(),
+        };
+        let _ = api_requests.get_or_create(&RequestLabels {
+            request_type: String::new(),
+            code: 0,
+        });
+        let _ = tasks.get_or_create(&StateLabels {
+            state: String::new(),
+        });
+        for f in [
+            source_messages,
+            applied_messages,
+            applied_rows,
+            skipped_messages,
+        ] {
+            let _ = f.get_or_create(&kind);
+        }
+        for f in [
+            source_bytes,
+            source_decode_errors,
+            source_reconnects,
+            source_gaps,
+            applied_bytes,
+        ] {
+            let _ = f.get_or_create(&channel);
+        }
+        for f in [reduced_rows, checkpoints_saved] {
+            let _ = f.get_or_create(&task);
+        }
+        for f in [apply_latency, source_delay, window_delay] {
+            let _ = f.get_or_create(&task);
+        }
+        let _ = apply_errors.get_or_create(&ErrorLabels {
+            task_id: String::new(),
+            kind: String::new(),
+        });
+        let _ = replication_lag.get_or_create(&channel);
+        let _ = checkpoint_age.get_or_create(&task);
+        let _ = forwarded_requests.get_or_create(&OutcomeLabels {
+            outcome: String::new(),
+        });
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
