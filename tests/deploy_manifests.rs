@@ -10,8 +10,10 @@
 //!   PodDisruptionBudget and the ServiceMonitor;
 //! - the ConfigMap's `config.toml` and every `MILVUS_CDC_*` variable of the
 //!   StatefulSet and of the systemd environment file load as a configuration;
-//! - every metric registered in `src/metrics.rs` has a Grafana panel, and the
-//!   dashboard and the alerts only use metrics that exist;
+//! - every metric the agent registers (read from its encoded registry) has
+//!   a Grafana panel and a row in the metrics table of `docs/operations.md`,
+//!   and the dashboard, the alerts and that table only use metrics that
+//!   exist;
 //! - every alert has a runbook section in `docs/operations.md`;
 //! - the TLS overlay (`deploy/k8s-tls`) patches the base consistently: its
 //!   environment loads with TLS on and an https advertised URL, the files
@@ -589,44 +591,59 @@ enum MetricType {
     Histogram,
 }
 
-/// `(full name, type)` of every `registry.register(` call in src/metrics.rs,
-/// the type read from the `let <handle> = ...;` that creates its handle.
-fn registered_metrics() -> Vec<(String, MetricType)> {
-    let src = include_str!("../src/metrics.rs");
-    let prefix = src
-        .split("Registry::with_prefix(\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("Registry::with_prefix in src/metrics.rs");
-    let mut out = Vec::new();
-    for call in src.split("registry.register(").skip(1) {
-        let name = call.split('"').nth(1).expect("metric name literal");
-        let handle_end = call.find(".clone()").expect("handle.clone() argument");
-        let handle: String = call[..handle_end]
-            .chars()
-            .rev()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let decl = src
-            .split(&format!("let {handle} = "))
-            .nth(1)
-            .and_then(|s| s.split(';').next())
-            .unwrap_or_else(|| panic!("no `let {handle} = ` in src/metrics.rs"));
-        let ty = if decl.contains("Histogram") {
-            MetricType::Histogram
-        } else if decl.contains("Counter") {
-            MetricType::Counter
-        } else if decl.contains("Gauge") {
-            MetricType::Gauge
-        } else {
-            panic!("unknown metric type of {name}: {decl}")
-        };
-        out.push((format!("{prefix}_{name}"), ty));
+/// What `/metrics` declares: the encoded registry of a fresh
+/// [`Metrics`](milvus_cdc::metrics::Metrics), with a placeholder series in
+/// every labelled family (the text format leaves out a family without any).
+fn encoded_metrics() -> String {
+    let metrics = milvus_cdc::metrics::Metrics::new();
+    metrics.add_placeholder_series();
+    metrics.encode()
+}
+
+fn parse_type(name: &str, ty: &str) -> MetricType {
+    match ty {
+        "counter" => MetricType::Counter,
+        "gauge" => MetricType::Gauge,
+        "histogram" => MetricType::Histogram,
+        other => panic!("unexpected type {other} of {name}"),
     }
-    out
+}
+
+/// `(full name, type)` of every metric, from the `# TYPE` lines of
+/// [`encoded_metrics`].
+fn registered_metrics() -> Vec<(String, MetricType)> {
+    encoded_metrics()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next().expect("metric name");
+            let ty = parts.next().expect("metric type");
+            (name.to_string(), parse_type(name, ty))
+        })
+        .collect()
+}
+
+/// The sample lines of an encoded registry: `(sample name, label names)`.
+fn samples(encoded: &str) -> Vec<(String, Vec<String>)> {
+    encoded
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let end = l.find(['{', ' ']).expect("a value after the name");
+            let labels = match l[end..].strip_prefix('{') {
+                Some(rest) => rest
+                    .split('}')
+                    .next()
+                    .expect("closing brace")
+                    .split(',')
+                    .map(|kv| kv.split('=').next().expect("label name").to_string())
+                    .collect(),
+                None => Vec::new(),
+            };
+            (l[..end].to_string(), labels)
+        })
+        .collect()
 }
 
 /// The names a metric has in the text format.
@@ -669,29 +686,83 @@ fn metric_tokens(expr: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn metric_registrations_are_parsed_completely() {
-    let src = include_str!("../src/metrics.rs");
-    let parsed = registered_metrics();
-    assert_eq!(
-        parsed.len(),
-        src.matches("registry.register(").count(),
-        "every registration is parsed"
-    );
-    assert!(parsed.len() >= 20, "{parsed:?}");
-    // What the encoder declares (families that have samples) agrees.
-    let encoded = milvus_cdc::metrics::Metrics::new().encode();
-    let types: BTreeMap<&str, MetricType> = parsed.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-    for line in encoded.lines().filter(|l| l.starts_with("# TYPE ")) {
+fn every_metric_is_declared_with_help_and_samples() {
+    let encoded = encoded_metrics();
+    let metrics = registered_metrics();
+    assert!(metrics.len() >= 20, "{metrics:?}");
+    let names: BTreeSet<&str> = metrics.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), metrics.len(), "a metric declared twice");
+    for (name, _) in &metrics {
+        assert!(name.starts_with("milvus_cdc_"), "{name}");
+        let help = encoded
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+            .unwrap_or_else(|| panic!("{name} has no # HELP line"));
+        assert!(help.trim().len() > 5, "{name}: help {help:?}");
+    }
+    // The names the dashboard and alerts may use are the samples' names.
+    let sampled: BTreeSet<String> = samples(&encoded).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(all_exposed(), sampled, "exposed names vs sample lines");
+    // Without placeholders the agent declares a subset, with the same types.
+    let bare = milvus_cdc::metrics::Metrics::new().encode();
+    let types: BTreeMap<&str, MetricType> = metrics.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    for line in bare.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut parts = line["# TYPE ".len()..].split_whitespace();
         let (name, ty) = (parts.next().expect("name"), parts.next().expect("type"));
-        let expected = match ty {
-            "counter" => MetricType::Counter,
-            "gauge" => MetricType::Gauge,
-            "histogram" => MetricType::Histogram,
-            other => panic!("unexpected type {other} of {name}"),
-        };
-        assert_eq!(types.get(name), Some(&expected), "{line}");
+        assert_eq!(types.get(name), Some(&parse_type(name, ty)), "{line}");
     }
+}
+
+#[test]
+fn operations_doc_describes_every_metric() {
+    let docs = read("docs/operations.md");
+    // `| `name` | type | `label`, `label` | meaning |` rows of the metrics table.
+    let mut rows: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for line in docs.lines().filter(|l| l.starts_with("| `milvus_cdc_")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_string();
+        let labels = cells[3]
+            .split(',')
+            .map(|l| l.trim().trim_matches('`').to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert!(
+            rows.insert(name.clone(), (cells[2].to_string(), labels))
+                .is_none(),
+            "{name} described twice"
+        );
+    }
+    let encoded = encoded_metrics();
+    let samples = samples(&encoded);
+    let mut documented = BTreeSet::new();
+    for (name, ty) in registered_metrics() {
+        // The table names a histogram without its `_bucket` suffix.
+        let primary = match ty {
+            MetricType::Histogram => name.clone(),
+            _ => exposed_names(&name, ty).remove(0),
+        };
+        let (doc_type, doc_labels) = rows
+            .get(&primary)
+            .unwrap_or_else(|| panic!("docs/operations.md has no row for {primary}"));
+        let ty_name = format!("{ty:?}").to_lowercase();
+        assert_eq!(doc_type, &ty_name, "{primary}: type in docs/operations.md");
+        let labels: BTreeSet<String> = samples
+            .iter()
+            .filter(|(n, _)| exposed_names(&name, ty).contains(n))
+            .flat_map(|(_, l)| l.iter().cloned())
+            .filter(|l| l != "le")
+            .collect();
+        assert_eq!(
+            doc_labels, &labels,
+            "{primary}: labels in docs/operations.md"
+        );
+        documented.insert(primary);
+    }
+    let unknown: Vec<&String> = rows.keys().filter(|n| !documented.contains(*n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/operations.md describes unknown metrics {unknown:?}"
+    );
 }
 
 /// Every PromQL expression of the dashboard (panels, variables, annotations).
