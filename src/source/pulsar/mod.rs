@@ -660,7 +660,17 @@ impl MessageQueue for PulsarMq {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), MqError>> {
-        Box::pin(self.lookup())
+        Box::pin(async move {
+            let r = self.lookup().await;
+            if r.is_err() {
+                // A pulsar-rs client whose connection broke can keep failing
+                // for a minute after the broker is back (it drops the dead
+                // connection only when it goes idle): the next probe, and
+                // the next call sharing this client, start a fresh one.
+                *self.client.lock().await = None;
+            }
+            r
+        })
     }
 }
 
