@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 
+import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema
 
 from conftest import REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, get_task, http
@@ -118,6 +119,8 @@ def dml_lag(agent):
     return max(lags) if lags else None
 
 
+@pytest.mark.skipif(SOURCE_MQ == "kafka", reason="a Kafka client bootstraps through the proxy, then "
+                    "reads from the broker's advertised address: killing the proxy cuts nothing")
 def test_the_lag_keeps_rising_while_the_queue_cannot_be_read(agents, tmp_path):
     # The source Milvus keeps taking writes while the agent's path to its
     # queue is cut: no message arrives, but the channels are not quiet, so
