@@ -50,6 +50,21 @@ def source_up(agent):
     return None
 
 
+def target_holds(tgt, name, want):
+    """A check for wait_for: the target's collection `name` (indexed and
+    loaded here once it exists) holds exactly the keys `want`."""
+    def check():
+        from pymilvus import utility
+        if not utility.has_collection(name, using=tgt):
+            return None
+        t = Collection(name, using=tgt)
+        if not t.indexes:
+            t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+        t.load()
+        return keys(tgt, name) == want or None
+    return check
+
+
 def test_an_unreachable_source_is_reported_and_replication_resumes(agents, tmp_path):
     port = free_port()
     agent = agents(extra_env={**queue_env(port), "MILVUS_CDC_SOURCE__CONNECT_TIMEOUT": "2s"}).start()
@@ -87,18 +102,8 @@ def test_an_unreachable_source_is_reported_and_replication_resumes(agents, tmp_p
         tgt = connect("srcdown-tgt", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
         want = set(range(3, 80))
 
-        def replicated():
-            from pymilvus import utility
-            if not utility.has_collection(name, using=tgt):
-                return None
-            t = Collection(name, using=tgt)
-            if not t.indexes:
-                t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-            t.load()
-            got = keys(tgt, name)
-            return got == want or None
-
-        wait_for("every change reaches the target once the source answers", replicated,
+        wait_for("every change reaches the target once the source answers",
+                 target_holds(tgt, name, want),
                  limit=240)
         wait_for("the source is reported up again", lambda: source_up(agent) == 1, limit=30)
         assert "source_error" not in get_task(agent, task_id)
@@ -142,20 +147,9 @@ def test_the_lag_keeps_rising_while_the_queue_cannot_be_read(agents, tmp_path):
         assert status == 200, body
         tgt = connect("lagdown-tgt", STACK["CDC_TARGET_URI"], TARGET_TOKEN)
 
-        def replicated(want):
-            def check():
-                from pymilvus import utility
-                if not utility.has_collection(name, using=tgt):
-                    return None
-                t = Collection(name, using=tgt)
-                if not t.indexes:
-                    t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-                t.load()
-                return keys(tgt, name) == want or None
-            return check
-
         c.insert([list(range(20)), [[0.25] * 4] * 20])
-        wait_for("the first rows are replicated", replicated(set(range(20))), limit=120)
+        wait_for("the first rows are replicated", target_holds(tgt, name, set(range(20))),
+                 limit=120)
         wait_for("the lag is reported", lambda: dml_lag(agent) is not None, limit=30)
 
         proxy.kill()
@@ -171,7 +165,8 @@ def test_the_lag_keeps_rising_while_the_queue_cannot_be_read(agents, tmp_path):
 
         proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         want = set(range(20)) | {1000 + i for i in range(len(seen))}
-        wait_for("every change written meanwhile arrives", replicated(want), limit=240)
+        wait_for("every change written meanwhile arrives", target_holds(tgt, name, want),
+                 limit=240)
         wait_for("the lag falls again", lambda: (dml_lag(agent) or 0) < 5, limit=60)
     finally:
         proxy.terminate()
