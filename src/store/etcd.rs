@@ -163,16 +163,20 @@ impl TaskStore {
         serde_json::to_vec(value).unwrap_or_default()
     }
 
+    /// Every key under `prefix` with its value (bounded like every call).
+    async fn get_prefix(&self, what: &str, prefix: &str) -> Result<etcd_client::GetResponse> {
+        let mut kv = self.kv.clone();
+        bounded(
+            self.timeout,
+            what,
+            kv.get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await
+    }
+
     /// Every task, ordered by id.
     pub async fn load_tasks(&self) -> Result<Vec<StoredTask>> {
-        let mut kv = self.kv.clone();
-        let prefix = self.tasks_prefix();
-        let resp = bounded(
-            self.timeout,
-            "list tasks",
-            kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self.get_prefix("list tasks", &self.tasks_prefix()).await?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -336,14 +340,8 @@ impl TaskStore {
         &self,
         id: &TaskId,
     ) -> Result<std::collections::BTreeMap<String, (Checkpoint, i64)>> {
-        let mut kv = self.kv.clone();
         let prefix = self.positions_prefix(id);
-        let resp = bounded(
-            self.timeout,
-            "load checkpoints",
-            kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self.get_prefix("load checkpoints", &prefix).await?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -395,14 +393,9 @@ impl TaskStore {
 
     /// The source partitions whose drop the task applied (in key order).
     pub async fn load_dropped_partitions(&self, id: &TaskId) -> Result<Vec<DroppedPartition>> {
-        let mut kv = self.kv.clone();
-        let prefix = self.dropped_prefix(id);
-        let resp = bounded(
-            self.timeout,
-            "load dropped partitions",
-            kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self
+            .get_prefix("load dropped partitions", &self.dropped_prefix(id))
+            .await?;
         resp.kvs()
             .iter()
             .map(|kv| Self::decode(kv.key(), kv.value()))
