@@ -13,8 +13,7 @@ import pytest
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema
 
 from conftest import REPO, SOURCE_MQ, STACK, TARGET_TOKEN, create_body, free_port, get_task, http
-from test_replication import keys
-from test_task_errors import wait_for
+from test_task_errors import target_holds, wait_for
 from workload import connect
 
 PROXY = REPO / "chaos-tests" / "delayproxy.py"
@@ -48,21 +47,6 @@ def source_up(agent):
         if line.startswith("milvus_cdc_source_up "):
             return float(line.split()[1])
     return None
-
-
-def target_holds(tgt, name, want):
-    """A check for wait_for: the target's collection `name` (indexed and
-    loaded here once it exists) holds exactly the keys `want`."""
-    def check():
-        from pymilvus import utility
-        if not utility.has_collection(name, using=tgt):
-            return None
-        t = Collection(name, using=tgt)
-        if not t.indexes:
-            t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-        t.load()
-        return keys(tgt, name) == want or None
-    return check
 
 
 def test_an_unreachable_source_is_reported_and_replication_resumes(agents, tmp_path):

@@ -27,6 +27,20 @@ def wait_for(what, check, limit=120):
     raise AssertionError(f"{what}: not within {limit}s (last: {last!r})")
 
 
+def target_holds(tgt, name, want):
+    """A check for wait_for: the target's collection `name` (indexed and
+    loaded here once it exists) holds exactly the keys `want`."""
+    def check():
+        if not utility.has_collection(name, using=tgt):
+            return None
+        t = Collection(name, using=tgt)
+        if not t.indexes:
+            t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+        t.load()
+        return keys(tgt, name) == want or None
+    return check
+
+
 def test_a_permanent_refusal_pauses_the_task_with_its_error(agent):
     name = f"clash_{uuid.uuid4().hex[:8]}"
     tgt = connect("err-tgt", TARGET, TARGET_TOKEN)
@@ -65,13 +79,5 @@ def test_a_permanent_refusal_pauses_the_task_with_its_error(agent):
     _, b = agent.cdc({"request_type": "get", "request_data": {"task_id": task_id}})
     assert "last_error" not in b["data"]["Task"] and b["data"]["Task"]["state"] == "Running"
 
-    def replicated():
-        if not utility.has_collection(name, using=tgt):
-            return None
-        t = Collection(name, using=tgt)
-        if not t.indexes:
-            t.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-        t.load()
-        return keys(tgt, name) == set(range(20))
-
-    wait_for("the rows reach the target after resume", replicated, limit=180)
+    wait_for("the rows reach the target after resume", target_holds(tgt, name, set(range(20))),
+             limit=180)
