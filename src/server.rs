@@ -116,7 +116,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let engine = Engine::new(
         cfg.source.clone(),
         cfg.replicate.clone(),
-        (mq, source_health.clone()),
+        mq,
+        source_health.clone(),
         store.clone(),
         metrics.clone(),
     );

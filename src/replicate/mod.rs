@@ -133,10 +133,8 @@ impl Engine {
     pub fn new(
         source: SourceConfig,
         replicate: ReplicateConfig,
-        (mq, source_health): (
-            Arc<dyn MessageQueue>,
-            tokio::sync::watch::Receiver<crate::source::health::SourceHealth>,
-        ),
+        mq: Arc<dyn MessageQueue>,
+        source_health: tokio::sync::watch::Receiver<crate::source::health::SourceHealth>,
         store: TaskStore,
         metrics: Metrics,
     ) -> Self {
