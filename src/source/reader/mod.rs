@@ -199,15 +199,6 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
         }
     }
 
-    /// Clears the channel's read error, if `failing` says it has one.
-    fn recovered(&self, failing: &mut bool) {
-        if std::mem::take(failing) {
-            if let Some(errors) = &self.errors {
-                errors.recovered(&self.channel);
-            }
-        }
-    }
-
     /// Reads until `cancel` fires or `tx` is closed. Never returns an error:
     /// queue failures are retried with backoff, undecodable messages are
     /// passed on as [`EventKind::Undecodable`].
@@ -246,7 +237,11 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                     // Opening reached the queue (every queue's open asks it
                     // for the channel): a quiet channel must not keep an
                     // error until its next message.
-                    self.recovered(&mut failing);
+                    if std::mem::take(&mut failing) {
+                        if let Some(errors) = &self.errors {
+                            errors.recovered(&self.channel);
+                        }
+                    }
                     s
                 }
                 Err(e) => {
@@ -280,7 +275,6 @@ impl<Q: MessageQueue + ?Sized> ChannelReader<Q> {
                     }
                 };
                 delays = backoff();
-                self.recovered(&mut failing);
                 if let Some(l) = last {
                     if msg.sequence <= l {
                         debug!(channel = %self.channel, sequence = msg.sequence, "duplicate skipped");
