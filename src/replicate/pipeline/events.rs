@@ -235,7 +235,7 @@ impl Pipeline {
                     return Err(MilvusError::Fenced);
                 }
                 Err(e) => {
-                    self.store_error();
+                    self.count_error("checkpoint");
                     let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
                     warn!(partition = partition_name, partition_id, error = %e, retry_in = ?delay, "the drop of the partition was applied but not recorded yet; retrying");
                     tokio::time::sleep(delay).await;
@@ -262,21 +262,11 @@ impl Pipeline {
                 Err(MilvusError::Fenced)
             }
             Err(e) => {
-                self.store_error();
+                self.count_error("checkpoint");
                 warn!(collection_id, error = %e, "the dropped-partition records of the dropped collection stay in the store until the task is deleted");
                 Ok(())
             }
         }
-    }
-
-    fn store_error(&self) {
-        self.metrics
-            .apply_errors
-            .get_or_create(&crate::metrics::ErrorLabels {
-                task_id: self.labels.task_id.clone(),
-                kind: "checkpoint".into(),
-            })
-            .inc();
     }
 
     pub(super) async fn apply_once(&self, kind: &EventKind) -> Result<Applied, MilvusError> {

@@ -77,13 +77,7 @@ impl Pipeline {
                         MilvusError::Rejected { .. } => "target_rejected",
                         MilvusError::Fenced => "fenced",
                     };
-                    self.metrics
-                        .apply_errors
-                        .get_or_create(&crate::metrics::ErrorLabels {
-                            task_id: self.labels.task_id.clone(),
-                            kind: kind.into(),
-                        })
-                        .inc();
+                    self.count_error(kind);
                     // A refusal that repeats (not a passing state of the
                     // target) stops the task instead of looping silently.
                     if permanent >= PERMANENT_ATTEMPTS {
@@ -100,5 +94,17 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Counts a failed attempt in `milvus_cdc_apply_errors_total` under
+    /// `kind`.
+    pub(super) fn count_error(&self, kind: &str) {
+        self.metrics
+            .apply_errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                task_id: self.labels.task_id.clone(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 }
