@@ -36,6 +36,18 @@ impl CollectionMeta {
     pub(super) fn schema(&self) -> CollectionSchema {
         self.desc.schema.clone().unwrap_or_default()
     }
+
+    /// Whether the collection has a partition-key field.
+    pub(super) fn has_partition_key(&self) -> bool {
+        has_partition_key(&self.desc)
+    }
+}
+
+/// Whether a described collection has a partition-key field.
+fn has_partition_key(desc: &pb::DescribeCollectionResponse) -> bool {
+    desc.schema
+        .as_ref()
+        .is_some_and(|s| s.fields.iter().any(|f| f.is_partition_key))
 }
 
 impl<'a> Api<'a> {
@@ -88,10 +100,7 @@ impl<'a> Api<'a> {
         let partitions = self.partitions(db, c, &scope).await?;
         let indexes = self.indexes(db, c, &scope).await?;
         let load = self.load_state(db, c, &scope, &[]).await?;
-        let has_partition_key = desc
-            .schema
-            .as_ref()
-            .is_some_and(|s| s.fields.iter().any(|f| f.is_partition_key));
+        let has_partition_key = has_partition_key(&desc);
         let mut partition_loads = BTreeMap::new();
         if is_loaded_or_loading(load) && !has_partition_key && partitions.len() > 1 {
             for p in &partitions {

@@ -32,13 +32,10 @@ pub(super) enum RowPlan {
 
 /// Chooses the [`RowPlan`] for a collection loaded on both sides.
 pub(super) fn plan(s: &CollectionMeta, t: &CollectionMeta) -> RowPlan {
-    let partition_key = |m: &CollectionMeta| {
-        m.desc
-            .schema
-            .as_ref()
-            .is_some_and(|s| s.fields.iter().any(|f| f.is_partition_key))
-    };
-    if partition_key(s) || partition_key(t) || s.partitions.len().max(t.partitions.len()) <= 1 {
+    if s.has_partition_key()
+        || t.has_partition_key()
+        || s.partitions.len().max(t.partitions.len()) <= 1
+    {
         return RowPlan::Whole;
     }
     let mut names: Vec<&String> = s.partitions.iter().chain(&t.partitions).collect();
