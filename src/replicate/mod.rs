@@ -235,8 +235,10 @@ impl LeaderWork for Engine {
     }
 }
 
-impl TaskWorkers for Engine {
-    fn start(&self, task: &TaskRecord) {
+impl Engine {
+    /// Starts `task`'s workers unless they run; `takeover_replay`: whether
+    /// the run replays once when this leadership's grace period ends.
+    fn spawn_task(&self, task: &TaskRecord, takeover_replay: bool) {
         let mut tasks = lock(&self.inner.tasks);
         if tasks
             .get(&task.task_id)
@@ -256,6 +258,7 @@ impl TaskWorkers for Engine {
                 cancel.clone(),
                 quick.clone(),
                 read_errors.clone(),
+                takeover_replay,
             )
             .instrument(span),
         );
@@ -268,6 +271,16 @@ impl TaskWorkers for Engine {
                 read_errors,
             },
         );
+    }
+}
+
+impl TaskWorkers for Engine {
+    fn start(&self, task: &TaskRecord) {
+        self.spawn_task(task, true);
+    }
+
+    fn start_created(&self, task: &TaskRecord) {
+        self.spawn_task(task, false);
     }
 
     fn read_errors(&self, id: &TaskId) -> Vec<ReadError> {

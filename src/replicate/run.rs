@@ -110,8 +110,9 @@ pub(super) async fn run_task(
     cancel: CancellationToken,
     quick: Arc<AtomicBool>,
     read_errors: ReadErrors,
+    takeover_replay: bool,
 ) {
-    info!("starting task workers");
+    info!(takeover_replay, "starting task workers");
     // Progress outlives each run, so the lag gauges keep being reported
     // (and keep rising) while a run reconnects after a rewind or a replay.
     let progress = TaskProgress::default();
@@ -130,6 +131,7 @@ pub(super) async fn run_task(
             &progress,
             &read_errors,
             from.take(),
+            takeover_replay,
         );
         match run.await {
             Run::Done => break,
@@ -236,13 +238,14 @@ async fn run_workers(
     progress: &TaskProgress,
     read_errors: &ReadErrors,
     from: Option<Checkpoints>,
+    takeover_replay: bool,
 ) -> Run {
     let id = task.task_id.clone();
     let leadership = lock(&inner.leadership).clone();
     let store = leadership.store.clone();
     let replay_at = leadership
         .replay_at
-        .filter(|t| from.is_none() && *t > tokio::time::Instant::now());
+        .filter(|t| takeover_replay && from.is_none() && *t > tokio::time::Instant::now());
     let checkpoints = match from {
         Some(c) => c,
         None => {

@@ -65,8 +65,15 @@ impl ServiceError {
 /// Receives task changes to start or stop replication workers. The engine
 /// implements it; without one (tests of the API alone) nothing runs.
 pub trait TaskWorkers: Send + Sync {
-    /// The task is `Running` now (created or resumed): start its workers.
+    /// The task is `Running` now (resumed, or found running): start its
+    /// workers.
     fn start(&self, task: &TaskRecord);
+    /// The task was just created by this leader (a fenced write of this
+    /// term): no earlier leader ever ran it, so its workers need no
+    /// takeover replay. Starts them like [`TaskWorkers::start`] otherwise.
+    fn start_created(&self, task: &TaskRecord) {
+        self.start(task);
+    }
     /// The task is paused or deleted: stop its workers after a final
     /// checkpoint. Resolves once they have stopped.
     fn stop(&self, id: &TaskId) -> futures::future::BoxFuture<'static, ()>;
@@ -270,7 +277,7 @@ impl TaskService {
             .create_task(&record, self.max_tasks, &start)
             .await?;
         info!(task_id = %record.task_id, target = %addr.url, "task created");
-        self.workers.start(&record);
+        self.workers.start_created(&record);
         self.refresh_metrics().await;
         Ok(record.task_id)
     }
