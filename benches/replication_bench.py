@@ -32,6 +32,7 @@ from workload import connect  # noqa: E402
 
 DIM = 32
 WINDOW_DELAY = "milvus_cdc_window_delay_seconds"
+WRITE_LATENCY = "milvus_cdc_apply_latency_seconds"
 
 
 def schema():
@@ -157,6 +158,7 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
     time.sleep(2)
     batch = max(1, int(rate / 10 / writers))  # ten batches a second per writer
     samples, stop = [], threading.Event()
+    insert_latency = []  # (seconds, when): the source's own delays, seen by its clients
 
     def sample():
         while not stop.is_set():
@@ -179,11 +181,13 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
             ids = list(range(next_id, next_id + batch))
             next_id += batch
             c.insert([ids, ["x"] * batch, [pool[i % len(pool)] for i in ids]])
+            insert_latency.append((time.time() - t0, t0))
             time.sleep(max(0.0, 0.1 - (time.time() - t0)))
 
     th = threading.Thread(target=sample, daemon=True)
     delays_before = delay_buckets(agent)
     windows_before = delay_buckets(agent, WINDOW_DELAY)
+    writes_before = delay_buckets(agent, WRITE_LATENCY)
     t_end = time.time() + seconds
     th.start()
     clients = [threading.Thread(target=write, args=(w, t_end)) for w in range(writers)]
@@ -196,6 +200,15 @@ def lag_at_rate(agent, rate, seconds, tag, writers=1):
     th.join()
     delays_after = delay_buckets(agent)
     windows_after = delay_buckets(agent, WINDOW_DELAY)
+    writes_after = delay_buckets(agent, WRITE_LATENCY)
+    print(f"[{tag}] target write latency p50 ≤ {bucket_quantile(writes_before, writes_after, 0.5):g} s, "
+          f"p99 ≤ {bucket_quantile(writes_before, writes_after, 0.99):g} s; "
+          f"lag samples (highest): {sorted(samples)[-5:]}", flush=True)
+    slow = sorted(insert_latency)[-3:]
+    print(f"[{tag}] source insert latency (client side) p99 "
+          f"{sorted(insert_latency)[int(0.99 * len(insert_latency))][0]:.2f} s, slowest "
+          f"{[(round(x, 2), round(t - t_end + seconds, 1)) for x, t in slow]} (s, at s into the phase)",
+          flush=True)
     samples.sort()
     p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]  # noqa: E731
     src = (bucket_quantile(delays_before, delays_after, 0.5),
@@ -213,8 +226,12 @@ def main():
     ap.add_argument("--dim", type=int, default=128, help="vector dimension")
     ap.add_argument("--writers", type=int, default=4,
                     help="concurrent clients in the lag phase (besides one client)")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="only the lag phases, at this many rows/s (no ceiling, no backlog)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
+    if args.rate and args.write_docs:
+        ap.error("--write-docs needs the whole bench (no --rate)")
     global DIM
     DIM = args.dim
     tag = uuid.uuid4().hex[:8]
@@ -224,9 +241,13 @@ def main():
         assert status == 200, body
         time.sleep(3)  # initial replay of the stream's history
         cpu0, _ = proc_stats(agent.proc.pid)
-        direct = ceiling(args.rows, args.batch, tag)
-        repl, src_rate = replication(agent, args.rows, args.batch, tag)
-        drain = backlog(agent, body["data"]["task_id"], args.rows, args.batch, tag)
+        if args.rate:
+            direct = 2 * args.rate
+            repl = src_rate = drain = float("nan")
+        else:
+            direct = ceiling(args.rows, args.batch, tag)
+            repl, src_rate = replication(agent, args.rows, args.batch, tag)
+            drain = backlog(agent, body["data"]["task_id"], args.rows, args.batch, tag)
         p50, p99, n, src1 = lag_at_rate(agent, direct / 2, args.lag_seconds, tag)
         q50, q99, m, srcw = lag_at_rate(agent, direct / 2, args.lag_seconds, tag + "w",
                                         writers=args.writers)
