@@ -39,6 +39,10 @@ pub struct ChannelProgress {
     /// Source timestamp of the message that woke the channel from idle: the
     /// oldest change not yet applied, until something newer is applied.
     pub woke_ts: u64,
+    /// During a takeover replay: the newest timestamp the run before it
+    /// applied. The target holds those changes, so the lag counts from it
+    /// while the replay goes over them again (0: none).
+    pub lag_floor_ts: u64,
 }
 
 /// What a task cannot read right now: its lag keeps rising there.
@@ -105,6 +109,30 @@ impl TaskProgress {
                     ..ChannelProgress::default()
                 },
             );
+        });
+    }
+
+    /// Like [`register`](Self::register), for a run that replays what the
+    /// run before it applied (the takeover replay): the channel's lag keeps
+    /// counting from the newest change applied before, not from the older
+    /// checkpoint the replay starts at, since the target holds those changes
+    /// already. A replay stuck on a write still shows a rising lag.
+    pub fn register_replay(
+        &self,
+        channel: &str,
+        dml: bool,
+        checkpoint: Option<&Checkpoint>,
+        catch_up_to: Option<u64>,
+    ) {
+        let floor = self.with(|m| {
+            m.get(channel)
+                .map_or(0, |p| p.applied.map_or(0, |(_, ts)| ts).max(p.lag_floor_ts))
+        });
+        self.register(channel, dml, checkpoint, catch_up_to);
+        self.with(|m| {
+            if let Some(p) = m.get_mut(channel) {
+                p.lag_floor_ts = floor;
+            }
         });
     }
 
@@ -239,7 +267,11 @@ impl TaskProgress {
         self.with(|m| {
             m.iter()
                 .map(|(c, p)| {
-                    let since = p.applied.map_or(0, |(_, ts)| ts).max(p.woke_ts);
+                    let since = p
+                        .applied
+                        .map_or(0, |(_, ts)| ts)
+                        .max(p.woke_ts)
+                        .max(p.lag_floor_ts);
                     let stuck =
                         unreadable.source_down_since.is_some() || unreadable.channels.contains(c);
                     let since_ms = if since == 0 {
@@ -369,6 +401,32 @@ mod tests {
         q.received("a", true, 1, 5);
         q.applied("a", 1, 5);
         assert_eq!(q.dml_watermark(), 5);
+    }
+
+    #[test]
+    fn a_takeover_replay_keeps_the_lag_of_what_was_applied_before() {
+        let recent = (now_ms() - 500) << 18;
+        let old_cp = Checkpoint {
+            sequence: 1,
+            timestamp: (now_ms() - 70_000) << 18,
+            written_at_ms: 0,
+        };
+        let p = TaskProgress::default();
+        p.register("a", true, Some(&old_cp), Some(100));
+        p.received("a", false, 50, recent);
+        p.applied("a", 50, recent);
+        let lag = |p: &TaskProgress| p.lags(&Unreadable::default())[0].1;
+        assert!(lag(&p) < 5.0, "{}", lag(&p));
+        // The replay starts again at the old checkpoint, with a backlog.
+        p.register_replay("a", true, Some(&old_cp), Some(100));
+        assert!(
+            lag(&p) < 5.0,
+            "replaying what is on the target: {}",
+            lag(&p)
+        );
+        // A rewind (the target may have lost rows) counts from the checkpoint.
+        p.register("a", true, Some(&old_cp), Some(100));
+        assert!(lag(&p) > 60.0, "{}", lag(&p));
     }
 
     #[test]

@@ -246,6 +246,8 @@ async fn run_workers(
     let replay_at = leadership
         .replay_at
         .filter(|t| takeover_replay && from.is_none() && *t > tokio::time::Instant::now());
+    // A takeover replay goes over what the run before it applied.
+    let replay = from.is_some();
     let checkpoints = match from {
         Some(c) => c,
         None => {
@@ -299,7 +301,11 @@ async fn run_workers(
         ends = probes => ends,
     };
     for ((channel, dml), end) in channels.iter().zip(ends) {
-        progress.register(channel, *dml, checkpoints.get(channel), end);
+        if replay {
+            progress.register_replay(channel, *dml, checkpoints.get(channel), end);
+        } else {
+            progress.register(channel, *dml, checkpoints.get(channel), end);
+        }
     }
     let Some(target) = until_ok(
         cancel,
