@@ -2,7 +2,7 @@
 //! dropped only when present; loads and releases are skipped when their
 //! collection is gone.
 
-use super::{replay_without_index, status_failed, Applied, MilvusSink};
+use super::{replayed_load_refusal, status_failed, Applied, MilvusSink};
 use crate::{
     milvus::{MilvusCall, MilvusError},
     proto::{common, milvus as pb},
@@ -151,8 +151,8 @@ impl MilvusSink {
 
     /// The part every load and release shares: nothing is sent when the
     /// collection `db.name` is gone (a load no longer applies, a release is
-    /// done already), and a load refused for want of an index during a
-    /// replay is skipped (see [`replay_without_index`]).
+    /// done already), and a load refused during a replay because the target
+    /// is further on is not an error (see [`replayed_load_refusal`]).
     async fn change_load<R>(
         &self,
         db: &str,
@@ -171,7 +171,7 @@ impl MilvusSink {
         }
         let st = self.target.send(req).await?;
         if load == Load::Load {
-            if let Some(skip) = replay_without_index(&st) {
+            if let Some(skip) = replayed_load_refusal(&st) {
                 return Ok(skip);
             }
         }

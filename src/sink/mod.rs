@@ -274,13 +274,24 @@ pub struct TargetCollectionRef<'a> {
     pub meta: &'a TargetCollection,
 }
 
-/// A load refused because the target collection has no index: only
-/// possible when replaying history onto a target whose index was dropped by
-/// a later change (the source had the index when it loaded). The later
-/// changes in the stream bring the target to the source's state.
-fn replay_without_index(st: &common::Status) -> Option<Applied> {
+/// A load refused because the target is already further on in the stream;
+/// only possible when replaying history, and the later changes in the
+/// stream bring the target to the source's state:
+/// - the target collection has no index: a later change dropped it (the
+///   source had the index when it loaded); skipped;
+/// - the target collection is loaded already, with another set of indexes:
+///   a later change created an index on the loaded collection, which Milvus
+///   2.3.5 allows, while it refuses to load a loaded collection whose indexes
+///   changed ("can't change the index for loaded collection"). The source
+///   loaded it before that index existed, so the load is on the target
+///   already. Found by `tests/e2e/test_random_workload.py`: the takeover
+///   replay of a task stopped it for good on such a load.
+fn replayed_load_refusal(st: &common::Status) -> Option<Applied> {
     let (_, reason) = status_failed(Some(st))?;
     let r = reason.to_ascii_lowercase();
+    if r.contains("can't change the index for loaded") {
+        return Some(Applied::AlreadyThere);
+    }
     (r.contains("index")
         && (r.contains("not found") || r.contains("not exist") || r.contains("no index")))
     .then(|| Applied::Skipped(format!("load without an index on the target: {reason}")))
@@ -290,6 +301,42 @@ fn replay_without_index(st: &common::Status) -> Option<Applied> {
 mod tests {
     use super::*;
     use crate::proto::schema::FieldSchema;
+
+    fn refused(code: i32, reason: &str) -> common::Status {
+        common::Status {
+            code,
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replayed_load_of_a_collection_loaded_before_a_later_index_is_already_there() {
+        // Milvus 2.3.5's answer to a LoadCollection replayed after a later
+        // CreateIndex on the loaded collection was applied.
+        let st = refused(
+            1100,
+            "can't change the index for loaded collection: invalid parameter\
+             [expected=map[109:470865843041222989]][actual=map[101:470865843041223084 \
+             109:470865843041222989]]",
+        );
+        assert_eq!(replayed_load_refusal(&st), Some(Applied::AlreadyThere));
+    }
+
+    #[test]
+    fn replayed_load_without_index_is_skipped_and_other_refusals_stay_errors() {
+        let st = refused(700, "index not found[collection=c]");
+        assert!(matches!(
+            replayed_load_refusal(&st),
+            Some(Applied::Skipped(_))
+        ));
+        let st = refused(
+            1100,
+            "can't change the replica number for loaded collection",
+        );
+        assert_eq!(replayed_load_refusal(&st), None);
+        assert_eq!(replayed_load_refusal(&refused(0, "")), None);
+    }
 
     #[test]
     fn target_schema_drops_system_and_auto_id() {

@@ -262,8 +262,20 @@ impl<'a> Api<'a> {
         c: &str,
         partitions: &[String],
     ) -> Result<u64, VerifyError> {
+        self.count_where(db, c, partitions, "").await
+    }
+
+    /// `count(*)` of the rows matching `expr` ("" = all) in `partitions`
+    /// (empty: the whole collection); duplicated keys count twice.
+    pub(super) async fn count_where(
+        &self,
+        db: &str,
+        c: &str,
+        partitions: &[String],
+        expr: &str,
+    ) -> Result<u64, VerifyError> {
         let cols = self
-            .query(db, c, partitions, "", &["count(*)"], None)
+            .query(db, c, partitions, expr, &["count(*)"], None)
             .await?;
         let n = cols
             .iter()

@@ -28,6 +28,9 @@ const SAMPLE_BATCH: usize = 1024;
 const MAX_EXPR_BYTES: usize = 1 << 20;
 /// Rows with differing values reported one by one per collection.
 const ROW_DIFFS_SHOWN: usize = 10;
+/// Most sampled keys with differing values whose rows on the source are
+/// counted (to tell a key inserted twice on the source from a difference).
+const DUPLICATE_CHECKS: usize = 1000;
 /// Longest value shown in a difference, in characters.
 const VALUE_SHOWN: usize = 80;
 /// Least time between two progress lines.
@@ -195,7 +198,14 @@ impl Verifier<'_> {
             )?;
             let s = rows_by_key::<K>(&s, pk).map_err(|m| unexpected(Side::Source, &scope, m))?;
             let t = rows_by_key::<K>(&t, pk).map_err(|m| unexpected(Side::Target, &scope, m))?;
-            differing.extend(compare_rows(chunk, &s, &t));
+            differing.extend(row_diffs(chunk, &s, &t));
+        }
+        let source_rows = self
+            .source_rows_of_differing(db, c, pk, names, &differing)
+            .await?;
+        let (differing, notes) = split_source_duplicates(differing, &source_rows);
+        for what in notes {
+            self.note(&scope, in_partition(part, what));
         }
         let total = differing.len();
         for what in differing.into_iter().take(ROW_DIFFS_SHOWN) {
@@ -215,6 +225,46 @@ impl Verifier<'_> {
             );
         }
         Ok(())
+    }
+}
+
+impl Verifier<'_> {
+    /// `count(*)` on the source of each key of `diffs` whose values differ
+    /// (at most [`DUPLICATE_CHECKS`] keys), in `names` (empty: all
+    /// partitions); one query for all of them when none is duplicated.
+    async fn source_rows_of_differing<K: Key>(
+        &self,
+        db: &str,
+        c: &str,
+        pk: &str,
+        names: &[String],
+        diffs: &[RowDiff<K>],
+    ) -> Result<BTreeMap<K, u64>, VerifyError> {
+        let keys: Vec<K> = diffs
+            .iter()
+            .filter(|d| d.values)
+            .take(DUPLICATE_CHECKS)
+            .map(|d| d.key.clone())
+            .collect();
+        let mut out = BTreeMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let all = self
+            .src
+            .count_where(db, c, names, &in_expr(pk, &keys))
+            .await?;
+        if all == u64::try_from(keys.len()).unwrap_or(u64::MAX) {
+            return Ok(keys.into_iter().map(|k| (k, 1)).collect());
+        }
+        for k in keys {
+            let n = self
+                .src
+                .count_where(db, c, names, &in_expr(pk, std::slice::from_ref(&k)))
+                .await?;
+            out.insert(k, n);
+        }
+        Ok(out)
     }
 }
 
@@ -296,22 +346,47 @@ pub(super) fn add_cell(row: &mut BTreeMap<String, Value>, col: &FieldData, v: Va
 }
 
 /// One line per sampled key whose row differs.
-pub(super) fn compare_rows<K: Key>(
+#[cfg(test)]
+fn compare_rows<K: Key>(
     keys: &[K],
     s: &BTreeMap<K, BTreeMap<String, Value>>,
     t: &BTreeMap<K, BTreeMap<String, Value>>,
 ) -> Vec<String> {
+    row_diffs(keys, s, t).into_iter().map(|d| d.what).collect()
+}
+
+/// A sampled key whose row differs between the two sides.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RowDiff<K> {
+    /// The key.
+    pub(super) key: K,
+    /// Both sides have the key, with other values (not one side missing it).
+    pub(super) values: bool,
+    /// The line reported.
+    pub(super) what: String,
+}
+
+/// [`compare_rows`] with the key of each line.
+fn row_diffs<K: Key>(
+    keys: &[K],
+    s: &BTreeMap<K, BTreeMap<String, Value>>,
+    t: &BTreeMap<K, BTreeMap<String, Value>>,
+) -> Vec<RowDiff<K>> {
     let mut out = Vec::new();
     for k in keys {
         let (sr, tr) = match (s.get(k), t.get(k)) {
             (Some(a), Some(b)) => (a, b),
             // Deleted or written during the run; keys were compared already.
             (a, b) => {
-                out.push(both(
-                    &format!("row {}", k.show()),
-                    if a.is_some() { "present" } else { "missing" },
-                    if b.is_some() { "present" } else { "missing" },
-                ));
+                out.push(RowDiff {
+                    key: k.clone(),
+                    values: false,
+                    what: both(
+                        &format!("row {}", k.show()),
+                        if a.is_some() { "present" } else { "missing" },
+                        if b.is_some() { "present" } else { "missing" },
+                    ),
+                });
                 continue;
             }
         };
@@ -321,10 +396,40 @@ pub(super) fn compare_rows<K: Key>(
             .map(|(f, a, b)| both(f, value_shown(a), value_shown(b)))
             .collect();
         if !fields.is_empty() {
-            out.push(format!("row {}: {}", k.show(), fields.join("; ")));
+            out.push(RowDiff {
+                key: k.clone(),
+                values: true,
+                what: format!("row {}: {}", k.show(), fields.join("; ")),
+            });
         }
     }
     out
+}
+
+/// Splits differing rows into differences and notes: a key the source
+/// holds more than once (`source_rows[key]`, its `count(*)`; inserted again
+/// without upsert) has no single value to compare, as a query returns any
+/// of its rows while the target holds the latest (docs/replication.md,
+/// "Duplicate keys"). Its values are not compared (a note); a key missing
+/// on one side stays a difference. Returns (differences, notes).
+pub(super) fn split_source_duplicates<K: Key>(
+    diffs: Vec<RowDiff<K>>,
+    source_rows: &BTreeMap<K, u64>,
+) -> (Vec<String>, Vec<String>) {
+    let mut differences = Vec::new();
+    let mut notes = Vec::new();
+    for d in diffs {
+        match source_rows.get(&d.key) {
+            Some(&n) if d.values && n > 1 => notes.push(format!(
+                "row {}: the source holds {n} rows of this key (inserted again without \
+                 upsert) and a query returns any of them; the target holds the latest: \
+                 values not compared",
+                d.key.show()
+            )),
+            _ => differences.push(d.what),
+        }
+    }
+    (differences, notes)
 }
 
 pub(super) fn value_shown(v: Option<&Value>) -> String {
@@ -459,6 +564,45 @@ mod tests {
                     .to_string(),
                 r#"row "b" (source present, target missing)"#.to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn a_key_the_source_holds_twice_is_a_note_not_a_difference() {
+        let s = rows_by_key::<String>(
+            &[
+                strings("pk", &["a", "b", "c"], false),
+                strings("s", &["x", "y", "z"], false),
+            ],
+            "pk",
+        )
+        .unwrap_or_default();
+        let t = rows_by_key::<String>(
+            &[
+                strings("pk", &["a", "b"], false),
+                strings("s", &["new", "other"], false),
+            ],
+            "pk",
+        )
+        .unwrap_or_default();
+        let keys = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let diffs = row_diffs(&keys, &s, &t);
+        assert_eq!(diffs.iter().filter(|d| d.values).count(), 2);
+        // "a" inserted twice on the source (its query showed the older row),
+        // "b" once: only "b" and the missing "c" are differences.
+        let counts: BTreeMap<String, u64> = [("a".to_string(), 2), ("b".to_string(), 1)].into();
+        let (differences, notes) = split_source_duplicates(diffs, &counts);
+        assert_eq!(
+            differences,
+            vec![
+                r#"row "b": s (source "y", target "other")"#.to_string(),
+                r#"row "c" (source present, target missing)"#.to_string(),
+            ]
+        );
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with(r#"row "a": the source holds 2 rows"#),
+            "{notes:?}"
         );
     }
 

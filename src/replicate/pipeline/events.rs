@@ -98,9 +98,17 @@ impl Pipeline {
             }
             Some(true) => {}
         }
-        if let Some((db, name)) = kind.collection_scoped() {
-            if !self.wait_for_collection(db, name, ts, cancel).await {
-                return false;
+        if let Some((db, name_now)) = kind.collection_scoped() {
+            match self.wait_for_collection(db, name_now, ts, cancel).await {
+                None => return false,
+                Some(NameAt::Skip) => {
+                    let skipped = Applied::Skipped(format!(
+                        "collection {name_now} was re-created on the source after this change"
+                    ));
+                    self.count_applied(name, &skipped, 0, 0, 1);
+                    return true;
+                }
+                Some(_) => {}
             }
         }
         let started = Instant::now();
@@ -147,44 +155,40 @@ impl Pipeline {
     /// one with the same name) but the target does not have yet waits (up
     /// to 60 s) for a DML channel to create it: "gone" must mean gone on the
     /// source, or e.g. an index replayed by a new leader before the
-    /// collection would be lost.
+    /// collection would be lost. A change older than the source's collection
+    /// of that name is skipped (see [`name_at`]). None: cancelled.
     pub(super) async fn wait_for_collection(
         &self,
         db: &str,
         name: &str,
         ts: u64,
         cancel: &CancellationToken,
-    ) -> bool {
+    ) -> Option<NameAt> {
         let started = Instant::now();
         loop {
             let on_target = self.writer.describe(db, name).await;
-            if !matches!(on_target, Ok(None)) {
-                return true; // present, or an error the write itself will retry
+            let source = self.catalog.describe_source(db, name).await;
+            let decision = match (&on_target, &source) {
+                // An error the write itself will retry.
+                (Err(_), _) | (_, Err(_)) => NameAt::Apply,
+                (Ok(t), Ok(c)) => name_at(t.is_some(), c.as_ref().map(|c| c.created_timestamp), ts),
+            };
+            if decision != NameAt::Wait {
+                return Some(decision);
             }
-            match self.catalog.describe_source(db, name).await {
-                Ok(Some(c)) if c.created_timestamp <= ts => {
-                    // Perhaps renamed on the source since the target got it.
-                    if self
-                        .retry(cancel, "rename", || self.catalog.follow_renames())
-                        .await
-                        .is_none()
-                    {
-                        return false;
-                    }
-                }
-                // Gone on the source too (or replaced): the write skips it.
-                _ => return true,
-            }
+            // Perhaps renamed on the source since the target got it.
+            self.retry(cancel, "rename", || self.catalog.follow_renames())
+                .await?;
             if started.elapsed() > std::time::Duration::from_secs(60) {
                 warn!(
                     db,
                     collection = name,
                     "collection exists on the source but not on the target after 60s; applying anyway"
                 );
-                return true;
+                return Some(NameAt::Apply);
             }
             tokio::select! {
-                () = cancel.cancelled() => return false,
+                () = cancel.cancelled() => return None,
                 () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
             }
         }
@@ -364,5 +368,62 @@ impl Pipeline {
             | EventKind::Unsupported { .. }
             | EventKind::Undecodable(_) => Ok(Applied::AlreadyThere),
         }
+    }
+}
+
+/// What a replicate-channel change (index, load) of the collection named
+/// `name` at time `ts` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NameAt {
+    /// Apply it to the target's collection of that name (or let the write
+    /// skip it when there is none).
+    Apply,
+    /// The source's collection of that name existed at `ts` and the target
+    /// has none yet: wait for a DML channel to create it.
+    Wait,
+    /// The source's collection of that name was created after `ts`: the
+    /// change was made to an earlier collection of that name, dropped since
+    /// (its drop is in the stream). Applied to the target's collection of
+    /// the name (the later one, after a replay, or when the earlier one's
+    /// creation was skipped as gone), it would give it an index of another
+    /// collection (refused for good when the vector types differ, or left
+    /// in place of the source's own index) or an early load.
+    Skip,
+}
+
+/// Decides [`NameAt`] from whether the target has a collection named
+/// `name` and when the source's collection of that name (if any) was
+/// created. Found by `tests/e2e/test_random_workload.py`: a collection
+/// dropped and re-created under its name with a binary instead of a float
+/// vector stopped the task on the earlier collection's replayed index.
+pub(super) fn name_at(on_target: bool, source_created: Option<u64>, ts: u64) -> NameAt {
+    match (on_target, source_created) {
+        (_, Some(created)) if created > ts => NameAt::Skip,
+        (false, Some(_)) => NameAt::Wait,
+        // Present on the target; or gone on the source too: the write
+        // skips it.
+        (true, _) | (false, None) => NameAt::Apply,
+    }
+}
+
+#[cfg(test)]
+mod name_at_tests {
+    use super::*;
+
+    #[test]
+    fn a_change_older_than_the_sources_collection_of_its_name_is_skipped() {
+        // Index of generation 0 (ts 10); the name now holds generation 1,
+        // created at 20, which the target has.
+        assert_eq!(name_at(true, Some(20), 10), NameAt::Skip);
+        assert_eq!(name_at(false, Some(20), 10), NameAt::Skip);
+    }
+
+    #[test]
+    fn a_change_of_the_current_collection_applies_or_waits_for_it() {
+        assert_eq!(name_at(true, Some(10), 10), NameAt::Apply);
+        assert_eq!(name_at(true, Some(5), 10), NameAt::Apply);
+        assert_eq!(name_at(false, Some(5), 10), NameAt::Wait);
+        assert_eq!(name_at(true, None, 10), NameAt::Apply);
+        assert_eq!(name_at(false, None, 10), NameAt::Apply);
     }
 }
