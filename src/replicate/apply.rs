@@ -7,7 +7,7 @@ use std::{collections::HashMap, future::Future};
 
 use super::{
     batch::InsertBatch,
-    reduce::{reduce, Change, DeleteStep, Limits},
+    reduce::{reduce, Change, DeleteStep, Limits, RowKey},
 };
 use crate::source::event::{Event, EventKind};
 
@@ -15,9 +15,9 @@ use crate::source::event::{Event, EventKind};
 /// returns once the write is done (or skipped), and false only when the
 /// pipeline must stop (cancelled, or no longer leading).
 pub trait Sink {
-    /// The primary key field of a source collection (`Some(None)` if the
+    /// How a source collection's rows are keyed (`Some(None)` if the
     /// collection is gone or unknown; None: stop).
-    fn pk_field(&self, collection_id: i64) -> impl Future<Output = Option<Option<String>>> + Send;
+    fn row_key(&self, collection_id: i64) -> impl Future<Output = Option<Option<RowKey>>> + Send;
     /// Deletes keys in a scope.
     fn delete(&self, step: &DeleteStep) -> impl Future<Output = bool> + Send;
     /// Writes rows (replacing the keys' versions in the batch's partition).
@@ -78,14 +78,14 @@ async fn apply_run<S: Sink>(
     if run.is_empty() {
         return Some(());
     }
-    let mut pk: HashMap<i64, Option<String>> = HashMap::new();
+    let mut row_keys: HashMap<i64, Option<RowKey>> = HashMap::new();
     for c in &run {
         let id = c.collection_id();
-        if let std::collections::hash_map::Entry::Vacant(e) = pk.entry(id) {
-            e.insert(sink.pk_field(id).await?);
+        if let std::collections::hash_map::Entry::Vacant(e) = row_keys.entry(id) {
+            e.insert(sink.row_key(id).await?);
         }
     }
-    let plan = reduce(run, |id| pk.get(&id).cloned().flatten(), limits);
+    let plan = reduce(run, |id| row_keys.get(&id).cloned().flatten(), limits);
     total.rows_in += plan.rows_in;
     for d in &plan.deletes {
         if !sink.delete(d).await {

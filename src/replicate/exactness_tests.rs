@@ -14,7 +14,7 @@ use std::{
 use super::{
     apply::{apply_window, Sink},
     batch::InsertBatch,
-    reduce::{DeleteStep, Limits, Pk, Scope},
+    reduce::{DeleteStep, Limits, Pk, RowKey, Scope},
     window::{Cut, Windows},
 };
 use crate::{
@@ -132,8 +132,11 @@ fn column_str(b: &InsertBatch, name: &str) -> Vec<String> {
 }
 
 impl Sink for ModelSink {
-    async fn pk_field(&self, _collection_id: i64) -> Option<Option<String>> {
-        Some(Some("pk".into()))
+    async fn row_key(&self, _collection_id: i64) -> Option<Option<RowKey>> {
+        Some(Some(RowKey {
+            pk_field: "pk".into(),
+            partition_key: false,
+        }))
     }
 
     async fn delete(&self, step: &DeleteStep) -> bool {
@@ -559,7 +562,7 @@ fn ddl_inside_a_window_splits_it_in_timestamp_order() {
 fn unreduced_keys_are_not_lost_when_the_key_column_is_unknown() {
     struct NoPk(ModelSink);
     impl Sink for NoPk {
-        async fn pk_field(&self, _: i64) -> Option<Option<String>> {
+        async fn row_key(&self, _: i64) -> Option<Option<RowKey>> {
             Some(None)
         }
         async fn delete(&self, s: &DeleteStep) -> bool {

@@ -9,6 +9,12 @@
 //! - an upsert is an insert and a delete with the same `T`: its delete spares
 //!   its own rows (the window puts the delete first).
 //!
+//! In a collection with a partition key, the target routes rows to its
+//! partitions itself and deletes in all of them: there a key has one newest
+//! version in the whole collection, whichever physical partition the
+//! source's stream names (Milvus 2.3.5 was seen to route an upsert and a
+//! later insert of the same key and partition-key value to two of them).
+//!
 //! The target stamps writes with its own clock, so the net effect is
 //! written as deletes first (every key whose older versions some delete
 //! removed, in the delete's scope) and then upserts of the surviving newest
@@ -44,6 +50,27 @@ impl Change {
         match self {
             Change::Insert(m) => m.collection_id,
             Change::Delete(m) => m.collection_id,
+        }
+    }
+}
+
+/// How a collection's rows are keyed, for the reduction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowKey {
+    /// The primary key field.
+    pub pk_field: String,
+    /// Whether a partition key routes the rows (the target routes them
+    /// itself): a key then has one newest version in the whole collection.
+    pub partition_key: bool,
+}
+
+impl RowKey {
+    /// Where a row of partition `partition` keeps its newest version.
+    fn slot<'a>(&self, partition: &'a str) -> &'a str {
+        if self.partition_key {
+            ""
+        } else {
+            partition
         }
     }
 }
@@ -100,6 +127,10 @@ pub struct Limits {
     pub bytes: usize,
 }
 
+/// An insert's row keys, and the slot their newest versions are kept under
+/// (see [`RowKey::slot`]).
+type Keyed = (Vec<Pk>, String);
+
 #[derive(Default)]
 struct KeyState {
     /// A delete covered every partition.
@@ -111,37 +142,47 @@ struct KeyState {
 }
 
 /// Reduces `changes` (in timestamp order, deletes first at equal
-/// timestamps) to their net writes. `pk_field` names each collection's
-/// primary key field; rows of a collection it does not know are written as
+/// timestamps) to their net writes. `row_key` tells how each collection's
+/// rows are keyed; rows of a collection it does not know are written as
 /// they are, unreduced.
 pub fn reduce(
     changes: Vec<Change>,
-    pk_field: impl Fn(i64) -> Option<String>,
+    row_key: impl Fn(i64) -> Option<RowKey>,
     limits: Limits,
 ) -> Plan {
     let mut keys: HashMap<(i64, Pk), KeyState> = HashMap::new();
-    let mut inserts: Vec<(InsertRequest, Option<Vec<Pk>>)> = Vec::new();
+    let mut inserts: Vec<(InsertRequest, Option<Keyed>)> = Vec::new();
     let mut rows_in = 0;
     for change in changes {
         match change {
             Change::Insert(m) => {
                 rows_in += m.num_rows;
-                let pks = pk_field(m.collection_id)
-                    .and_then(|f| insert_keys(&m, &f))
+                let key = row_key(m.collection_id);
+                let pks = key
+                    .as_ref()
+                    .and_then(|k| insert_keys(&m, &k.pk_field))
                     .filter(|p| p.len() as u64 == m.num_rows);
                 let idx = inserts.len();
+                let slot = key.as_ref().map_or("", |k| k.slot(&m.partition_name));
                 if let Some(pks) = &pks {
                     for (row, pk) in pks.iter().enumerate() {
                         keys.entry((m.collection_id, pk.clone()))
                             .or_default()
                             .newest
-                            .insert(m.partition_name.clone(), (idx, row));
+                            .insert(slot.to_string(), (idx, row));
                     }
                 }
-                inserts.push((*m, pks));
+                let slot = slot.to_string();
+                inserts.push((*m, pks.map(|p| (p, slot))));
             }
             Change::Delete(m) => {
-                let scope = delete_scope(&m);
+                // The target deletes in every partition of a collection
+                // with a partition key, whatever partition the source named.
+                let scope = if row_key(m.collection_id).is_some_and(|k| k.partition_key) {
+                    Scope::All
+                } else {
+                    delete_scope(&m)
+                };
                 for pk in delete_keys(&m) {
                     let st = keys.entry((m.collection_id, pk)).or_default();
                     match &scope {
@@ -251,7 +292,7 @@ fn to_primary_keys(pks: &[&Pk]) -> PrimaryKeys {
 }
 
 fn upsert_batches(
-    inserts: Vec<(InsertRequest, Option<Vec<Pk>>)>,
+    inserts: Vec<(InsertRequest, Option<Keyed>)>,
     keys: &HashMap<(i64, Pk), KeyState>,
     limits: Limits,
 ) -> Vec<InsertBatch> {
@@ -263,13 +304,13 @@ fn upsert_batches(
             continue;
         }
         let bytes = prost::Message::encoded_len(&m);
-        if let Some(pks) = pks {
+        if let Some((pks, slot)) = pks {
             let keep: Vec<bool> = pks
                 .iter()
                 .enumerate()
                 .map(|(row, pk)| {
                     keys.get(&(m.collection_id, pk.clone()))
-                        .and_then(|st| st.newest.get(&m.partition_name))
+                        .and_then(|st| st.newest.get(&slot))
                         == Some(&(idx, row))
                 })
                 .collect();
@@ -438,6 +479,118 @@ mod tests {
         }))
     }
 
+    /// Rows `(key, value)` inserted into `partition` of collection 1.
+    fn insert(partition: &str, rows: &[(i64, i64)]) -> Change {
+        let col = |name: &str, data: Vec<i64>| FieldData {
+            field_name: name.into(),
+            field: Some(Field::Scalars(crate::proto::schema::ScalarField {
+                data: Some(Scalar::LongData(LongArray { data })),
+            })),
+            ..Default::default()
+        };
+        Change::Insert(Box::new(InsertRequest {
+            collection_id: 1,
+            partition_name: partition.into(),
+            num_rows: rows.len() as u64,
+            fields_data: vec![
+                col("id", rows.iter().map(|r| r.0).collect()),
+                col("v", rows.iter().map(|r| r.1).collect()),
+            ],
+            ..Default::default()
+        }))
+    }
+
+    /// `(partition, key, value)` of every upserted row.
+    fn upserted(plan: &Plan) -> Vec<(String, i64, i64)> {
+        let longs = |b: &InsertBatch, name: &str| -> Vec<i64> {
+            b.columns
+                .iter()
+                .find(|f| f.field_name == name)
+                .and_then(|f| match &f.field {
+                    Some(Field::Scalars(s)) => match &s.data {
+                        Some(Scalar::LongData(l)) => Some(l.data.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let mut out: Vec<(String, i64, i64)> = plan
+            .upserts
+            .iter()
+            .flat_map(|b| {
+                longs(b, "id")
+                    .into_iter()
+                    .zip(longs(b, "v"))
+                    .map(|(k, v)| (b.partition.clone(), k, v))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn keyed(partition_key: bool) -> impl Fn(i64) -> Option<RowKey> {
+        move |_| {
+            Some(RowKey {
+                pk_field: "id".into(),
+                partition_key,
+            })
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        rows: 1000,
+        bytes: 1 << 20,
+    };
+
+    #[test]
+    fn a_partition_key_collection_keeps_one_newest_row_per_key() {
+        // Milvus 2.3.5 routed an upsert and a later insert of the same key
+        // (same partition-key value) to two physical partitions; the target
+        // routes rows itself, so only the newest may be written.
+        let changes = || {
+            vec![
+                delete("_default_2", 12, &[7]),
+                insert("_default_2", &[(7, 1), (8, 1)]),
+                insert("_default_1", &[(7, 2)]),
+            ]
+        };
+        let plan = reduce(changes(), keyed(true), LIMITS);
+        assert_eq!(
+            upserted(&plan),
+            vec![("_default_1".into(), 7, 2), ("_default_2".into(), 8, 1)]
+        );
+        let steps: Vec<Scope> = plan.deletes.iter().map(|d| d.scope.clone()).collect();
+        assert_eq!(
+            steps,
+            vec![Scope::All],
+            "the target deletes in every partition"
+        );
+        // Without a partition key, each partition keeps its own newest row.
+        let plan = reduce(changes(), keyed(false), LIMITS);
+        assert_eq!(
+            upserted(&plan),
+            vec![
+                ("_default_1".into(), 7, 2),
+                ("_default_2".into(), 7, 1),
+                ("_default_2".into(), 8, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_partition_scoped_delete_in_a_partition_key_collection_removes_the_key() {
+        let changes = vec![
+            insert("_default_1", &[(7, 1)]),
+            delete("_default_2", 12, &[7]),
+        ];
+        let plan = reduce(changes, keyed(true), LIMITS);
+        assert!(upserted(&plan).is_empty());
+        assert_eq!(plan.deletes.len(), 1);
+        assert_eq!(plan.deletes[0].scope, Scope::All);
+    }
+
     #[test]
     fn a_partition_delete_keeps_the_source_partition_id() {
         let limits = Limits {
@@ -446,7 +599,12 @@ mod tests {
         };
         let plan = reduce(
             vec![delete("pc", 77, &[1, 2]), delete("", -1, &[3])],
-            |_| Some("id".into()),
+            |_| {
+                Some(RowKey {
+                    pk_field: "id".into(),
+                    partition_key: false,
+                })
+            },
             limits,
         );
         let steps: Vec<(Scope, i64, usize)> = plan

@@ -38,7 +38,7 @@ from workload import connect
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 TARGET = STACK["CDC_TARGET_URI"]
-DEFAULT_SEEDS = [1, 2, 5]
+DEFAULT_SEEDS = [1, 2, 5, 8]  # 8: a partition key, an upsert and a re-insert of a key
 WRITERS = 4
 SHARED = 60  # keys every writer upserts and deletes
 

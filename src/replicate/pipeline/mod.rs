@@ -17,7 +17,7 @@ use super::{
     batch::InsertBatch,
     catalog::{Catalog, Entry, Writable},
     progress::TaskProgress,
-    reduce::{DeleteStep, Limits, Scope},
+    reduce::{DeleteStep, Limits, RowKey, Scope},
     window::{Cut, Windows},
 };
 use crate::{
@@ -395,13 +395,16 @@ impl Pipeline {
         self.count_applied(kind, applied, rows, bytes, messages);
     }
 
-    /// The primary key field of a source collection (None inside: gone).
-    async fn pk_field_of(&self, id: i64, cancel: &CancellationToken) -> Option<Option<String>> {
+    /// How a source collection's rows are keyed (None inside: gone).
+    async fn row_key_of(&self, id: i64, cancel: &CancellationToken) -> Option<Option<RowKey>> {
         let entry = self
             .retry(cancel, "resolve collection", || self.catalog.resolve(id))
             .await?;
         Some(match entry {
-            Entry::Live(live) => Some(live.meta.pk_field.clone()),
+            Entry::Live(live) => Some(RowKey {
+                pk_field: live.meta.pk_field.clone(),
+                partition_key: live.meta.has_partition_key,
+            }),
             Entry::Dropped | Entry::Excluded => None,
         })
     }
@@ -451,11 +454,11 @@ struct TargetSink<'a> {
 }
 
 impl Sink for TargetSink<'_> {
-    fn pk_field(
+    fn row_key(
         &self,
         collection_id: i64,
-    ) -> impl std::future::Future<Output = Option<Option<String>>> + Send {
-        self.pipeline.pk_field_of(collection_id, self.cancel)
+    ) -> impl std::future::Future<Output = Option<Option<RowKey>>> + Send {
+        self.pipeline.row_key_of(collection_id, self.cancel)
     }
 
     fn delete(&self, step: &DeleteStep) -> impl std::future::Future<Output = bool> + Send {
