@@ -102,11 +102,27 @@ impl Pipeline {
             match self.wait_for_collection(db, name_now, ts, cancel).await {
                 None => return false,
                 Some(NameAt::Skip) => {
-                    let skipped = Applied::Skipped(format!(
-                        "collection {name_now} was re-created on the source after this change"
-                    ));
-                    self.count_applied(name, &skipped, 0, 0, 1);
-                    return true;
+                    // Made to an earlier collection of this name: one
+                    // dropped since (its namesake must not get it), or one
+                    // renamed since, whose replica the name may still lead
+                    // to during a replay (the swap of two names). Tried
+                    // once: a refusal for good means the former, and the
+                    // change is skipped instead of stopping the task.
+                    match self.apply_once(&kind).await {
+                        Ok(applied) => {
+                            self.count_applied(name, &applied, 0, 0, 1);
+                            return true;
+                        }
+                        Err(e) if e.is_permanent() => {
+                            let skipped = Applied::Skipped(format!(
+                                "collection {name_now} was re-created on the source after this change, which it refuses: {e}"
+                            ));
+                            self.count_applied(name, &skipped, 0, 0, 1);
+                            return true;
+                        }
+                        // Transient: retried like any write below.
+                        Err(_) => {}
+                    }
                 }
                 Some(_) => {}
             }
@@ -387,7 +403,10 @@ pub(super) enum NameAt {
     /// the name (the later one, after a replay, or when the earlier one's
     /// creation was skipped as gone), it would give it an index of another
     /// collection (refused for good when the vector types differ, or left
-    /// in place of the source's own index) or an early load.
+    /// in place of the source's own index) or an early load. But the
+    /// earlier collection may also have been renamed, and during a replay
+    /// the name may still lead to its replica: the change is tried once and
+    /// skipped only if the target refuses it for good.
     Skip,
 }
 
