@@ -345,7 +345,7 @@ pub(super) fn add_cell(row: &mut BTreeMap<String, Value>, col: &FieldData, v: Va
     }
 }
 
-/// One line per sampled key whose row differs.
+/// The lines of [`row_diffs`] alone (what the tests compare).
 #[cfg(test)]
 fn compare_rows<K: Key>(
     keys: &[K],
@@ -366,7 +366,8 @@ pub(super) struct RowDiff<K> {
     pub(super) what: String,
 }
 
-/// [`compare_rows`] with the key of each line.
+/// One entry per sampled key whose row differs: the key, whether both
+/// sides have it (with other values), and the line reported.
 fn row_diffs<K: Key>(
     keys: &[K],
     s: &BTreeMap<K, BTreeMap<String, Value>>,
