@@ -100,6 +100,27 @@ impl MilvusError {
         }
     }
 
+    /// Whether the Milvus itself said no to the request (an error status
+    /// in its answer, or a permanent gRPC refusal), as opposed to not
+    /// answering, being overloaded or rate-limiting: what a change that may
+    /// not fit the target at all is skipped on.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            MilvusError::Rejected {
+                permanent: true, ..
+            } => true,
+            MilvusError::Rejected {
+                status: None,
+                reason,
+                ..
+            } => {
+                let r = reason.to_ascii_lowercase();
+                !(r.contains("rate limit") || r.contains("not ready") || r.contains("unhealthy"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether retrying the same request cannot succeed.
     pub fn is_permanent(&self) -> bool {
         matches!(
@@ -479,6 +500,46 @@ mod tests {
             milvus.status_error("Upsert", Status::permission_denied("no")),
             MilvusError::Unauthenticated { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_an_answer_not_a_failure_to_answer() {
+        let url = "http://127.0.0.1:1";
+        let milvus = MilvusClient {
+            client: MilvusServiceClient::with_interceptor(
+                Endpoint::from_static(url).connect_lazy(),
+                AuthInterceptor::new(&Credentials::None),
+            ),
+            url: url.into(),
+        };
+        let answered = |code: i32, reason: &str| {
+            milvus
+                .check(
+                    "CreateIndex",
+                    Some(&common::Status {
+                        code,
+                        reason: reason.into(),
+                        ..Default::default()
+                    }),
+                )
+                .unwrap_err()
+        };
+        // What Milvus 2.3.5 answers to a FLAT index on a binary vector: not
+        // an invalid argument, but a refusal all the same.
+        let e = answered(65535, "float or float16 vector are only supported");
+        assert!(!e.is_permanent());
+        assert!(e.is_refusal());
+        assert!(answered(1100, "invalid parameter").is_refusal());
+        assert!(!answered(8, "rate limit exceeded").is_refusal());
+        assert!(!milvus
+            .status_error("CreateIndex", Status::unavailable("gone"))
+            .is_refusal());
+        assert!(!milvus
+            .status_error("CreateIndex", Status::resource_exhausted("slow down"))
+            .is_refusal());
+        assert!(milvus
+            .status_error("CreateIndex", Status::invalid_argument("bad"))
+            .is_refusal());
     }
 
     #[tokio::test]

@@ -392,7 +392,7 @@ def wait_documented(wl, src_alias, tgt_alias, timeout=180):
             try:
                 tgt = normalized(snapshot(tgt_alias, n), schemas[n])
             except Exception as e:  # noqa: BLE001 - not created or loaded yet
-                diffs[n] = f"not readable: {e!r}"[:300]
+                diffs[n] = f"not readable: {e}"[:300]  # repr hides the message
                 continue
             d = difference(want[n], tgt)
             if d:
@@ -414,7 +414,14 @@ def test_random_workload_replicates_exactly(agent, seed):
     print(f"ops: {sorted(wl.counts.items())}, re-inserted rows {len(wl.latest)}")
     try:
         tgt = connect(f"rw-{wl.tag}-target", TARGET, TARGET_TOKEN)
-        src = wait_documented(wl, admin, tgt)
+        try:
+            src = wait_documented(wl, admin, tgt)
+        except AssertionError:
+            # What the agent said about it (shown with the failure).
+            print("agent log, warnings:\n" + "\n".join(
+                line for line in agent.log_tail(4000).splitlines()
+                if " WARN " in line or " ERROR " in line or wl.reborn in line)[-8000:])
+            raise
         assert sum(len(r) for _, r in src[wl.main].values()) > 100, "rows were written"
         for n in (wl.main, wl.reborn):
             s_fields = [(f.name, f.dtype) for f in Collection(n, using=admin).schema.fields]

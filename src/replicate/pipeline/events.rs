@@ -106,14 +106,16 @@ impl Pipeline {
                     // dropped since (its namesake must not get it), or one
                     // renamed since, whose replica the name may still lead
                     // to during a replay (the swap of two names). Tried
-                    // once: a refusal for good means the former, and the
-                    // change is skipped instead of stopping the task.
+                    // once: a refusal means the former (an index for
+                    // another vector type is refused with a plain error
+                    // status, not as an invalid argument), and the change
+                    // is skipped instead of stopping the task.
                     match self.apply_once(&kind).await {
                         Ok(applied) => {
                             self.count_applied(name, &applied, 0, 0, 1);
                             return true;
                         }
-                        Err(e) if e.is_permanent() => {
+                        Err(e) if e.is_refusal() => {
                             let skipped = Applied::Skipped(format!(
                                 "collection {name_now} was re-created on the source after this change, which it refuses: {e}"
                             ));
@@ -406,7 +408,8 @@ pub(super) enum NameAt {
     /// in place of the source's own index) or an early load. But the
     /// earlier collection may also have been renamed, and during a replay
     /// the name may still lead to its replica: the change is tried once and
-    /// skipped only if the target refuses it for good.
+    /// skipped only if the target refuses it (see
+    /// [`MilvusError::is_refusal`]).
     Skip,
 }
 
