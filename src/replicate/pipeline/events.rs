@@ -2,7 +2,7 @@
 //! other non-row events: applied one by one in stream order, each after the
 //! DML channels have applied everything older.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,7 +19,11 @@ use crate::{
 
 /// How long a DML channel waits for another channel to finish dropping a
 /// partition that both carry.
-const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const DROP_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a replicate-channel change waits for DML channels that make no
+/// progress (stuck on a write the target keeps refusing, say).
+const DML_STALL: Duration = Duration::from_secs(60);
 
 impl Pipeline {
     /// Applies one non-insert event and records it; false if cancelled first.
@@ -150,19 +154,25 @@ impl Pipeline {
 
     /// A replicate-channel change (index, load, flush, database...) waits
     /// until every busy DML channel has applied everything before it, so
-    /// that e.g. an index is created after its collection.
+    /// that e.g. an index is created after its collection. It waits as long
+    /// as they move on (a long backlog behind a new task takes its time),
+    /// and applies the change anyway after [`DML_STALL`] without progress.
     pub(super) async fn wait_for_dml(&self, ts: u64, cancel: &CancellationToken) -> bool {
-        let started = Instant::now();
-        while self.progress.dml_watermark() < ts {
-            if started.elapsed() > std::time::Duration::from_secs(60) {
+        let mut watch = Stall::new(self.progress.dml_watermark(), Instant::now());
+        loop {
+            let watermark = self.progress.dml_watermark();
+            if watermark >= ts {
+                break;
+            }
+            if watch.stalled(watermark, Instant::now(), DML_STALL) {
                 warn!(
-                    "DML channels did not reach this change's time within 60s; applying it anyway"
+                    "DML channels made no progress towards this change's time for {DML_STALL:?}; applying it anyway"
                 );
                 break;
             }
             tokio::select! {
                 () = cancel.cancelled() => return false,
-                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
         true
@@ -197,7 +207,7 @@ impl Pipeline {
             // Perhaps renamed on the source since the target got it.
             self.retry(cancel, "rename", || self.catalog.follow_renames())
                 .await?;
-            if started.elapsed() > std::time::Duration::from_secs(60) {
+            if started.elapsed() > Duration::from_secs(60) {
                 warn!(
                     db,
                     collection = name,
@@ -207,7 +217,7 @@ impl Pipeline {
             }
             tokio::select! {
                 () = cancel.cancelled() => return None,
-                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     }
@@ -258,7 +268,7 @@ impl Pipeline {
                 }
                 Err(e) => {
                     self.count_error("checkpoint");
-                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     warn!(partition = partition_name, partition_id, error = %e, retry_in = ?delay, "the drop of the partition was applied but not recorded yet; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -337,7 +347,7 @@ impl Pipeline {
                                 return Ok(Applied::AlreadyThere);
                             }
                             Claim::Pending => {
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                         }
                     }
@@ -389,6 +399,31 @@ impl Pipeline {
     }
 }
 
+/// Watches a value that should keep moving (the DML watermark): stalled
+/// once it has not changed for a while.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stall {
+    value: u64,
+    since: Instant,
+}
+
+impl Stall {
+    /// Starts watching `value` at `now`.
+    pub(super) fn new(value: u64, now: Instant) -> Self {
+        Self { value, since: now }
+    }
+
+    /// Whether `value` (seen at `now`) has stayed the same for longer than
+    /// `limit`; a change restarts the clock.
+    pub(super) fn stalled(&mut self, value: u64, now: Instant, limit: Duration) -> bool {
+        if value != self.value {
+            *self = Self::new(value, now);
+            return false;
+        }
+        now.duration_since(self.since) > limit
+    }
+}
+
 /// What a replicate-channel change (index, load) of the collection named
 /// `name` at time `ts` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,6 +466,20 @@ pub(super) fn name_at(on_target: bool, source_created: Option<u64>, ts: u64) -> 
 #[cfg(test)]
 mod name_at_tests {
     use super::*;
+
+    #[test]
+    fn a_watermark_that_moves_never_stalls() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(60);
+        let mut w = Stall::new(10, t0);
+        assert!(!w.stalled(10, t0 + Duration::from_secs(59), limit));
+        // A long backlog: it keeps moving, for minutes.
+        for i in 1..10 {
+            assert!(!w.stalled(10 + i, t0 + Duration::from_secs(50 * i), limit));
+        }
+        assert!(!w.stalled(19, t0 + Duration::from_secs(450 + 60), limit));
+        assert!(w.stalled(19, t0 + Duration::from_secs(450 + 61), limit));
+    }
 
     #[test]
     fn a_change_older_than_the_sources_collection_of_its_name_is_skipped() {
