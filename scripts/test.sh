@@ -98,7 +98,8 @@ e2e_on() {
   # issue); run them with: scripts/test.sh e2e -m quarantine
   local select=(-m "not quarantine")
   for a in "$@"; do [ "$a" = -m ] && select=(); done
-  CDC_BIN="$REPO/target/debug/milvus-cdc" "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider -rfE --durations=15 "${select[@]}" "$@"
+  # CDC_BIN=... runs the suite against another build (an older one, to see a test fail).
+  CDC_BIN="${CDC_BIN:-$REPO/target/debug/milvus-cdc}" "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider -rfE --durations=15 "${select[@]}" "$@"
   log "stopping the test stack"
   scripts/stack.sh stop
   trap - EXIT
