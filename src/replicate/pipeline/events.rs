@@ -105,13 +105,6 @@ impl Pipeline {
         if let Some((db, name_now)) = kind.collection_scoped() {
             match self.wait_for_collection(db, name_now, ts, cancel).await {
                 None => return false,
-                Some(NameAt::Namesake) => {
-                    let skipped = Applied::Skipped(format!(
-                        "made to an earlier collection named {name_now}; the target's holds the source's later one"
-                    ));
-                    self.count_applied(name, &skipped, 0, 0, 1);
-                    return true;
-                }
                 Some(NameAt::Skip) => {
                     // Made to an earlier collection of this name: one
                     // dropped since (its namesake must not get it), or one
@@ -206,11 +199,7 @@ impl Pipeline {
             let decision = match (&on_target, &source) {
                 // An error the write itself will retry.
                 (Err(_), _) | (_, Err(_)) => NameAt::Apply,
-                (Ok(t), Ok(c)) => name_at(
-                    t.as_ref().map(|t| t.source_id),
-                    c.as_ref().map(|c| (c.collection_id, c.created_timestamp)),
-                    ts,
-                ),
+                (Ok(t), Ok(c)) => name_at(t.is_some(), c.as_ref().map(|c| c.created_timestamp), ts),
             };
             if decision != NameAt::Wait {
                 return Some(decision);
@@ -457,33 +446,20 @@ pub(super) enum NameAt {
     /// skipped only if the target refuses it (see
     /// [`MilvusError::is_refusal`]).
     Skip,
-    /// Like [`NameAt::Skip`], and the target's collection of that name is
-    /// the replica of the source's later collection (its source id says
-    /// so): the change is skipped untried, so that an index or a load of
-    /// the earlier collection cannot land on it even when it would fit.
-    Namesake,
 }
 
-/// Decides [`NameAt`] from the target's collection named `name` (its
-/// source id, if it has one) and the source's collection of that name (its
-/// id and creation time), for a change made at `ts`. Found by
-/// `tests/e2e/test_random_workload.py`: a collection dropped and re-created
-/// under its name with a binary instead of a float vector stopped the task
-/// on the earlier collection's replayed index.
-pub(super) fn name_at(
-    on_target: Option<Option<i64>>,
-    on_source: Option<(i64, u64)>,
-    ts: u64,
-) -> NameAt {
-    match (on_target, on_source) {
-        (Some(Some(target_id)), Some((id, created))) if created > ts && target_id == id => {
-            NameAt::Namesake
-        }
-        (_, Some((_, created))) if created > ts => NameAt::Skip,
-        (None, Some(_)) => NameAt::Wait,
+/// Decides [`NameAt`] from whether the target has a collection named
+/// `name` and when the source's collection of that name (if any) was
+/// created. Found by `tests/e2e/test_random_workload.py`: a collection
+/// dropped and re-created under its name with a binary instead of a float
+/// vector stopped the task on the earlier collection's replayed index.
+pub(super) fn name_at(on_target: bool, source_created: Option<u64>, ts: u64) -> NameAt {
+    match (on_target, source_created) {
+        (_, Some(created)) if created > ts => NameAt::Skip,
+        (false, Some(_)) => NameAt::Wait,
         // Present on the target; or gone on the source too: the write
         // skips it.
-        (Some(_), _) | (None, None) => NameAt::Apply,
+        (true, _) | (false, None) => NameAt::Apply,
     }
 }
 
@@ -507,23 +483,18 @@ mod name_at_tests {
 
     #[test]
     fn a_change_older_than_the_sources_collection_of_its_name_is_skipped() {
-        // Index of generation 0 (ts 10); the name now holds generation 1
-        // (id 2), created at 20.
-        assert_eq!(name_at(Some(Some(2)), Some((2, 20)), 10), NameAt::Namesake);
-        // The target's collection of the name is another one (a renamed
-        // collection's replica during a replay, or one without a source
-        // id): tried once.
-        assert_eq!(name_at(Some(Some(1)), Some((2, 20)), 10), NameAt::Skip);
-        assert_eq!(name_at(Some(None), Some((2, 20)), 10), NameAt::Skip);
-        assert_eq!(name_at(None, Some((2, 20)), 10), NameAt::Skip);
+        // Index of generation 0 (ts 10); the name now holds generation 1,
+        // created at 20, which the target has.
+        assert_eq!(name_at(true, Some(20), 10), NameAt::Skip);
+        assert_eq!(name_at(false, Some(20), 10), NameAt::Skip);
     }
 
     #[test]
     fn a_change_of_the_current_collection_applies_or_waits_for_it() {
-        assert_eq!(name_at(Some(Some(2)), Some((2, 10)), 10), NameAt::Apply);
-        assert_eq!(name_at(Some(Some(2)), Some((2, 5)), 10), NameAt::Apply);
-        assert_eq!(name_at(None, Some((2, 5)), 10), NameAt::Wait);
-        assert_eq!(name_at(Some(Some(2)), None, 10), NameAt::Apply);
-        assert_eq!(name_at(None, None, 10), NameAt::Apply);
+        assert_eq!(name_at(true, Some(10), 10), NameAt::Apply);
+        assert_eq!(name_at(true, Some(5), 10), NameAt::Apply);
+        assert_eq!(name_at(false, Some(5), 10), NameAt::Wait);
+        assert_eq!(name_at(true, None, 10), NameAt::Apply);
+        assert_eq!(name_at(false, None, 10), NameAt::Apply);
     }
 }
