@@ -7,15 +7,21 @@ inserts of keys that exist already, upserts, deletes by key and by a non-key
 expression, into explicit partitions when the schema allows them), while a
 DDL client races them (a partition created and dropped, a scalar index,
 release and load, a second collection dropped and re-created under its name
-with another random schema).
+with another random schema), and, per seed as a second rng draws them:
+a database with its own collection that a sixth client writes into (maybe
+dropped and re-created), an alias of the main collection that two writers
+write through and that is then moved to the second collection (maybe
+dropped), and index churn on the second collection (released, its vector
+index dropped and another type created, loaded again).
 
 The source is the truth, read with pymilvus partition by partition and
 compared field by field with the target, except where the documentation says
 otherwise: a key inserted twice into one partition leaves both rows on the
 source and only the latest on the target (docs/replication.md, "Duplicate
 keys"); a query on the source returns either of the two, so such keys are
-checked against the latest row the workload wrote. `milvus-cdc verify` must
-agree too.
+checked against the latest row the workload wrote. The target must also
+have the database, each collection's aliases and its indexes (type and
+parameters) as on the source. `milvus-cdc verify` must agree too.
 
 Seeds: RANDOM_WORKLOAD_SEEDS="5,6,7" runs others (exploration); every run
 prints its seed and the workload it drew."""
@@ -29,7 +35,7 @@ import uuid
 
 import pytest
 from pymilvus import (Collection, CollectionSchema, DataType, FieldSchema, MilvusException,
-                      connections, utility)
+                      connections, db, utility)
 
 from conftest import STACK, TARGET_TOKEN, create_task
 from test_mixed_workload import UNICODE, _literal, difference, snapshot
@@ -106,6 +112,15 @@ class Schema:
                        {"index_type": "FLAT", "metric_type": "L2", "params": {}})
         return c
 
+    def other_index(self, rng):
+        """Another vector index than create's (name, params) for index churn."""
+        nlist = rng.choice([4, 16, 128])
+        if self.binary:
+            return "vec_bivf", {"index_type": "BIN_IVF_FLAT", "params": {"nlist": nlist},
+                                "metric_type": rng.choice(["HAMMING", "JACCARD"])}
+        return "vec_ivf", {"index_type": rng.choice(["IVF_FLAT", "IVF_SQ8"]),
+                           "params": {"nlist": nlist}, "metric_type": rng.choice(["L2", "IP"])}
+
     def key(self, i):
         if self.pk_type == DataType.INT64:
             return (i * self.key_mult) % 2**40 - 2**39
@@ -178,6 +193,19 @@ class RandomWorkload:
         self.tag = f"{seed}_{uuid.uuid4().hex[:6]}"
         self.main = f"rw_main_{self.tag}"
         self.reborn = f"rw_reborn_{self.tag}"
+        # The DDL added later draws from its own rng, so that the schemas and
+        # the writers' operations of a seed stay what they were.
+        extra = random.Random(f"extra-{seed}")
+        self.database = f"rwdb_{self.tag}" if extra.random() < 0.7 else None
+        self.in_db = f"rw_indb_{self.tag}"
+        self.alias = f"rw_alias_{self.tag}" if extra.random() < 0.7 else None
+        self.index_churn = extra.random() < 0.7
+        self.alias_ready = threading.Event()  # created on the main collection
+        self.alias_free = threading.Event()  # no writer writes through it any more
+        self.alias_writers = 2 if self.alias else 0
+        if not self.alias:
+            self.alias_free.set()
+        self.in_db_schema = None
         self.schema = Schema(self.rng)
         self.rounds = rounds
         self.errors = []
@@ -217,7 +245,10 @@ class RandomWorkload:
 
     def writer(self, alias, rng, w):
         s = self.schema
-        c = Collection(self.main, using=alias)
+        main = c = Collection(self.main, using=alias)
+        # Writers 0 and 1 write through the alias in their first rounds
+        # (while it names the main collection), then release it.
+        via_alias = w < self.alias_writers
         own = 100_000 * (w + 1)  # this writer's own key indexes start here
         inserted = {}  # own key index -> partition of its last plain insert
         parts = ["_default", "p1", "dp"] if self.explicit_partitions else [None]
@@ -225,6 +256,16 @@ class RandomWorkload:
                "delete_expr"]
         weights = [rng.randint(1, 5) for _ in ops]
         for r in range(self.rounds):
+            if via_alias and r == 0:
+                assert self.alias_ready.wait(60), "the alias was not created"
+                c = Collection(self.alias, using=alias)
+                self.note("writers through the alias")
+            elif via_alias and r == self.rounds // 2:
+                c = main
+                with self._lock:
+                    self.alias_writers -= 1
+                    if not self.alias_writers:
+                        self.alias_free.set()
             for op in rng.choices(ops, weights, k=3):
                 part = rng.choice(parts)
                 if op == "upsert_shared":
@@ -270,6 +311,11 @@ class RandomWorkload:
         drop), indexes a scalar field, releases and loads, and drops and
         re-creates the second collection with another random schema."""
         c = Collection(self.main, using=alias)
+        extra = random.Random(f"ddl-{self.seed}")
+        if self.alias:
+            utility.create_alias(self.main, self.alias, using=alias)
+            self.alias_ready.set()
+            self.note("alias created")
         gen = 0
         for step in range(self.rounds // 2):
             time.sleep(rng.random() * 0.6)
@@ -282,18 +328,97 @@ class RandomWorkload:
                 c.create_partition("dp")
                 c.load()
             elif what == "release":
-                c.release()
+                # Through the alias while it names the main collection: the
+                # source's messages then carry the alias, not the name.
+                via = (self.alias and not self.counts.get("alias moved")
+                       and extra.random() < 0.5)
+                cc = Collection(self.alias, using=alias) if via else c
+                cc.release()
                 time.sleep(rng.random() * 0.3)
-                c.load()
-                self.note("release/load")
+                cc.load()
+                self.note("release/load through the alias" if via else "release/load")
             elif what == "index" and not self.counts.get("scalar index"):
-                c.create_index("age", {"index_type": "STL_SORT"}, index_name="age_idx")
+                via = (self.alias and not self.counts.get("alias moved")
+                       and extra.random() < 0.5)
+                cc = Collection(self.alias, using=alias) if via else c
+                cc.create_index("age", {"index_type": "STL_SORT"}, index_name="age_idx")
                 self.note("scalar index")
+                if via:
+                    self.note("scalar index through the alias")
             else:
                 self.reborn_generation(alias, rng, gen)
                 gen += 1
+                if (self.index_churn and not self.counts.get("index churn")
+                        and extra.random() < 0.6):
+                    self.churn_index(alias, extra)  # once: a release and load cost seconds
+            self.move_alias(alias)
         if not gen:
             self.reborn_generation(alias, rng, gen)
+        if self.index_churn and not self.counts.get("index churn"):
+            self.churn_index(alias, extra)
+        if self.alias:
+            assert self.alias_free.wait(120), "writers never left the alias"
+            self.move_alias(alias)
+            # Milvus 2.3.5 drops a collection's aliases with it: a re-created
+            # second collection has none.
+            if extra.random() < 0.4 and utility.has_collection(self.alias, using=alias):
+                utility.drop_alias(self.alias, using=alias)
+                self.note("alias dropped")
+
+    def move_alias(self, alias):
+        """Points the alias at the second collection once no writer uses it."""
+        if (self.alias and self.alias_free.is_set() and not self.counts.get("alias moved")
+                and utility.has_collection(self.reborn, using=alias)):
+            utility.alter_alias(self.reborn, self.alias, using=alias)
+            self.note("alias moved")
+
+    def churn_index(self, alias, rng):
+        """Replaces the second collection's vector index with another type."""
+        c = Collection(self.reborn, using=alias)
+        c.release()
+        for ix in c.indexes:
+            if ix.field_name == "vec":
+                c.drop_index(index_name=ix.index_name)
+        name, params = self.reborn_schema.other_index(rng)
+        c.create_index("vec", params, index_name=name)
+        c.load()
+        self.note("index churn")
+
+    def db_client(self, alias, rng, _):
+        """Creates a database and a collection in it, writes into it (inserts
+        of fresh keys, upserts, deletes), maybe drops and re-creates it."""
+        db.create_database(self.database, using=alias)
+        self.note("database")
+        conn = connect(f"rw-{self.tag}-indb", SOURCE, db_name=self.database)
+        try:
+            for gen in range(rng.choice([1, 2])):
+                if gen:
+                    utility.drop_collection(self.in_db, using=conn)
+                    self.note("in-db re-created")
+                s = Schema(random.Random(self.seed * 53 + gen))
+                self.in_db_schema = s
+                c = s.create(conn, self.in_db)
+                c.load()
+                fresh = 0
+                for _ in range(rng.randint(3, 8)):
+                    op = rng.choice(["insert", "insert", "upsert", "delete", "delete_expr"])
+                    if op == "insert" or not fresh:
+                        n = rng.randint(5, 60)
+                        c.insert(s.rows(rng, range(fresh, fresh + n)))
+                        fresh += n
+                    elif op == "upsert":
+                        # Keys written before, and new ones (never inserted).
+                        idx = rng.sample(range(fresh), min(fresh, rng.randint(1, 20)))
+                        idx += rng.sample(range(500_000, 500_050), rng.randint(0, 3))
+                        c.upsert(s.rows(rng, idx, moved=True))
+                    elif op == "delete":
+                        c.delete(s.key_expr(rng.sample(range(fresh), min(fresh, 6))))
+                    else:
+                        c.delete(f"age == {rng.randint(0, 30)}")
+                    self.note(f"in-db {op}")
+                    time.sleep(rng.random() * 0.2)
+        finally:
+            connections.disconnect(conn)
 
     def reborn_generation(self, alias, rng, gen):
         if utility.has_collection(self.reborn, using=alias):
@@ -316,6 +441,8 @@ class RandomWorkload:
             c.create_partition("dp")
         c.load()
         jobs = [(self.writer, w) for w in range(WRITERS)] + [(self.ddl, WRITERS)]
+        if self.database:
+            jobs.append((self.db_client, WRITERS + 1))
         threads = [threading.Thread(target=self._run, args=j, daemon=True) for j in jobs]
         for t in threads:
             t.start()
@@ -377,20 +504,34 @@ def normalized(snap, schema):
     return out
 
 
-def wait_documented(wl, src_alias, tgt_alias, timeout=180):
-    """Waits until the target holds the documented rows of both
-    collections; returns the source's snapshots."""
+def wait_documented(wl, src_alias, tgt_alias, src_db=None, timeout=180):
+    """Waits until the target holds the documented rows of every collection
+    (the database's too); returns the source's snapshots and the target's
+    connection to the database (None without one)."""
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     src = {n: snapshot(src_alias, n) for n in (wl.main, wl.reborn)}
     want = {wl.main: normalized(documented_target(wl, src[wl.main]), wl.schema),
             wl.reborn: normalized(src[wl.reborn], wl.reborn_schema)}
     schemas = {wl.main: wl.schema, wl.reborn: wl.reborn_schema}
-    deadline, diffs = time.time() + timeout, {}
+    if wl.database:
+        src[wl.in_db] = snapshot(src_db, wl.in_db)
+        want[wl.in_db] = normalized(src[wl.in_db], wl.in_db_schema)
+        schemas[wl.in_db] = wl.in_db_schema
+    deadline, diffs, tgt_db = time.time() + timeout, {}, None
     while time.time() < deadline:
         diffs = {}
         for n in want:
+            side = tgt_alias
+            if n == wl.in_db:
+                if tgt_db is None:
+                    if wl.database not in db.list_database(using=tgt_alias):
+                        diffs[n] = f"the target has no database {wl.database}"
+                        continue
+                    tgt_db = connect(f"rw-{wl.tag}-target-db", TARGET, TARGET_TOKEN,
+                                     db_name=wl.database)
+                side = tgt_db
             try:
-                tgt = normalized(snapshot(tgt_alias, n), schemas[n])
+                tgt = normalized(snapshot(side, n), schemas[n])
             except Exception as e:  # noqa: BLE001 - not created or loaded yet
                 diffs[n] = f"not readable: {e}"[:300]  # repr hides the message
                 continue
@@ -398,9 +539,29 @@ def wait_documented(wl, src_alias, tgt_alias, timeout=180):
             if d:
                 diffs[n] = d[:1500]
         if not diffs:
-            return src
+            return src, tgt_db
         time.sleep(2)
     raise AssertionError(f"seed {wl.seed}: the target never held the documented rows: {diffs}")
+
+
+def metadata(alias, name):
+    """A collection's aliases and indexes (field, name, type and parameters)."""
+    c = Collection(name, using=alias)
+    return (sorted(utility.list_aliases(name, using=alias)),
+            sorted((ix.field_name, ix.index_name, repr(sorted(ix.params.items())))
+                   for ix in c.indexes))
+
+
+def wait_metadata(pairs, timeout=60):
+    """Waits until every (name, source, target) has the source's aliases and
+    indexes on the target (aliases reach it through the reconciler)."""
+    deadline = time.time() + timeout
+    while True:
+        diffs = {n: (metadata(s, n), metadata(t, n)) for n, s, t in pairs}
+        diffs = {n: d for n, d in diffs.items() if d[0] != d[1]}
+        if not diffs or time.time() > deadline:
+            return diffs
+        time.sleep(2)
 
 
 @pytest.mark.parametrize("seed", seeds())
@@ -409,25 +570,64 @@ def test_random_workload_replicates_exactly(agent, seed):
     create_task(agent)
     wl = RandomWorkload(seed)
     print(f"main: {wl.schema.describe()}")
-    admin = wl.run()
-    print(f"reborn: {wl.reborn_schema.describe()}")
-    print(f"ops: {sorted(wl.counts.items())}, re-inserted rows {len(wl.latest)}")
+    print(f"database {wl.database}, alias {wl.alias}, index churn {wl.index_churn}")
+    admin, src_db, t0 = None, None, time.time()
     try:
+        admin = wl.run()
+        t1 = time.time()
+        print(f"reborn: {wl.reborn_schema.describe()}")
+        if wl.database:
+            print(f"in database: {wl.in_db_schema.describe()}")
+            src_db = connect(f"rw-{wl.tag}-db", SOURCE, db_name=wl.database)
+        print(f"ops: {sorted(wl.counts.items())}, re-inserted rows {len(wl.latest)}")
         tgt = connect(f"rw-{wl.tag}-target", TARGET, TARGET_TOKEN)
         try:
-            src = wait_documented(wl, admin, tgt)
+            src, tgt_db = wait_documented(wl, admin, tgt, src_db)
         except AssertionError:
             # What the agent said about it (shown with the failure).
             print("agent log, warnings:\n" + "\n".join(
                 line for line in agent.log_tail(4000).splitlines()
                 if " WARN " in line or " ERROR " in line or wl.reborn in line)[-8000:])
             raise
+        t2 = time.time()
         assert sum(len(r) for _, r in src[wl.main].values()) > 100, "rows were written"
-        for n in (wl.main, wl.reborn):
-            s_fields = [(f.name, f.dtype) for f in Collection(n, using=admin).schema.fields]
-            t_fields = [(f.name, f.dtype) for f in Collection(n, using=tgt).schema.fields]
+        pairs = [(wl.main, admin, tgt), (wl.reborn, admin, tgt)]
+        if wl.database:
+            assert wl.database in db.list_database(using=tgt)
+            pairs.append((wl.in_db, src_db, tgt_db))
+        for n, s_side, t_side in pairs:
+            s_fields = [(f.name, f.dtype) for f in Collection(n, using=s_side).schema.fields]
+            t_fields = [(f.name, f.dtype) for f in Collection(n, using=t_side).schema.fields]
             assert s_fields == t_fields, n
-        wait_verified([wl.main, wl.reborn], limit=90)
+        diffs = wait_metadata(pairs)
+        if diffs:
+            print("agent log, warnings:\n" + "\n".join(
+                line for line in agent.log_tail(4000).splitlines()
+                if " WARN " in line or " ERROR " in line or "alias" in line.lower())[-8000:])
+        assert not diffs, f"seed {seed}: (aliases, indexes) source vs target: {diffs}"
+        t3 = time.time()
+        wait_verified([wl.main, wl.reborn] + ([wl.in_db] if wl.database else []), limit=90)
+        print(f"seconds: workload {t1 - t0:.0f}, rows {t2 - t1:.0f}, aliases and indexes "
+              f"{t3 - t2:.0f}, verify {time.time() - t3:.0f}")
     finally:
+        cleanup(wl, admin or connect(f"rw-{wl.tag}-admin", SOURCE))
+
+
+def cleanup(wl, admin):
+    """Drops what the workload made on the source (the agent replicates the
+    drops): the alias, the collections, the database's collection and the
+    database (which Milvus drops only when empty)."""
+    if wl.alias:
         for n in (wl.main, wl.reborn):
-            utility.drop_collection(n, using=admin, timeout=30)
+            if utility.has_collection(n, using=admin) and \
+                    wl.alias in utility.list_aliases(n, using=admin):
+                utility.drop_alias(wl.alias, using=admin)
+    for n in (wl.main, wl.reborn):
+        utility.drop_collection(n, using=admin, timeout=30)
+    if wl.database and wl.database in db.list_database(using=admin):
+        src_db = connect(f"rw-{wl.tag}-db-cleanup", SOURCE, db_name=wl.database)
+        try:
+            utility.drop_collection(wl.in_db, using=src_db, timeout=30)
+        finally:
+            connections.disconnect(src_db)
+        db.drop_database(wl.database, using=admin)
