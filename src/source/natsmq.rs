@@ -22,6 +22,11 @@ use async_nats::jetstream::{
 
 use super::mq::{ChannelInfo, MessageQueue, MessageStream, MqError, RawMessage, StartAt};
 
+/// Longest a pull of a channel's ordered consumer waits for messages: the
+/// consumer's heartbeat is half of it, and two missed heartbeats recreate
+/// it.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
 /// A connection to the source's JetStream. Cheap to clone.
 #[derive(Clone)]
 pub struct NatsMq {
@@ -152,6 +157,14 @@ impl MessageQueue for NatsMq {
                         // keeps a backlog of large inserts within memory
                         // (docs/benchmarks.md) and time ticks still flowing.
                         max_batch: 8,
+                        // A pull lasts 30 s by default, with a heartbeat
+                        // every 15 s, and the consumer is recreated after
+                        // two missed heartbeats: a pull lost by a busy
+                        // natsmq stalled one channel for 60 s (seen in an
+                        // e2e run behind a long history). Pulls of 5 s
+                        // bring that down to about 10 s; a channel is
+                        // never idle that long (time ticks every 200 ms).
+                        max_expires: PULL_EXPIRES,
                         ..Default::default()
                     }),
                 )
