@@ -565,6 +565,14 @@ def wait_metadata(pairs, timeout=60):
         time.sleep(2)
 
 
+def print_agent_warnings(agent, also):
+    """Prints the agent's warnings and errors, and the lines `also` picks,
+    for a failure to show what the agent said about it."""
+    print("agent log, warnings:\n" + "\n".join(
+        line for line in agent.log_tail(4000).splitlines()
+        if " WARN " in line or " ERROR " in line or also(line))[-8000:])
+
+
 @pytest.mark.parametrize("seed", seeds())
 def test_random_workload_replicates_exactly(agent, seed):
     print(f"random workload seed {seed} (RANDOM_WORKLOAD_SEEDS={seed} repeats it)")
@@ -585,10 +593,7 @@ def test_random_workload_replicates_exactly(agent, seed):
         try:
             src, tgt_db = wait_documented(wl, admin, tgt, src_db)
         except AssertionError:
-            # What the agent said about it (shown with the failure).
-            print("agent log, warnings:\n" + "\n".join(
-                line for line in agent.log_tail(4000).splitlines()
-                if " WARN " in line or " ERROR " in line or wl.reborn in line)[-8000:])
+            print_agent_warnings(agent, lambda line: wl.reborn in line)
             raise
         t2 = time.time()
         assert sum(len(r) for _, r in src[wl.main].values()) > 100, "rows were written"
@@ -602,9 +607,7 @@ def test_random_workload_replicates_exactly(agent, seed):
             assert s_fields == t_fields, n
         diffs = wait_metadata(pairs)
         if diffs:
-            print("agent log, warnings:\n" + "\n".join(
-                line for line in agent.log_tail(4000).splitlines()
-                if " WARN " in line or " ERROR " in line or "alias" in line.lower())[-8000:])
+            print_agent_warnings(agent, lambda line: "alias" in line.lower())
         assert not diffs, f"seed {seed}: (aliases, indexes) source vs target: {diffs}"
         t3 = time.time()
         wait_verified([wl.main, wl.reborn] + ([wl.in_db] if wl.database else []), limit=90)
