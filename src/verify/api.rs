@@ -216,7 +216,11 @@ impl<'a> Api<'a> {
     }
 
     /// A strongly consistent query over `partitions` (empty: the whole
-    /// collection); `limit` None returns every match.
+    /// collection) returning at most `limit` rows. Every read carries a
+    /// limit: Milvus 2.3.5 answers a query without one incompletely when
+    /// the collection holds a key more than once (rows of *other* keys go
+    /// missing; docs/replication.md, "Duplicate keys"), so a caller that
+    /// needs every match re-reads smaller ranges while an answer is full.
     pub(super) async fn query(
         &self,
         db: &str,
@@ -224,16 +228,29 @@ impl<'a> Api<'a> {
         partitions: &[String],
         expr: &str,
         output_fields: &[&str],
-        limit: Option<usize>,
+        limit: usize,
+    ) -> Result<Vec<FieldData>, VerifyError> {
+        let limit = KeyValuePair {
+            key: "limit".into(),
+            value: limit.to_string(),
+        };
+        self.query_params(db, c, partitions, expr, output_fields, vec![limit])
+            .await
+    }
+
+    /// A strongly consistent query with the given `query_params`; only
+    /// [`Api::query`] (with a limit) and `count(*)` (which Milvus refuses
+    /// with a limit) use it.
+    async fn query_params(
+        &self,
+        db: &str,
+        c: &str,
+        partitions: &[String],
+        expr: &str,
+        output_fields: &[&str],
+        query_params: Vec<KeyValuePair>,
     ) -> Result<Vec<FieldData>, VerifyError> {
         let scope = scope_of(db, c);
-        let mut query_params = Vec::new();
-        if let Some(l) = limit {
-            query_params.push(KeyValuePair {
-                key: "limit".into(),
-                value: l.to_string(),
-            });
-        }
         let r = self
             .call(
                 &scope,
@@ -275,7 +292,7 @@ impl<'a> Api<'a> {
         expr: &str,
     ) -> Result<u64, VerifyError> {
         let cols = self
-            .query(db, c, partitions, expr, &["count(*)"], None)
+            .query_params(db, c, partitions, expr, &["count(*)"], Vec::new())
             .await?;
         let n = cols
             .iter()

@@ -5,6 +5,7 @@
 use std::{
     collections::VecDeque,
     fmt::{self, Write as _},
+    future::Future,
 };
 
 use super::{
@@ -13,8 +14,9 @@ use super::{
 };
 use crate::proto::schema::{field_data::Field, scalar_field::Data as Scalar, FieldData};
 
-/// Largest `limit` Milvus 2.3 accepts in a query (`offset + limit <= 16384`).
-const KEY_BATCH: usize = 16_384;
+/// Largest `limit` Milvus 2.3 accepts in a query (`offset + limit <= 16384`);
+/// every read of keys or rows carries it (see [`Api::query`]).
+pub(super) const KEY_BATCH: usize = 16_384;
 /// Example keys shown for missing or extra primary keys.
 pub(super) const EXAMPLES: usize = 10;
 
@@ -28,6 +30,10 @@ pub(super) trait Key: Ord + Clone + Default + Send + Sync + fmt::Debug + 'static
     /// `pk > self`.
     fn gt_expr(&self, pk: &str) -> String {
         format!("{pk} > {}", self.literal())
+    }
+    /// `pk < self`; None when no key is smaller.
+    fn lt_expr(&self, pk: &str) -> Option<String> {
+        Some(format!("{pk} < {}", self.literal()))
     }
     /// The key as shown in reports.
     fn show(&self) -> String {
@@ -56,6 +62,10 @@ impl Key for i64 {
             _ => format!("{pk} > {self}"),
         }
     }
+    fn lt_expr(&self, pk: &str) -> Option<String> {
+        // `pk < MIN` selects nothing (and its literal would not parse).
+        (*self != i64::MIN).then(|| format!("{pk} < {self}"))
+    }
 }
 
 impl Key for String {
@@ -70,6 +80,9 @@ impl Key for String {
             },
             _ => None,
         }
+    }
+    fn lt_expr(&self, pk: &str) -> Option<String> {
+        (!self.is_empty()).then(|| format!("{pk} < {}", self.literal()))
     }
 }
 
@@ -127,13 +140,123 @@ pub(super) fn after_expr<K: Key>(pk: &str, last: Option<&K>) -> String {
     last.map(|k| k.gt_expr(pk)).unwrap_or_default()
 }
 
-/// The expression selecting keys in `(last, max]`.
-pub(super) fn window_expr<K: Key>(pk: &str, last: Option<&K>, max: &K) -> String {
-    let upper = format!("{pk} <= {}", max.literal());
-    match last {
-        Some(k) => format!("{} && {upper}", k.gt_expr(pk)),
-        None => upper,
+/// The upper end of a [`Window`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Upper<K> {
+    /// `pk <= k`.
+    Through(K),
+    /// `pk < k`.
+    Below(K),
+}
+
+/// The keys above `lo` (all when None) up to `hi`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Window<K> {
+    pub(super) lo: Option<K>,
+    pub(super) hi: Upper<K>,
+}
+
+impl<K: Key> Window<K> {
+    /// The keys in `(last, max]`.
+    pub(super) fn through(last: Option<K>, max: K) -> Self {
+        Self {
+            lo: last,
+            hi: Upper::Through(max),
+        }
     }
+
+    /// The expression selecting the window; None when it holds no key.
+    pub(super) fn expr(&self, pk: &str) -> Option<String> {
+        let upper = match &self.hi {
+            Upper::Through(k) => format!("{pk} <= {}", k.literal()),
+            Upper::Below(k) => k.lt_expr(pk)?,
+        };
+        Some(match &self.lo {
+            Some(k) => format!("{} && {upper}", k.gt_expr(pk)),
+            None => upper,
+        })
+    }
+
+    /// Whether `k` lies in the window.
+    #[cfg(test)]
+    fn contains(&self, k: &K) -> bool {
+        self.lo.as_ref().is_none_or(|lo| k > lo)
+            && match &self.hi {
+                Upper::Through(hi) => k <= hi,
+                Upper::Below(hi) => k < hi,
+            }
+    }
+
+    /// The window without `mid` (one of its keys): the keys below `mid`
+    /// and those above it. Both hold fewer rows than the window, whatever
+    /// the keys are, since neither holds `mid`'s.
+    fn split(self, mid: &K) -> (Self, Self) {
+        let below = Self {
+            lo: self.lo.clone(),
+            hi: Upper::Below(mid.clone()),
+        };
+        (below, self.above(mid))
+    }
+
+    /// The part of the window above `k` (one of its keys).
+    fn above(self, k: &K) -> Self {
+        Self {
+            lo: Some(k.clone()),
+            hi: self.hi,
+        }
+    }
+
+    /// Whether the bounds leave no key (`lo` at or above the upper end).
+    fn is_empty(&self) -> bool {
+        match (&self.lo, &self.hi) {
+            (Some(lo), Upper::Through(hi) | Upper::Below(hi)) => lo >= hi,
+            (None, _) => false,
+        }
+    }
+}
+
+/// Every key of `window`, read with `read(window)` (at most `limit` rows
+/// per read). A read that comes back full may have been cut, so its window
+/// is split at the median of the keys it returned and each part is read
+/// again, until no read is full. A read that is not full can still lack
+/// the window's largest keys (Milvus 2.3.5 counts a duplicated key's extra
+/// rows towards the limit), so the window above its largest key is read
+/// next, until a read finds nothing. Keys read are kept (they exist).
+/// Returns the keys ascending, without repeats.
+pub(super) async fn read_window<K, F, Fut>(
+    window: Window<K>,
+    limit: usize,
+    mut read: F,
+) -> Result<Vec<K>, VerifyError>
+where
+    K: Key,
+    F: FnMut(Window<K>) -> Fut,
+    Fut: Future<Output = Result<Vec<K>, VerifyError>>,
+{
+    let mut out = Vec::new();
+    let mut todo = vec![window];
+    while let Some(w) = todo.pop() {
+        if w.is_empty() {
+            continue;
+        }
+        let mut keys = read(w.clone()).await?;
+        let full = keys.len() >= limit;
+        keys.sort();
+        keys.dedup();
+        if full {
+            if let Some(mid) = keys.get(keys.len() / 2) {
+                let (below, above) = w.split(mid);
+                todo.push(above);
+                todo.push(below);
+            }
+        } else if let Some(max) = keys.last() {
+            todo.push(w.above(max));
+        }
+        out.extend(keys);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 pub(super) fn strictly_increasing<K: Ord>(keys: &[K]) -> bool {
@@ -149,6 +272,11 @@ pub(super) struct KeyCursor<'a, K> {
     /// The partitions read (empty: the whole collection).
     partitions: &'a [String],
     pk: &'a str,
+    /// `count(*)` of the side before the walk: with as many keys read, a
+    /// short batch ends the walk without one more read.
+    rows: u64,
+    /// Keys returned so far.
+    seen: u64,
     last: Option<K>,
     /// No keys after `last`.
     pub(super) done: bool,
@@ -163,6 +291,7 @@ impl<'a, K: Key> KeyCursor<'a, K> {
         collection: &'a str,
         partitions: &'a [String],
         pk: &'a str,
+        rows: u64,
     ) -> Self {
         Self {
             api,
@@ -170,6 +299,8 @@ impl<'a, K: Key> KeyCursor<'a, K> {
             collection,
             partitions,
             pk,
+            rows,
+            seen: 0,
             last: None,
             done: false,
             fell_back: false,
@@ -186,13 +317,20 @@ impl<'a, K: Key> KeyCursor<'a, K> {
     }
 
     /// The next batch of keys, ascending. Milvus 2.3 answers a query with a
-    /// limit with the smallest matching keys in ascending order; if a batch
-    /// is not ascending, that cannot be trusted, and every key up to the
-    /// batch's largest one is read again without a limit.
+    /// limit with the smallest matching keys in ascending order, but, when
+    /// keys are duplicated, with fewer than `limit` keys even if more exist
+    /// (it counts a key's extra rows towards the limit, then drops them):
+    /// so a short batch ends the walk only once as many keys as `count(*)`
+    /// rows were read, else an empty one does. If a batch is not ascending,
+    /// that cannot be trusted, and every key up to the batch's largest one
+    /// is read again by range ([`read_window`]).
     async fn next(&mut self) -> Result<Vec<K>, VerifyError> {
         let expr = after_expr(self.pk, self.last.as_ref());
-        let mut keys = self.fetch(&expr, Some(KEY_BATCH)).await?;
-        if keys.len() < KEY_BATCH {
+        let mut keys = self.fetch(&expr, KEY_BATCH).await?;
+        let seen = self
+            .seen
+            .saturating_add(u64::try_from(keys.len()).unwrap_or(u64::MAX));
+        if keys.is_empty() || (keys.len() < KEY_BATCH && seen >= self.rows) {
             self.done = true;
         }
         if !strictly_increasing(&keys) {
@@ -200,10 +338,17 @@ impl<'a, K: Key> KeyCursor<'a, K> {
             keys.sort();
             keys.dedup();
             if let Some(max) = keys.last().cloned() {
-                let window = window_expr(self.pk, self.last.as_ref(), &max);
+                let window = Window::through(self.last.clone(), max);
+                let this = &*self;
+                let read = |w: Window<K>| async move {
+                    match w.expr(this.pk) {
+                        Some(expr) => this.fetch(&expr, KEY_BATCH).await,
+                        None => Ok(Vec::new()),
+                    }
+                };
                 // Kept with the batch, so the cursor moves on even if rows
                 // vanish meanwhile.
-                keys.extend(self.fetch(&window, None).await?);
+                keys.extend(read_window(window, KEY_BATCH, read).await?);
                 keys.sort();
                 keys.dedup();
             }
@@ -211,6 +356,9 @@ impl<'a, K: Key> KeyCursor<'a, K> {
         if let Some(k) = keys.last() {
             self.last = Some(k.clone());
         }
+        self.seen = self
+            .seen
+            .saturating_add(u64::try_from(keys.len()).unwrap_or(u64::MAX));
         Ok(keys)
     }
 
@@ -218,10 +366,10 @@ impl<'a, K: Key> KeyCursor<'a, K> {
     /// walk did not end early, for when `count(*)` disagrees with it.
     pub(super) async fn ended_early(&self) -> Result<bool, VerifyError> {
         let expr = after_expr(self.pk, self.last.as_ref());
-        Ok(!self.fetch(&expr, Some(1)).await?.is_empty())
+        Ok(!self.fetch(&expr, 1).await?.is_empty())
     }
 
-    async fn fetch(&self, expr: &str, limit: Option<usize>) -> Result<Vec<K>, VerifyError> {
+    async fn fetch(&self, expr: &str, limit: usize) -> Result<Vec<K>, VerifyError> {
         let cols = self
             .api
             .query(
@@ -528,8 +676,22 @@ mod tests {
             "id >= -9223372036854775807"
         );
         assert_eq!(after_expr("pk", Some(&"a\"".to_string())), r#"pk > "a\"""#);
-        assert_eq!(window_expr("id", Some(&1i64), &9), "id > 1 && id <= 9");
-        assert_eq!(window_expr::<i64>("id", None, &9), "id <= 9");
+        let w = |lo: Option<i64>, hi| Window { lo, hi }.expr("id");
+        assert_eq!(
+            Window::through(Some(1i64), 9).expr("id").as_deref(),
+            Some("id > 1 && id <= 9")
+        );
+        assert_eq!(w(None, Upper::Through(9)).as_deref(), Some("id <= 9"));
+        assert_eq!(
+            w(Some(1), Upper::Below(-9)).as_deref(),
+            Some("id > 1 && id < -9")
+        );
+        assert_eq!(w(None, Upper::Below(i64::MIN)), None);
+        let s = Window {
+            lo: None,
+            hi: Upper::Below(String::new()),
+        };
+        assert_eq!(s.expr("pk"), None);
         assert_eq!(in_expr("id", &[1i64, 2, 3]), "id in [1, 2, 3]");
         assert_eq!(
             in_expr("pk", &["a".to_string(), "b\\".to_string()]),
@@ -538,6 +700,92 @@ mod tests {
         assert!(strictly_increasing(&[1, 2, 5]));
         assert!(!strictly_increasing(&[1, 2, 2]));
         assert!(!strictly_increasing(&[3, 1]));
+    }
+
+    /// A fake side holding `rows` (a key more than once when duplicated)
+    /// that answers a read of a window the way a cut answer looks: at most
+    /// `limit` rows, in no order, the cut ones anywhere in the window.
+    fn fake_read(
+        rows: &[i64],
+        limit: usize,
+        reads: &std::cell::RefCell<Vec<Window<i64>>>,
+        w: Window<i64>,
+    ) -> Vec<i64> {
+        reads.borrow_mut().push(w.clone());
+        let mut hits: Vec<i64> = rows.iter().copied().filter(|k| w.contains(k)).collect();
+        // Every other row first, largest first: a cut answer keeps rows from
+        // all over the window, not a prefix.
+        hits.sort_by_key(|k| (k % 2, std::cmp::Reverse(*k)));
+        hits.truncate(limit);
+        hits
+    }
+
+    fn in_window(rows: &[i64], w: &Window<i64>) -> usize {
+        rows.iter().filter(|k| w.contains(k)).count()
+    }
+
+    #[test]
+    fn read_window_splits_full_reads_until_none_is_cut() {
+        // 0..100 plus duplicates: 10..20 twice, 50 forty times.
+        let mut rows: Vec<i64> = (0..100).collect();
+        rows.extend(10..20);
+        rows.extend(std::iter::repeat_n(50, 40));
+        let limit = 16;
+        let reads = std::cell::RefCell::new(Vec::new());
+        let window = Window::through(Some(-1), 99);
+        let read = |w: Window<i64>| {
+            let got = fake_read(&rows, limit, &reads, w);
+            async move { Ok::<_, VerifyError>(got) }
+        };
+        let keys = futures::executor::block_on(read_window(window, limit, read));
+        assert_eq!(keys.ok(), Some((0..100).collect::<Vec<i64>>()));
+        // Full reads were split, and every key was finally read by a read
+        // that was not full (so not cut), or was the point of a split.
+        let reads = reads.into_inner();
+        let full: Vec<&Window<i64>> = reads
+            .iter()
+            .filter(|w| in_window(&rows, w) >= limit)
+            .collect();
+        assert!(!full.is_empty() && reads.len() > full.len(), "{reads:?}");
+        for k in 0..100 {
+            let whole = reads
+                .iter()
+                .any(|w| w.contains(&k) && in_window(&rows, w) < limit);
+            let mid = reads.iter().any(|w| w.lo == Some(k));
+            assert!(whole || mid, "key {k} only in cut reads: {reads:?}");
+        }
+        // A read that is never full is read once.
+        let reads = std::cell::RefCell::new(Vec::new());
+        let small: Vec<i64> = (0..10).collect();
+        let read = |w: Window<i64>| {
+            let got = fake_read(&small, limit, &reads, w);
+            async move { Ok::<_, VerifyError>(got) }
+        };
+        let keys = futures::executor::block_on(read_window(Window::through(None, 9), limit, read));
+        assert_eq!(keys.ok(), Some((0..10).collect::<Vec<i64>>()));
+        assert_eq!(reads.into_inner().len(), 1);
+    }
+
+    #[test]
+    fn read_window_reads_on_after_a_short_answer_that_lacks_keys() {
+        // Milvus 2.3.5 with a limit: the smallest `limit` rows, a key's
+        // extra rows among them, then without repeats (fewer keys than the
+        // limit although more exist).
+        let mut rows: Vec<i64> = (0..40).collect();
+        rows.extend((0..10).flat_map(|k| [k, k]));
+        let limit = 16;
+        let reads = std::cell::RefCell::new(0);
+        let read = |w: Window<i64>| {
+            *reads.borrow_mut() += 1;
+            let mut hits: Vec<i64> = rows.iter().copied().filter(|k| w.contains(k)).collect();
+            hits.sort();
+            hits.truncate(limit);
+            hits.dedup();
+            async move { Ok::<_, VerifyError>(hits) }
+        };
+        let keys = futures::executor::block_on(read_window(Window::through(None, 39), limit, read));
+        assert_eq!(keys.ok(), Some((0..40).collect::<Vec<i64>>()));
+        assert!(reads.into_inner() > 2);
     }
 
     #[test]

@@ -7,14 +7,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::{stream, StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use super::{
-    api::scope_of,
+    api::{scope_of, Api},
     both,
-    keys::{duplicates, in_chunks, in_expr, Key, KeyCursor, KeyDiff},
+    keys::{duplicates, in_chunks, in_expr, Key, KeyCursor, KeyDiff, KEY_BATCH},
     partitions::{in_partition, partition_names, split_samples, RowPlan},
-    unexpected, zip_maps, Side, Verifier, VerifyError,
+    unexpected, zip_maps, Verifier, VerifyError,
 };
 use crate::{
     proto::schema::{CollectionSchema, DataType, FieldData},
@@ -24,6 +25,9 @@ use crate::{
 /// Most sampled rows fetched per `pk in [...]` query (a strongly
 /// consistent query costs about 0.4 s on Milvus 2.3 whatever its size).
 const SAMPLE_BATCH: usize = 1024;
+/// The `limit` of each such query: Milvus's largest, room for 16 rows per
+/// key of a batch (a key inserted several times without upsert).
+const SAMPLE_LIMIT: usize = KEY_BATCH;
 /// Longest `pk in [...]` expression, in bytes (long varchar keys).
 const MAX_EXPR_BYTES: usize = 1 << 20;
 /// Rows with differing values reported one by one per collection.
@@ -31,6 +35,8 @@ const ROW_DIFFS_SHOWN: usize = 10;
 /// Most sampled keys with differing values whose rows on the source are
 /// counted (to tell a key inserted twice on the source from a difference).
 const DUPLICATE_CHECKS: usize = 1000;
+/// `count(*)` queries of [`DUPLICATE_CHECKS`] sent at once.
+const COUNTS_AT_ONCE: usize = 16;
 /// Longest value shown in a difference, in characters.
 const VALUE_SHOWN: usize = 80;
 /// Least time between two progress lines.
@@ -121,8 +127,8 @@ impl Verifier<'_> {
         };
         let (src, tgt) = (self.src, self.tgt);
         let names = partition_names(part);
-        let mut s_cur = KeyCursor::<K>::new(src, db, c, names, pk);
-        let mut t_cur = KeyCursor::<K>::new(tgt, db, c, names, pk);
+        let mut s_cur = KeyCursor::<K>::new(src, db, c, names, pk, s_count);
+        let mut t_cur = KeyCursor::<K>::new(tgt, db, c, names, pk, t_count);
         let mut s_buf = VecDeque::new();
         let mut t_buf = VecDeque::new();
         let mut diff = KeyDiff::default();
@@ -191,13 +197,10 @@ impl Verifier<'_> {
         let names = partition_names(part);
         let mut differing = Vec::new();
         for chunk in in_chunks(&keys, SAMPLE_BATCH, MAX_EXPR_BYTES) {
-            let expr = in_expr(pk, chunk);
             let (s, t) = tokio::try_join!(
-                self.src.query(db, c, names, &expr, &["*"], None),
-                self.tgt.query(db, c, names, &expr, &["*"], None),
+                rows_of(self.src, db, c, names, pk, chunk),
+                rows_of(self.tgt, db, c, names, pk, chunk),
             )?;
-            let s = rows_by_key::<K>(&s, pk).map_err(|m| unexpected(Side::Source, &scope, m))?;
-            let t = rows_by_key::<K>(&t, pk).map_err(|m| unexpected(Side::Target, &scope, m))?;
             differing.extend(row_diffs(chunk, &s, &t));
         }
         let source_rows = self
@@ -257,15 +260,52 @@ impl Verifier<'_> {
         if all == u64::try_from(keys.len()).unwrap_or(u64::MAX) {
             return Ok(keys.into_iter().map(|k| (k, 1)).collect());
         }
-        for k in keys {
-            let n = self
-                .src
-                .count_where(db, c, names, &in_expr(pk, std::slice::from_ref(&k)))
-                .await?;
-            out.insert(k, n);
-        }
+        // One count per key, several at once: each waits for the source's
+        // strong consistency more than it works.
+        let src = self.src;
+        let counts: Vec<(K, u64)> = stream::iter(keys)
+            .map(|k| async move {
+                let n = src
+                    .count_where(db, c, names, &in_expr(pk, std::slice::from_ref(&k)))
+                    .await?;
+                Ok::<_, VerifyError>((k, n))
+            })
+            .buffered(COUNTS_AT_ONCE)
+            .try_collect()
+            .await?;
+        out.extend(counts);
         Ok(out)
     }
+}
+
+/// The rows of `keys` on one side, by key. Every read carries a limit
+/// ([`Api::query`]), and Milvus 2.3.5 counts a duplicated key's extra rows
+/// towards it before it drops them, so an answer can lack keys that exist:
+/// the keys an answer lacks are read again, as long as a read finds some.
+async fn rows_of<K: Key>(
+    api: Api<'_>,
+    db: &str,
+    c: &str,
+    names: &[String],
+    pk: &str,
+    keys: &[K],
+) -> Result<BTreeMap<K, BTreeMap<String, Value>>, VerifyError> {
+    let scope = scope_of(db, c);
+    let mut out = BTreeMap::new();
+    let mut wanted = keys.to_vec();
+    while !wanted.is_empty() {
+        let cols = api
+            .query(db, c, names, &in_expr(pk, &wanted), &["*"], SAMPLE_LIMIT)
+            .await?;
+        let rows = rows_by_key::<K>(&cols, pk).map_err(|m| unexpected(api.side, &scope, m))?;
+        let before = wanted.len();
+        wanted.retain(|k| !rows.contains_key(k));
+        out.extend(rows);
+        if wanted.len() == before {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Picks about `wanted` keys spread evenly over a stream of about
