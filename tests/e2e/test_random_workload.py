@@ -24,7 +24,13 @@ have the database, each collection's aliases and its indexes (type and
 parameters) as on the source. `milvus-cdc verify` must agree too.
 
 Seeds: RANDOM_WORKLOAD_SEEDS="5,6,7" runs others (exploration); every run
-prints its seed and the workload it drew."""
+prints its seed and the workload it drew.
+
+RANDOM_WORKLOAD_KEEP=1 keeps a failed run's collections (its alias and
+database too): nothing is dropped at teardown, and the names are printed.
+scripts/test.sh stops the stack afterwards but keeps its run folder until
+its next run; `scripts/stack.sh start` with the same CDC_* variables (see
+scripts/test.sh) brings both Milvus back to inspect them."""
 
 import logging
 import os
@@ -580,7 +586,7 @@ def test_random_workload_replicates_exactly(agent, seed):
     wl = RandomWorkload(seed)
     print(f"main: {wl.schema.describe()}")
     print(f"database {wl.database}, alias {wl.alias}, index churn {wl.index_churn}")
-    admin, src_db, t0 = None, None, time.time()
+    admin, src_db, t0, passed = None, None, time.time(), False
     try:
         admin = wl.run()
         t1 = time.time()
@@ -613,8 +619,13 @@ def test_random_workload_replicates_exactly(agent, seed):
         wait_verified([wl.main, wl.reborn] + ([wl.in_db] if wl.database else []), limit=90)
         print(f"seconds: workload {t1 - t0:.0f}, rows {t2 - t1:.0f}, aliases and indexes "
               f"{t3 - t2:.0f}, verify {time.time() - t3:.0f}")
+        passed = True
     finally:
-        cleanup(wl, admin or connect(f"rw-{wl.tag}-admin", SOURCE))
+        if not passed and os.environ.get("RANDOM_WORKLOAD_KEEP") == "1":
+            print(f"RANDOM_WORKLOAD_KEEP=1: kept collections {wl.main}, {wl.reborn}, alias "
+                  f"{wl.alias}, database {wl.database} (collection {wl.in_db})")
+        else:
+            cleanup(wl, admin or connect(f"rw-{wl.tag}-admin", SOURCE))
 
 
 def cleanup(wl, admin):
