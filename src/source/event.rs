@@ -122,6 +122,35 @@ impl EventKind {
         }
     }
 
+    /// `(database, collection)` of a replicate-channel change that names
+    /// its collection as the client did, so perhaps by an alias (an index,
+    /// a load or a release), else None.
+    pub fn client_named(&self) -> Option<(&str, &str)> {
+        match self {
+            EventKind::CreateIndex(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::DropIndex(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::LoadCollection(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::ReleaseCollection(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::LoadPartitions(r) => Some((&r.db_name, &r.collection_name)),
+            EventKind::ReleasePartitions(r) => Some((&r.db_name, &r.collection_name)),
+            _ => None,
+        }
+    }
+
+    /// [`client_named`](Self::client_named), to rewrite the names (a change
+    /// made through an alias, applied to its collection).
+    pub fn client_named_mut(&mut self) -> Option<(&mut String, &mut String)> {
+        match self {
+            EventKind::CreateIndex(r) => Some((&mut r.db_name, &mut r.collection_name)),
+            EventKind::DropIndex(r) => Some((&mut r.db_name, &mut r.collection_name)),
+            EventKind::LoadCollection(r) => Some((&mut r.db_name, &mut r.collection_name)),
+            EventKind::ReleaseCollection(r) => Some((&mut r.db_name, &mut r.collection_name)),
+            EventKind::LoadPartitions(r) => Some((&mut r.db_name, &mut r.collection_name)),
+            EventKind::ReleasePartitions(r) => Some((&mut r.db_name, &mut r.collection_name)),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

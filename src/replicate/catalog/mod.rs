@@ -614,6 +614,7 @@ impl Catalog {
     }
 }
 
+mod alias;
 mod rename;
 
 #[cfg(test)]

@@ -85,6 +85,25 @@ impl Pipeline {
         if !self.dml && !self.wait_for_dml(ts, cancel).await {
             return false;
         }
+        // Made through an alias: applied to the target collection of the
+        // aliased source collection, not by the alias (`catalog/alias.rs`).
+        let mut kind = kind;
+        let dealiased = match kind.client_named() {
+            Some((db, client_name)) => match self.catalog.dealias(db, client_name).await {
+                Ok(found) => found,
+                Err(e) => {
+                    warn!(sequence = pos.sequence, event = name, collection = client_name, error = %e, "could not ask the source whether the collection name is an alias; applying the change by that name");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let (Some((db, real)), Some((db_name, collection_name))) =
+            (dealiased, kind.client_named_mut())
+        {
+            *db_name = db;
+            *collection_name = real;
+        }
         // Changes of collections the task does not replicate are ignored
         // (before waiting for such a collection to appear on the target).
         match self
