@@ -5,11 +5,11 @@ source collection's rows is renamed with it, also when a new collection
 takes the old name right after (the "swap" pattern) and when two names are
 swapped. Checked with pymilvus on the target and with `milvus-cdc verify`."""
 
-from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
+from pymilvus import Collection, utility
 
 from conftest import STACK, TARGET_TOKEN, create_task
 from test_replication import tag, wait_verified
-from workload import connect
+from workload import connect, insert_labelled as insert, labelled_collection
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 TARGET = STACK["CDC_TARGET_URI"]
@@ -18,19 +18,9 @@ SOURCE_ID = "milvus-cdc.source-collection-id"
 
 def make(alias, name, ids, label):
     """A loaded 1-shard collection holding `ids` (VarChar `label` + key)."""
-    schema = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
-                               FieldSchema("s", DataType.VARCHAR, max_length=64),
-                               FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
-    c = Collection(name, schema, using=alias, shards_num=1)
+    c = labelled_collection(alias, name)
     insert(c, ids, label)
-    c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-    c.load()
     return c
-
-
-def insert(c, ids, label):
-    ids = list(ids)
-    c.insert([ids, [f"{label}{i}" for i in ids], [[float(i % 7), 0.0, 1.0, 2.0] for i in ids]])
 
 
 def target_rows(alias, name):

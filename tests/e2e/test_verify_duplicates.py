@@ -11,11 +11,11 @@ and the older values a query returns for a duplicated key are notes), and
 a key deleted on the target only is reported."""
 
 import pytest
-from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
+from pymilvus import Collection, utility
 
 from conftest import STACK, TARGET_TOKEN, create_task, wait_collection
 from test_replication import tag, verify
-from workload import connect
+from workload import connect, insert_labelled, labelled_collection
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 TARGET = STACK["CDC_TARGET_URI"]
@@ -46,12 +46,6 @@ def state(checked):
     return read
 
 
-def insert(c, ids, label):
-    for lo in range(ids.start, ids.stop, 5000):
-        part = list(range(lo, min(lo + 5000, ids.stop)))
-        c.insert([part, [f"{label}{i}" for i in part], [[float(i % 7), 0.0, 1.0, 2.0] for i in part]])
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_duplicate_keys_on_the_source_verify_equal(agent, case):
     keys, late, twice = CASES[case]
@@ -62,18 +56,13 @@ def test_duplicate_keys_on_the_source_verify_equal(agent, case):
     tgt = connect(f"tgt-vd-{tag()}", TARGET, TARGET_TOKEN)
     task_id = create_task(agent)
     name = f"vdup_{tag()}"
-    schema = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
-                               FieldSchema("s", DataType.VARCHAR, max_length=64),
-                               FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
     # One shard: all rows in one growing segment, where Milvus 2.3.5 keeps
     # every version of a key and its query answers lose rows.
-    c = Collection(name, schema, using=src, shards_num=1)
+    c = labelled_collection(src, name)
     try:
-        c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-        c.load()
-        insert(c, range(0, late), "a")
-        insert(c, twice, "b")
-        insert(c, range(late, keys), "c")
+        insert_labelled(c, range(0, late), "a")
+        insert_labelled(c, twice, "b")
+        insert_labelled(c, range(late, keys), "c")
         rows = keys + len(twice)
         assert read(src, name)[0] == rows
         want = (keys, sorted((i, latest(i, late, twice)) for i in checked))

@@ -6,11 +6,11 @@ partition by partition: an exact replica shows no difference, and a key
 deleted from one partition of the target only is reported, naming that
 partition."""
 
-from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
+from pymilvus import Collection, utility
 
 from conftest import STACK, TARGET_TOKEN, create_task, wait_collection
 from test_replication import tag, verify
-from workload import connect
+from workload import connect, insert_labelled, labelled_collection
 
 SOURCE = STACK["CDC_SOURCE_URI"]
 TARGET = STACK["CDC_TARGET_URI"]
@@ -28,29 +28,16 @@ def rows(alias, name):
     return out
 
 
-def insert(c, partition, ids, label):
-    ids = list(ids)
-    c.insert([ids, [f"{label}{i}" for i in ids], [[float(i % 7), 0.0, 1.0, 2.0] for i in ids]],
-             partition_name=partition)
-
-
 def test_a_key_in_two_partitions_is_compared_per_partition(agent):
     src = connect(f"src-vp-{tag()}", SOURCE)
     tgt = connect(f"tgt-vp-{tag()}", TARGET, TARGET_TOKEN)
     task_id = create_task(agent)
     name = f"vparts_{tag()}"
-    schema = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
-                               FieldSchema("s", DataType.VARCHAR, max_length=64),
-                               FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
-    c = Collection(name, schema, using=src, shards_num=1)
+    c = labelled_collection(src, name, partitions=("p1", "p2"))
     try:
-        c.create_partition("p1")
-        c.create_partition("p2")
-        c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
-        c.load()
         # The same keys in both partitions, with other values in each.
-        insert(c, "p1", KEYS, "one")
-        insert(c, "p2", KEYS, "two")
+        insert_labelled(c, KEYS, "one", partition="p1")
+        insert_labelled(c, KEYS, "two", partition="p2")
         # Deleted from one partition only: 0..9 stay in p2, 50..59 in p1.
         c.delete("id in [%s]" % ", ".join(map(str, range(10))), partition_name="p1")
         c.delete("id in [%s]" % ", ".join(map(str, range(50, 60))), partition_name="p2")

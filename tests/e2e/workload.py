@@ -27,6 +27,31 @@ def vec(rng, dim):
     return [rng.random() for _ in range(dim)]
 
 
+def labelled_collection(alias, name, partitions=()):
+    """A loaded 1-shard collection of `id` (INT64 key), `s` (VarChar label)
+    and `v` (4-dim float vector, FLAT index); `partitions` are created
+    before the index."""
+    schema = CollectionSchema([FieldSchema("id", DataType.INT64, is_primary=True),
+                               FieldSchema("s", DataType.VARCHAR, max_length=64),
+                               FieldSchema("v", DataType.FLOAT_VECTOR, dim=4)])
+    c = Collection(name, schema, using=alias, shards_num=1)
+    for p in partitions:
+        c.create_partition(p)
+    c.create_index("v", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+    c.load()
+    return c
+
+
+def insert_labelled(c, ids, label, partition=None):
+    """Inserts `ids` into a `labelled_collection`, each row labelled
+    `label` + key, in requests of at most 5,000 rows."""
+    ids = list(ids)
+    for lo in range(0, len(ids), 5000):
+        part = ids[lo:lo + 5000]
+        c.insert([part, [f"{label}{i}" for i in part], [[float(i % 7), 0.0, 1.0, 2.0] for i in part]],
+                 partition_name=partition)
+
+
 class Workload:
     """Drives the source. Every name carries `tag`, so runs never collide."""
 
