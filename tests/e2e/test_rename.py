@@ -138,3 +138,25 @@ def test_a_task_replaying_history_follows_a_swap_made_while_none_ran(agent):
     create_task(agent)
     write_after_swap(src, x, y)
     assert_swapped(tgt, x, y, tmp)
+
+
+def test_an_index_made_before_a_rename_reaches_the_replica_of_a_new_task(agent):
+    """Renamed before any task ran: a new task replays the collection's
+    creation and its index and load under the old name, which neither side
+    has now. They must reach the replica, created under the new name."""
+    src = connect(f"src-renidx-{tag()}", SOURCE)
+    tgt = connect(f"tgt-renidx-{tag()}", TARGET, TARGET_TOKEN)
+    t = tag()
+    a, b = f"renidx_a_{t}", f"renidx_b_{t}"
+    c = make(src, a, range(0, 30), "a")
+    c.release()
+    c.drop_index()
+    c.create_index("v", {"index_type": "IVF_FLAT", "metric_type": "IP", "params": {"nlist": 8}})
+    c.load()
+    utility.rename_collection(a, b, using=src)
+    create_task(agent)
+    wait_verified([b])
+    index = Collection(b, using=tgt).index().params
+    assert index["index_type"] == "IVF_FLAT" and index["metric_type"] == "IP", index
+    assert target_rows(tgt, b) == {i: f"a{i}" for i in range(0, 30)}
+    assert a not in utility.list_collections(using=tgt)

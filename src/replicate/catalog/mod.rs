@@ -141,6 +141,9 @@ pub struct Catalog {
     selection: Arc<Selection>,
     /// Replicate replicas too (off: the loop guard).
     replicas: bool,
+    /// Source collections by the name they were created under (DML
+    /// CreateCollection messages), for changes that name an earlier holder.
+    created: Arc<std::sync::Mutex<created::Creations>>,
 }
 
 impl Catalog {
@@ -156,6 +159,7 @@ impl Catalog {
             adopted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             selection: Arc::new(Selection::all()),
             replicas: false,
+            created: Arc::new(std::sync::Mutex::new(created::Creations::default())),
         }
     }
 
@@ -615,7 +619,10 @@ impl Catalog {
 }
 
 mod alias;
+mod created;
 mod rename;
+
+pub use created::Holder;
 
 #[cfg(test)]
 mod tests {

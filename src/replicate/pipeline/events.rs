@@ -11,7 +11,7 @@ use super::{dropped::Claim, Pipeline};
 use crate::{
     backoff::retry_delays,
     milvus::MilvusError,
-    replicate::catalog::Entry,
+    replicate::catalog::{Entry, Holder},
     sink::Applied,
     source::event::{EventKind, Position},
     store::{now_ms, DroppedPartition, StoreError},
@@ -80,6 +80,10 @@ impl Pipeline {
                     .inc();
                 return true;
             }
+            EventKind::CreateCollection(c) => {
+                self.catalog
+                    .note_created(c.name(), c.request.collection_id, ts);
+            }
             _ => {}
         }
         if !self.dml && !self.wait_for_dml(ts, cancel).await {
@@ -121,15 +125,63 @@ impl Pipeline {
             }
             Some(true) => {}
         }
-        if let Some((db, name_now)) = kind.collection_scoped() {
-            match self.wait_for_collection(db, name_now, ts, cancel).await {
+        if let Some((db, name_now)) = kind.client_named() {
+            let (db, name_now) = (db.to_string(), name_now.to_string());
+            // An index or a load waits for its collection; a drop of an
+            // index or a release has nothing to wait for.
+            let decision = if kind.collection_scoped().is_some() {
+                self.wait_for_collection(&db, &name_now, ts, cancel).await
+            } else {
+                Some(match self.name_now(&db, &name_now, ts).await {
+                    NameAt::Wait => NameAt::Apply,
+                    decided => decided,
+                })
+            };
+            match decision {
                 None => return false,
-                Some(NameAt::Skip) => {
-                    // Made to an earlier collection of this name: one
-                    // dropped since (its namesake must not get it), or one
-                    // renamed since, whose replica the name may still lead
-                    // to during a replay (the swap of two names). Tried
-                    // once: a refusal means the former (an index for
+                Some(decision @ (NameAt::Skip | NameAt::Gone)) => {
+                    // Made to an earlier collection of this name: the one
+                    // last created under it before the change, if this run
+                    // read that creation (`catalog/created.rs`).
+                    let holder = self
+                        .retry(cancel, "holder", || self.earlier_holder(&db, &name_now, ts))
+                        .await;
+                    match holder {
+                        None => return false,
+                        Some(Holder::Dropped) => {
+                            let skipped = Applied::Skipped(format!(
+                                "made to an earlier collection named {name_now}, dropped on the source since"
+                            ));
+                            self.count_applied(name, &skipped, 0, 0, 1);
+                            return true;
+                        }
+                        Some(Holder::Excluded) => {
+                            self.count_applied(name, &Applied::Excluded, 0, 0, 1);
+                            return true;
+                        }
+                        // Renamed since, and the name is free now: to its
+                        // replica, under the name it has now (tried once
+                        // below: a collection renamed into the name after
+                        // it, and away again, may have held it then).
+                        Some(Holder::Live(to_db, to_name)) if decision == NameAt::Gone => {
+                            if let Some((d, n)) = kind.client_named_mut() {
+                                *d = to_db;
+                                *n = to_name;
+                            }
+                        }
+                        // Dropped, as far as is known: the write skips it.
+                        Some(_) if decision == NameAt::Gone => {
+                            return self.apply_retried(pos, name, &kind, cancel).await;
+                        }
+                        // Renamed since while a later collection took the
+                        // name (a swap of two names, or a name reused), or
+                        // not known: tried once on the name, as below.
+                        Some(Holder::Live(..) | Holder::Unknown) => {}
+                    }
+                    // One dropped since (its namesake must not get it), or
+                    // one renamed since, whose replica the name may still
+                    // lead to during a replay (the swap of two names).
+                    // Tried once: a refusal means the former (an index for
                     // another vector type is refused with a plain error
                     // status, not as an invalid argument), and the change
                     // is skipped instead of stopping the task.
@@ -140,7 +192,7 @@ impl Pipeline {
                         }
                         Err(e) if e.is_refusal() => {
                             let skipped = Applied::Skipped(format!(
-                                "collection {name_now} was re-created on the source after this change, which it refuses: {e}"
+                                "made to an earlier collection named {name_now}, and refused by the target's collection it names now: {e}"
                             ));
                             self.count_applied(name, &skipped, 0, 0, 1);
                             return true;
@@ -152,8 +204,19 @@ impl Pipeline {
                 Some(_) => {}
             }
         }
+        self.apply_retried(pos, name, &kind, cancel).await
+    }
+
+    /// Applies `kind` (retried while the failure is transient) and counts
+    /// it; false if cancelled first.
+    async fn apply_retried(
+        &self,
+        pos: Position,
+        name: &'static str,
+        kind: &EventKind,
+        cancel: &CancellationToken,
+    ) -> bool {
         let started = Instant::now();
-        let kind = &kind;
         let result = self.retry(cancel, name, || self.apply_once(kind)).await;
         let Some(applied) = result else { return false };
         if matches!(applied, Applied::Done) {
@@ -169,6 +232,17 @@ impl Pipeline {
         };
         self.count_applied(name, &applied, rows, 0, 1);
         true
+    }
+
+    /// [`Catalog::holder_at`] for a change made at `ts` to `db.name`, whose
+    /// source collection of that name now was created after it.
+    async fn earlier_holder(&self, db: &str, name: &str, ts: u64) -> Result<Holder, MilvusError> {
+        let current = self
+            .catalog
+            .describe_source(db, name)
+            .await?
+            .map(|c| c.collection_id);
+        self.catalog.holder_at(db, name, ts, current).await
     }
 
     /// A replicate-channel change (index, load, flush, database...) waits
@@ -213,13 +287,7 @@ impl Pipeline {
     ) -> Option<NameAt> {
         let started = Instant::now();
         loop {
-            let on_target = self.writer.describe(db, name).await;
-            let source = self.catalog.describe_source(db, name).await;
-            let decision = match (&on_target, &source) {
-                // An error the write itself will retry.
-                (Err(_), _) | (_, Err(_)) => NameAt::Apply,
-                (Ok(t), Ok(c)) => name_at(t.is_some(), c.as_ref().map(|c| c.created_timestamp), ts),
-            };
+            let decision = self.name_now(db, name, ts).await;
             if decision != NameAt::Wait {
                 return Some(decision);
             }
@@ -238,6 +306,18 @@ impl Pipeline {
                 () = cancel.cancelled() => return None,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
+        }
+    }
+
+    /// [`name_at`] for a change made at `ts` to `db.name`, from the target's
+    /// and the source's collections of that name now (`Apply` when either
+    /// does not answer: the write itself retries).
+    async fn name_now(&self, db: &str, name: &str, ts: u64) -> NameAt {
+        let on_target = self.writer.describe(db, name).await;
+        let source = self.catalog.describe_source(db, name).await;
+        match (&on_target, &source) {
+            (Err(_), _) | (_, Err(_)) => NameAt::Apply,
+            (Ok(t), Ok(c)) => name_at(t.is_some(), c.as_ref().map(|c| c.created_timestamp), ts),
         }
     }
 
@@ -454,17 +534,21 @@ pub(super) enum NameAt {
     /// has none yet: wait for a DML channel to create it.
     Wait,
     /// The source's collection of that name was created after `ts`: the
-    /// change was made to an earlier collection of that name, dropped since
-    /// (its drop is in the stream). Applied to the target's collection of
-    /// the name (the later one, after a replay, or when the earlier one's
-    /// creation was skipped as gone), it would give it an index of another
-    /// collection (refused for good when the vector types differ, or left
-    /// in place of the source's own index) or an early load. But the
-    /// earlier collection may also have been renamed, and during a replay
-    /// the name may still lead to its replica: the change is tried once and
-    /// skipped only if the target refuses it (see
+    /// change was made to an earlier collection of that name, dropped or
+    /// renamed since. It goes to the collection last created under the
+    /// name before `ts` ([`Catalog::holder_at`](crate::replicate::catalog::Catalog::holder_at)).
+    /// Without one, it is tried once on the target's collection of the
+    /// name and skipped if refused: applied to the later collection, it
+    /// would give it an index of another collection (refused for good when
+    /// the vector types differ) or an early load, but during a replay the
+    /// name may still lead to a renamed collection's replica (see
     /// [`MilvusError::is_refusal`]).
     Skip,
+    /// Neither the source nor the target has a collection of that name
+    /// now: renamed since (the change goes to the collection last created
+    /// under the name before `ts`, if known) or dropped (the write skips
+    /// it).
+    Gone,
 }
 
 /// Decides [`NameAt`] from whether the target has a collection named
@@ -476,9 +560,10 @@ pub(super) fn name_at(on_target: bool, source_created: Option<u64>, ts: u64) -> 
     match (on_target, source_created) {
         (_, Some(created)) if created > ts => NameAt::Skip,
         (false, Some(_)) => NameAt::Wait,
-        // Present on the target; or gone on the source too: the write
-        // skips it.
-        (true, _) | (false, None) => NameAt::Apply,
+        (false, None) => NameAt::Gone,
+        // Present on the target (the replica of a collection renamed on
+        // the source, perhaps, before the target follows).
+        (true, _) => NameAt::Apply,
     }
 }
 
@@ -514,6 +599,6 @@ mod name_at_tests {
         assert_eq!(name_at(true, Some(5), 10), NameAt::Apply);
         assert_eq!(name_at(false, Some(5), 10), NameAt::Wait);
         assert_eq!(name_at(true, None, 10), NameAt::Apply);
-        assert_eq!(name_at(false, None, 10), NameAt::Apply);
+        assert_eq!(name_at(false, None, 10), NameAt::Gone);
     }
 }
