@@ -79,6 +79,12 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
 /// last sequence on a new connection. See docs/source-reader.md (Pulsar,
 /// "Stuck readers").
 const SILENCE_CHECK: Duration = Duration::from_secs(10);
+/// How long a silent reader whose topic answered a newer entry waits for it
+/// before it is taken for stuck: the entry may have been published a moment
+/// before the check and still be on its way (seen with the random workload:
+/// a DropDatabase published 2 ms before the replicate channel's check made
+/// an idle reader reopen). A check that gets no answer is not given this.
+const STUCK_RECHECK: Duration = Duration::from_secs(2);
 
 /// A (lazily connected) client of the source's Pulsar. Cheap to share.
 pub struct PulsarMq {
@@ -434,6 +440,29 @@ fn is_behind(newest: Option<&PulsarMessageId>, seen: u64) -> bool {
     }
 }
 
+/// What a silent reader does after asking for its topic's newest entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// Nothing newer than what it delivered: an idle topic, wait on.
+    Idle,
+    /// A newer entry, found for the first time: wait [`STUCK_RECHECK`] for
+    /// it, then check again.
+    Recheck,
+    /// A newer entry still undelivered after a recheck: stuck, reopen.
+    Stuck,
+}
+
+/// The verdict on a reader that delivered up to `seen` and then received
+/// nothing, given the topic's newest entry and whether the previous check
+/// (with nothing received since) had found it behind already.
+fn after_silence(newest: Option<&PulsarMessageId>, seen: u64, behind_before: bool) -> Silence {
+    match (is_behind(newest, seen), behind_before) {
+        (false, _) => Silence::Idle,
+        (true, false) => Silence::Recheck,
+        (true, true) => Silence::Stuck,
+    }
+}
+
 /// What a reader's stream carries from one message to the next.
 struct ReadState {
     reader: Consumer<Vec<u8>, TokioExecutor>,
@@ -445,6 +474,9 @@ struct ReadState {
     seen: u64,
     /// An error was delivered: the stream ends.
     failed: bool,
+    /// The last silence check found the topic behind, and nothing was
+    /// received since: the next check comes after [`STUCK_RECHECK`].
+    behind: bool,
 }
 
 impl MessageQueue for PulsarMq {
@@ -504,6 +536,7 @@ impl MessageQueue for PulsarMq {
                 floor,
                 seen,
                 failed: false,
+                behind: false,
             };
             // The broker starts after the start id, or at it (an inclusive
             // broker, or a batch): anything at or before `floor` is dropped,
@@ -516,23 +549,36 @@ impl MessageQueue for PulsarMq {
                         return None;
                     }
                     let item = loop {
-                        let Ok(next) = tokio::time::timeout(SILENCE_CHECK, st.reader.next()).await
-                        else {
+                        let wait = if st.behind {
+                            STUCK_RECHECK
+                        } else {
+                            SILENCE_CHECK
+                        };
+                        let Ok(next) = tokio::time::timeout(wait, st.reader.next()).await else {
                             // Silent: an idle topic, or a stuck reader?
                             let newest = newest_id(&url, timeout, &topic, &mut st.reader).await;
                             match newest {
-                                Ok(n) if !is_behind(n.as_ref(), st.seen) => continue,
-                                Ok(n) => {
-                                    let n = n.map_or(String::new(), |n| {
-                                        format!("{}:{}", n.ledger_id, n.entry_id)
-                                    });
-                                    break MqError::retriable(format!(
-                                        "pulsar {url} read {topic}: stuck: nothing received for \
-                                         {}s while the topic holds newer messages (up to {n}): \
-                                         reopening on a new connection",
-                                        SILENCE_CHECK.as_secs()
-                                    ));
-                                }
+                                Ok(n) => match after_silence(n.as_ref(), st.seen, st.behind) {
+                                    Silence::Idle => {
+                                        st.behind = false;
+                                        continue;
+                                    }
+                                    Silence::Recheck => {
+                                        st.behind = true;
+                                        continue;
+                                    }
+                                    Silence::Stuck => {
+                                        let n = n.map_or(String::new(), |n| {
+                                            format!("{}:{}", n.ledger_id, n.entry_id)
+                                        });
+                                        break MqError::retriable(format!(
+                                            "pulsar {url} read {topic}: stuck: nothing received \
+                                             for {}s while the topic holds newer messages (up \
+                                             to {n}): reopening on a new connection",
+                                            (SILENCE_CHECK + STUCK_RECHECK).as_secs()
+                                        ));
+                                    }
+                                },
                                 Err(e) => {
                                     break MqError::retriable(format!(
                                         "nothing received for {}s and the connection does not \
@@ -543,6 +589,7 @@ impl MessageQueue for PulsarMq {
                                 }
                             }
                         };
+                        st.behind = false;
                         match next {
                             None => return None,
                             Some(Err(e)) => {
@@ -726,6 +773,35 @@ mod tests {
             batch_index: 2,
         };
         assert!(!is_behind(Some(&id(3, 7)), in_batch.sequence().unwrap()));
+    }
+
+    #[test]
+    fn a_newer_entry_is_waited_for_once_before_the_reader_is_taken_for_stuck() {
+        // Idle, whatever the previous check said.
+        assert_eq!(
+            after_silence(Some(&id(3, 7)), seq(3, 7), false),
+            Silence::Idle
+        );
+        assert_eq!(
+            after_silence(Some(&id(3, 7)), seq(3, 7), true),
+            Silence::Idle
+        );
+        assert_eq!(after_silence(None, 0, true), Silence::Idle);
+        // A newer entry may have been published just before the check
+        // (the race the random workload hit): wait for it once ...
+        assert_eq!(
+            after_silence(Some(&id(3, 8)), seq(3, 7), false),
+            Silence::Recheck
+        );
+        // ... and only when it is still undelivered at the recheck, reopen.
+        assert_eq!(
+            after_silence(Some(&id(3, 8)), seq(3, 7), true),
+            Silence::Stuck
+        );
+        assert_eq!(
+            after_silence(Some(&id(4, 0)), seq(3, 7), true),
+            Silence::Stuck
+        );
     }
 
     #[tokio::test]
