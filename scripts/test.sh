@@ -52,14 +52,15 @@ unit() {
 }
 
 # The queue-dependent tests, run again with a Kafka and with a Pulsar source:
-# replication, concurrent writers (with a kill -9 restart of the agent), a
-# kill -9 and a SIGTERM hand-over of the HA leader, positions and the source
-# reader. Left to the natsmq run, as they do not depend on the queue: the task
+# replication, concurrent writers (with a kill -9 restart of the agent), the
+# seeded random workload (default seeds), a kill -9 and a SIGTERM hand-over of
+# the HA leader, positions and the source reader. Left to the natsmq run, as they do not depend on the queue: the task
 # API, bad input, the CLI, the election alone, fencing of a SIGSTOPped leader
 # and an etcd restart (the chaos suite's SIGSTOP runs on all three queues),
 # a target outage, pause/resume, another kill -9 replay, and the source-health
 # test (each queue's fault file covers its broker's outages).
 QUEUE_TESTS=(tests/e2e/test_concurrent_writers.py
+  tests/e2e/test_random_workload.py
   tests/e2e/test_ha.py::test_kill9_leader_mid_workload_follower_resumes_from_checkpoints
   tests/e2e/test_ha.py::test_sigterm_hands_over_in_under_a_second
   tests/e2e/test_positions.py
