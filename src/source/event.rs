@@ -137,9 +137,18 @@ impl EventKind {
         }
     }
 
-    /// [`client_named`](Self::client_named), to rewrite the names (a change
-    /// made through an alias, applied to its collection).
-    pub fn client_named_mut(&mut self) -> Option<(&mut String, &mut String)> {
+    /// Points a [`client_named`](Self::client_named) change at collection
+    /// `db.name` instead (a change made through an alias, applied to its
+    /// collection); other changes are left as they are.
+    pub fn redirect(&mut self, db: String, name: String) {
+        if let Some((db_name, collection_name)) = self.client_named_mut() {
+            *db_name = db;
+            *collection_name = name;
+        }
+    }
+
+    /// [`client_named`](Self::client_named), to rewrite the names.
+    fn client_named_mut(&mut self) -> Option<(&mut String, &mut String)> {
         match self {
             EventKind::CreateIndex(r) => Some((&mut r.db_name, &mut r.collection_name)),
             EventKind::DropIndex(r) => Some((&mut r.db_name, &mut r.collection_name)),

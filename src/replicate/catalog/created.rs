@@ -11,10 +11,8 @@
 
 use std::collections::HashMap;
 
-use tracing::info;
-
 use super::{Catalog, Entry};
-use crate::milvus::MilvusError;
+use crate::{milvus::MilvusError, task::selection::normal_db};
 
 /// Source collections by the name they were created under, in creation
 /// order.
@@ -62,12 +60,6 @@ pub enum Holder {
     Unknown,
 }
 
-/// Whether two database names are the same database ("" is the default).
-fn same_db(a: &str, b: &str) -> bool {
-    let norm = |d: &str| if d.is_empty() { "default" } else { d }.to_string();
-    norm(a) == norm(b)
-}
-
 impl Catalog {
     /// Notes a DML CreateCollection: source collection `id` was created
     /// under `name` at `ts` (see [`Catalog::holder_at`]).
@@ -79,7 +71,8 @@ impl Catalog {
     }
 
     /// Where a change made at `ts` to `db.name` goes, when the source's
-    /// collection of that name now (`current`) was created after `ts`.
+    /// collection of that name now (`current`) was created after `ts`, or
+    /// the source has none (`current` None).
     pub async fn holder_at(
         &self,
         db: &str,
@@ -96,10 +89,7 @@ impl Catalog {
             return Ok(Holder::Unknown);
         };
         Ok(match self.resolve(id).await? {
-            Entry::Live(live) if same_db(&live.db, db) => {
-                if live.name != name {
-                    info!(collection = %name, db = %db, source_id = id, now = %live.name, "change made to the collection that held the name then: applied to its replica");
-                }
+            Entry::Live(live) if normal_db(&live.db) == normal_db(db) => {
                 Holder::Live(live.db.clone(), live.name.clone())
             }
             Entry::Live(_) => Holder::Unknown,
@@ -136,12 +126,5 @@ mod tests {
         c.record("docs", 1, 100);
         assert_eq!(c.latest_at("docs", 200), Some(1));
         assert_eq!(c.latest_at("docs", 400), Some(3));
-    }
-
-    #[test]
-    fn the_default_database_has_two_names() {
-        assert!(same_db("", "default"));
-        assert!(same_db("default", ""));
-        assert!(!same_db("db1", ""));
     }
 }

@@ -102,11 +102,8 @@ impl Pipeline {
             },
             None => None,
         };
-        if let (Some((db, real)), Some((db_name, collection_name))) =
-            (dealiased, kind.client_named_mut())
-        {
-            *db_name = db;
-            *collection_name = real;
+        if let Some((db, real)) = dealiased {
+            kind.redirect(db, real);
         }
         // Changes of collections the task does not replicate are ignored
         // (before waiting for such a collection to appear on the target).
@@ -139,12 +136,18 @@ impl Pipeline {
             };
             match decision {
                 None => return false,
-                Some(decision @ (NameAt::Skip | NameAt::Gone)) => {
+                Some(decision @ (NameAt::Skip(_) | NameAt::Gone)) => {
                     // Made to an earlier collection of this name: the one
                     // last created under it before the change, if this run
                     // read that creation (`catalog/created.rs`).
+                    let current = match decision {
+                        NameAt::Skip(current) => Some(current),
+                        _ => None,
+                    };
                     let holder = self
-                        .retry(cancel, "holder", || self.earlier_holder(&db, &name_now, ts))
+                        .retry(cancel, "holder", || {
+                            self.catalog.holder_at(&db, &name_now, ts, current)
+                        })
                         .await;
                     match holder {
                         None => return false,
@@ -164,10 +167,8 @@ impl Pipeline {
                         // below: a collection renamed into the name after
                         // it, and away again, may have held it then).
                         Some(Holder::Live(to_db, to_name)) if decision == NameAt::Gone => {
-                            if let Some((d, n)) = kind.client_named_mut() {
-                                *d = to_db;
-                                *n = to_name;
-                            }
+                            info!(sequence = pos.sequence, event = name, collection = %name_now, db = %db, now = %to_name, "change made to the collection that held the name then: applied to its replica");
+                            kind.redirect(to_db, to_name);
                         }
                         // Dropped, as far as is known: the write skips it.
                         Some(_) if decision == NameAt::Gone => {
@@ -232,17 +233,6 @@ impl Pipeline {
         };
         self.count_applied(name, &applied, rows, 0, 1);
         true
-    }
-
-    /// [`Catalog::holder_at`] for a change made at `ts` to `db.name`, whose
-    /// source collection of that name now was created after it.
-    async fn earlier_holder(&self, db: &str, name: &str, ts: u64) -> Result<Holder, MilvusError> {
-        let current = self
-            .catalog
-            .describe_source(db, name)
-            .await?
-            .map(|c| c.collection_id);
-        self.catalog.holder_at(db, name, ts, current).await
     }
 
     /// A replicate-channel change (index, load, flush, database...) waits
@@ -317,7 +307,11 @@ impl Pipeline {
         let source = self.catalog.describe_source(db, name).await;
         match (&on_target, &source) {
             (Err(_), _) | (_, Err(_)) => NameAt::Apply,
-            (Ok(t), Ok(c)) => name_at(t.is_some(), c.as_ref().map(|c| c.created_timestamp), ts),
+            (Ok(t), Ok(c)) => name_at(
+                t.is_some(),
+                c.as_ref().map(|c| (c.created_timestamp, c.collection_id)),
+                ts,
+            ),
         }
     }
 
@@ -542,8 +536,9 @@ pub(super) enum NameAt {
     /// would give it an index of another collection (refused for good when
     /// the vector types differ) or an early load, but during a replay the
     /// name may still lead to a renamed collection's replica (see
-    /// [`MilvusError::is_refusal`]).
-    Skip,
+    /// [`MilvusError::is_refusal`]). Carries the id of the source's
+    /// collection of that name now.
+    Skip(i64),
     /// Neither the source nor the target has a collection of that name
     /// now: renamed since (the change goes to the collection last created
     /// under the name before `ts`, if known) or dropped (the write skips
@@ -553,12 +548,13 @@ pub(super) enum NameAt {
 
 /// Decides [`NameAt`] from whether the target has a collection named
 /// `name` and when the source's collection of that name (if any) was
-/// created. Found by `tests/e2e/test_random_workload.py`: a collection
-/// dropped and re-created under its name with a binary instead of a float
-/// vector stopped the task on the earlier collection's replayed index.
-pub(super) fn name_at(on_target: bool, source_created: Option<u64>, ts: u64) -> NameAt {
-    match (on_target, source_created) {
-        (_, Some(created)) if created > ts => NameAt::Skip,
+/// created, with its id (`source` is `(created, id)`). Found by
+/// `tests/e2e/test_random_workload.py`: a collection dropped and re-created
+/// under its name with a binary instead of a float vector stopped the task
+/// on the earlier collection's replayed index.
+pub(super) fn name_at(on_target: bool, source: Option<(u64, i64)>, ts: u64) -> NameAt {
+    match (on_target, source) {
+        (_, Some((created, id))) if created > ts => NameAt::Skip(id),
         (false, Some(_)) => NameAt::Wait,
         (false, None) => NameAt::Gone,
         // Present on the target (the replica of a collection renamed on
@@ -589,15 +585,15 @@ mod name_at_tests {
     fn a_change_older_than_the_sources_collection_of_its_name_is_skipped() {
         // Index of generation 0 (ts 10); the name now holds generation 1,
         // created at 20, which the target has.
-        assert_eq!(name_at(true, Some(20), 10), NameAt::Skip);
-        assert_eq!(name_at(false, Some(20), 10), NameAt::Skip);
+        assert_eq!(name_at(true, Some((20, 7)), 10), NameAt::Skip(7));
+        assert_eq!(name_at(false, Some((20, 7)), 10), NameAt::Skip(7));
     }
 
     #[test]
     fn a_change_of_the_current_collection_applies_or_waits_for_it() {
-        assert_eq!(name_at(true, Some(10), 10), NameAt::Apply);
-        assert_eq!(name_at(true, Some(5), 10), NameAt::Apply);
-        assert_eq!(name_at(false, Some(5), 10), NameAt::Wait);
+        assert_eq!(name_at(true, Some((10, 7)), 10), NameAt::Apply);
+        assert_eq!(name_at(true, Some((5, 7)), 10), NameAt::Apply);
+        assert_eq!(name_at(false, Some((5, 7)), 10), NameAt::Wait);
         assert_eq!(name_at(true, None, 10), NameAt::Apply);
         assert_eq!(name_at(false, None, 10), NameAt::Gone);
     }
